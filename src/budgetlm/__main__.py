@@ -1,0 +1,7 @@
+"""`python -m budgetlm` is the same as the `budgetlm` command."""
+
+import sys
+
+from budgetlm.cli import main
+
+sys.exit(main())
