@@ -1,0 +1,212 @@
+"""The HTTP layer with a fake model (fast), plus one test against a real tiny model when available."""
+
+import json
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from budgetlm.config import BudgetError  # noqa: E402
+from budgetlm.serve import (  # noqa: E402
+    ServeConfig,
+    create_app,
+    is_loopback,
+    resolve_api_key,
+    split_at_stop,
+    stop_holdback,
+)
+
+
+class FakeLM:
+    """Continues any prompt with the words of `script`, one word per step; counts concurrent steps."""
+
+    name, kind, max_context = "fake-lm", "causal", 32
+
+    def __init__(self, script="hello world . END more words here"):
+        self.script = script.split(" ")
+        self.step_s = 0.0
+        self.active = 0
+        self.max_active = 0
+        self._guard = threading.Lock()
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def completion_steps(self, prompt, max_tokens, temperature, top_p, seed):
+        for i, word in enumerate(self.script[:max_tokens]):
+            with self._guard:  # the "forward pass" starts
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+            time.sleep(self.step_s)  # a forward pass takes time: gives other requests a chance to overlap
+            with self._guard:
+                self.active -= 1
+            yield (" " if i else "") + word
+
+
+class FakeClassifier:
+    name, kind, max_context = "fake-clf", "classifier", 64
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def classify(self, texts):
+        return [
+            {"label": "pos" if "good" in t else "neg", "probs": {"neg": 0.2, "pos": 0.8} if "good" in t else {"neg": 0.9, "pos": 0.1}}
+            for t in texts
+        ]
+
+
+@pytest.fixture
+def lm_client():
+    return TestClient(create_app(FakeLM(), ServeConfig(max_tokens_limit=32, max_prompt_chars=100)))
+
+
+def test_health_and_openapi(lm_client):
+    r = lm_client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "model": "fake-lm", "kind": "causal"}
+    schema = lm_client.get("/openapi.json").json()
+    assert {"/v1/completions", "/v1/classify", "/health", "/metrics"} <= set(schema["paths"])
+
+
+def test_completion_stops_at_stop_string_and_reports_usage(lm_client):
+    r = lm_client.post("/v1/completions", json={"prompt": "say hi", "max_tokens": 10, "stop": [" ."]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == "hello world"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+
+
+def test_completion_length_limit(lm_client):
+    body = lm_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).json()
+    assert body["choices"][0] == {"text": "hello world", "index": 0, "logprobs": None, "finish_reason": "length"}
+
+
+def test_streaming_completion_is_sse_and_matches_non_streaming(lm_client):
+    with lm_client.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 10, "stop": "END", "stream": True}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    events = [e[len("data: "):] for e in raw.strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) >= 3  # text arrives in pieces, not at the end
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == "hello world . "
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    full = lm_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 10, "stop": "END"}).json()
+    assert full["choices"][0]["text"] == text
+
+
+@pytest.mark.parametrize(
+    "payload,status,needle",
+    [
+        ({"prompt": "x" * 101}, 422, "prompt"),
+        ({"prompt": "x", "max_tokens": 33}, 422, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+        ({"prompt": "x", "temperature": -1}, 422, "temperature"),
+        ({"max_tokens": 3}, 422, "prompt"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": " ".join(["w"] * 40)}, 400, "context"),
+    ],
+)
+def test_bad_completion_requests_are_4xx_with_a_message(lm_client, payload, status, needle):
+    r = lm_client.post("/v1/completions", json=payload)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_bad_json_and_oversize_body(lm_client):
+    r = lm_client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "json" in r.text.lower()
+    big = TestClient(create_app(FakeLM(), ServeConfig(max_body_bytes=100)))
+    r = big.post("/v1/completions", json={"prompt": "y" * 200})
+    assert r.status_code == 413 and "100 bytes" in r.json()["detail"]
+
+
+def test_classify_endpoint_and_kind_mismatch(lm_client):
+    client = TestClient(create_app(FakeClassifier(), ServeConfig(max_batch=3)))
+    r = client.post("/v1/classify", json={"input": ["a good film", "dull"]})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["label"] for x in results] == ["pos", "neg"]
+    assert results[0]["probs"]["pos"] == pytest.approx(0.8)
+    assert client.post("/v1/classify", json={"input": "good"}).json()["results"][0]["label"] == "pos"
+    assert client.post("/v1/classify", json={"input": ["a"] * 4}).status_code == 400
+    assert client.post("/v1/classify", json={"input": []}).status_code == 400
+    r = client.post("/v1/completions", json={"prompt": "x"})
+    assert r.status_code == 400 and "/v1/classify" in r.json()["detail"]
+    r = lm_client.post("/v1/classify", json={"input": "x"})
+    assert r.status_code == 400 and "/v1/completions" in r.json()["detail"]
+
+
+def test_api_key_enforced():
+    client = TestClient(create_app(FakeLM(), ServeConfig(), api_key="s3cret"))
+    assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 401
+    wrong = client.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
+    ok = client.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert client.get("/metrics", headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/health").status_code == 200  # liveness stays open
+
+
+def test_non_loopback_bind_requires_key(monkeypatch):
+    monkeypatch.delenv("BUDGETLM_API_KEY", raising=False)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert resolve_api_key(ServeConfig(host="127.0.0.1")) == ""
+    with pytest.raises(BudgetError, match="api-key"):
+        resolve_api_key(ServeConfig(host="0.0.0.0"))
+    monkeypatch.setenv("BUDGETLM_API_KEY", "k")
+    assert resolve_api_key(ServeConfig(host="0.0.0.0")) == "k"
+
+
+def test_serve_cli_refuses_public_bind_without_key(monkeypatch, capsys, tmp_path):
+    from budgetlm.cli import main
+
+    monkeypatch.delenv("BUDGETLM_API_KEY", raising=False)
+    assert main(["serve", "--model", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "api-key" in err and len(err.strip().splitlines()) == 1
+
+
+def test_metrics_count_requests_and_tokens(lm_client):
+    lm_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    lm_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 0})
+    text = lm_client.get("/metrics").text
+    assert 'budgetlm_requests_total{path="/v1/completions",status="200"} 1' in text
+    assert 'budgetlm_requests_total{path="/v1/completions",status="422"} 1' in text
+    assert "budgetlm_generated_tokens_total 2" in text
+    assert "# TYPE budgetlm_request_seconds summary" in text
+
+
+def test_concurrent_requests_do_not_overlap_model_steps():
+    fake = FakeLM(" ".join(f"w{i}" for i in range(20)))
+    fake.step_s = 0.002
+    client = TestClient(create_app(fake, ServeConfig()))
+    results = []
+
+    def go():
+        r = client.post("/v1/completions", json={"prompt": "p", "max_tokens": 20})
+        results.append(r.json()["choices"][0]["text"])
+
+    threads = [threading.Thread(target=go) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [" ".join(f"w{i}" for i in range(20))] * 6
+    assert fake.max_active == 1  # the lock let exactly one forward step run at a time
+
+
+def test_stop_helpers():
+    assert split_at_stop("abc END xyz", ["END", "xy"]) == ("abc ", True)
+    assert split_at_stop("abc", ["z"]) == ("abc", False)
+    assert stop_holdback("hello EN", ["END"]) == 2
+    assert stop_holdback("hello", ["END"]) == 0
