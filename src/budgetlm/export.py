@@ -1,0 +1,409 @@
+"""`budgetlm export --model RUN --out DIR --format hf`: a folder plain `transformers` loads.
+
+budgetlm's layouts were chosen to map one-to-one onto `transformers` classes, so export is a
+renaming of tensors (plus splitting the fused q/k/v and gate/up matrices for Llama), a config,
+and the tokenizer; no custom code is needed to load the result:
+
+    budgetlm model            transformers class (AutoModelFor...)
+    causal LM                 LlamaForCausalLM                    (CausalLM)
+    masked LM                 ModernBertForMaskedLM               (MaskedLM)
+    classifier, causal        LlamaForSequenceClassification      (SequenceClassification)
+    classifier, masked        ModernBertForSequenceClassification (SequenceClassification)
+
+The folder is written into a temporary sibling, checked (the exported model is loaded back with
+`transformers` and its logits compared with budgetlm's on a probe batch, unless --no-verify) and
+then renamed into place, so a failed export never leaves a half-written or clobbered folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from budgetlm import ui
+from budgetlm.config import BudgetError
+
+VERIFY_TOLERANCE = 1e-4  # max |logit difference| accepted in fp32
+
+
+# --------------------------------------------------------------------------------------------------
+# special tokens: roles -> token strings found in the tokenizer's vocabulary
+
+SPECIAL_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "eos_token": ("<|endoftext|>", "</s>", "<eos>", "[EOS]", "<|eos|>"),
+    "bos_token": ("<|bos|>", "<s>", "<bos>", "[BOS]"),
+    "pad_token": ("<|pad|>", "[PAD]", "<pad>"),
+    "unk_token": ("<|unk|>", "[UNK]", "<unk>"),
+    "mask_token": ("<|mask|>", "[MASK]", "<mask>"),
+    "cls_token": ("<|cls|>", "[CLS]", "<cls>"),
+    "sep_token": ("<|sep|>", "[SEP]", "<sep>"),
+}
+
+
+def find_special_tokens(tokenizer) -> dict[str, str]:
+    """Role -> token string, for the roles whose usual spellings exist as added special tokens
+    (falling back to the whole vocabulary)."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    found = {}
+    for role, names in SPECIAL_CANDIDATES.items():
+        for name in names:
+            if name in vocab:
+                found[role] = name
+                break
+    return found
+
+
+def _token_ids(tokenizer, specials: dict[str, str]) -> dict[str, int | None]:
+    ids = {role: tokenizer.token_to_id(tok) for role, tok in specials.items()}
+    eos = ids.get("eos_token", ids.get("sep_token"))
+    return {
+        "pad_token_id": ids.get("pad_token", None),
+        "eos_token_id": eos,
+        "bos_token_id": ids.get("bos_token", ids.get("cls_token", eos)),
+        "cls_token_id": ids.get("cls_token", ids.get("bos_token")),
+        "sep_token_id": ids.get("sep_token", eos),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# config and tensor mapping
+
+
+def _classifier_fields(clf, labels: list[str] | None) -> dict[str, Any]:
+    labels = labels or [str(i) for i in range(clf.num_labels)]
+    if len(labels) != clf.num_labels:
+        raise BudgetError(f"the run lists {len(labels)} labels but the classifier has {clf.num_labels} outputs")
+    return {
+        "num_labels": clf.num_labels,
+        "id2label": {i: str(name) for i, name in enumerate(labels)},
+        "label2id": {str(name): i for i, name in enumerate(labels)},
+    }
+
+
+def hf_config(model, token_ids: dict[str, int | None] | None = None, labels: list[str] | None = None):
+    """The `transformers` config object for a budgetlm Transformer or SequenceClassifier."""
+    from transformers import LlamaConfig, ModernBertConfig
+
+    from budgetlm.models.heads import SequenceClassifier
+
+    is_clf = isinstance(model, SequenceClassifier)
+    cfg = model.cfg
+    # Unknown ids are written as None: transformers' defaults (e.g. ModernBERT's 50282) would point
+    # outside a small vocabulary.
+    ids = {k: (token_ids or {}).get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
+                                                 "cls_token_id", "sep_token_id")}
+    extra = _classifier_fields(model, labels) if is_clf else {}
+    rope = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        max_position_embeddings=cfg.max_seq_len,
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=bool(cfg.tie_embeddings),
+        attention_dropout=cfg.dropout,
+    )
+    if cfg.causal:
+        arch = "LlamaForSequenceClassification" if is_clf else "LlamaForCausalLM"
+        return LlamaConfig(
+            **common,
+            num_key_value_heads=cfg.n_head,
+            hidden_act="silu",
+            rms_norm_eps=cfg.norm_eps,
+            rope_parameters=rope,
+            architectures=[arch],
+            dtype="float32",
+            **{k: ids[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")},
+            **extra,
+        )
+    arch = "ModernBertForSequenceClassification" if is_clf else "ModernBertForMaskedLM"
+    clf_extra = {}
+    if is_clf:
+        clf_extra = {"classifier_pooling": model.pooling, "classifier_dropout": model.dropout}
+    return ModernBertConfig(
+        **common,
+        hidden_activation="gelu",
+        classifier_activation="gelu",
+        norm_eps=cfg.norm_eps,
+        norm_bias=False,
+        decoder_bias=False,
+        classifier_bias=False,  # the head's dense layer; the final classifier always has a bias
+        embedding_dropout=cfg.dropout,
+        mlp_dropout=cfg.dropout,
+        # Every layer global: budgetlm has no sliding-window layers.
+        layer_types=["full_attention"] * cfg.n_layer,
+        rope_parameters={"full_attention": dict(rope), "sliding_attention": dict(rope)},
+        architectures=[arch],
+        dtype="float32",
+        **ids,
+        **clf_extra,
+        **extra,
+    )
+
+
+def _llama_layer(sd, p: str, q: str, C: int, I: int) -> dict:
+    wq, wk, wv = sd[p + "attn.qkv.weight"].split(C)  # fused rows are [q; k; v]
+    gate, up = sd[p + "mlp.w_in.weight"].split(I)  # fused rows are [gate; up], act on gate
+    return {
+        q + "input_layernorm.weight": sd[p + "attn_norm.weight"],
+        q + "self_attn.q_proj.weight": wq,
+        q + "self_attn.k_proj.weight": wk,
+        q + "self_attn.v_proj.weight": wv,
+        q + "self_attn.o_proj.weight": sd[p + "attn.proj.weight"],
+        q + "post_attention_layernorm.weight": sd[p + "mlp_norm.weight"],
+        q + "mlp.gate_proj.weight": gate,
+        q + "mlp.up_proj.weight": up,
+        q + "mlp.down_proj.weight": sd[p + "mlp.w_out.weight"],
+    }
+
+
+def _modernbert_layer(sd, p: str, q: str, C: int, I: int) -> dict:
+    out = {
+        q + "attn.Wqkv.weight": sd[p + "attn.qkv.weight"],  # same fused [q; k; v] layout
+        q + "attn.Wo.weight": sd[p + "attn.proj.weight"],
+        q + "mlp_norm.weight": sd[p + "mlp_norm.weight"],
+        q + "mlp.Wi.weight": sd[p + "mlp.w_in.weight"],  # same fused [input; gate] layout
+        q + "mlp.Wo.weight": sd[p + "mlp.w_out.weight"],
+    }
+    if p + "attn_norm.weight" in sd:  # layer 0 has none (Identity)
+        out[q + "attn_norm.weight"] = sd[p + "attn_norm.weight"]
+    return out
+
+
+def _backbone(sd: dict, cfg, prefix: str) -> dict:
+    """budgetlm backbone tensors (keys under `prefix`) -> transformers names under `model.`."""
+    C, I = cfg.n_embd, cfg.ffn_dim
+    if cfg.causal:
+        out = {"model.embed_tokens.weight": sd[prefix + "embed.weight"],
+               "model.norm.weight": sd[prefix + "final_norm.weight"]}
+        layer, hf_layer = _llama_layer, "model.layers.{}."
+    else:
+        out = {"model.embeddings.tok_embeddings.weight": sd[prefix + "embed.weight"],
+               "model.embeddings.norm.weight": sd[prefix + "embed_norm.weight"],
+               "model.final_norm.weight": sd[prefix + "final_norm.weight"]}
+        layer, hf_layer = _modernbert_layer, "model.layers.{}."
+    for i in range(cfg.n_layer):
+        out.update(layer(sd, f"{prefix}blocks.{i}.", hf_layer.format(i), C, I))
+    return out
+
+
+def hf_state_dict(model) -> dict:
+    """budgetlm state dict -> `transformers` state dict (tensors shared, not copied, where possible).
+
+    A tied output matrix is left out: `transformers` re-ties it on load (tie_word_embeddings)."""
+    from budgetlm.models.heads import SequenceClassifier
+
+    sd = model.state_dict()
+    cfg = model.cfg
+    if isinstance(model, SequenceClassifier):
+        out = _backbone(sd, cfg, "backbone.")
+        if cfg.causal:
+            out["score.weight"] = sd["score.weight"]
+        else:
+            out.update({"head.dense.weight": sd["head.dense.weight"], "head.norm.weight": sd["head.norm.weight"],
+                        "classifier.weight": sd["classifier.weight"], "classifier.bias": sd["classifier.bias"]})
+        return out
+    out = _backbone(sd, cfg, "")
+    if not cfg.causal:
+        out.update({"head.dense.weight": sd["head.dense.weight"], "head.norm.weight": sd["head.norm.weight"]})
+    if not cfg.tie_embeddings:
+        out["lm_head.weight" if cfg.causal else "decoder.weight"] = sd["lm_head.weight"]
+    return out
+
+
+def auto_class(model):
+    """The transformers Auto class that loads the export of `model`."""
+    import transformers
+
+    from budgetlm.models.heads import SequenceClassifier
+
+    if isinstance(model, SequenceClassifier):
+        return transformers.AutoModelForSequenceClassification
+    return transformers.AutoModelForCausalLM if model.cfg.causal else transformers.AutoModelForMaskedLM
+
+
+def to_hf(model, token_ids: dict[str, int | None] | None = None, labels: list[str] | None = None):
+    """An in-memory `transformers` model with `model`'s weights (fp32, eval mode)."""
+    import torch
+
+    config = hf_config(model, token_ids, labels)
+    hf = auto_class(model).from_config(config, dtype=torch.float32)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    tied = {"lm_head.weight", "decoder.weight"}
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:  # a mapping bug, never a user error
+        raise RuntimeError(f"export mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if config.tie_word_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# verification
+
+
+def logits_pair(model, hf, ids, attention_mask=None):
+    """(budgetlm logits, transformers logits) for the same batch, both fp32 on CPU."""
+    import torch
+
+    with torch.no_grad():
+        ours, _ = model(ids, attention_mask=attention_mask)
+        theirs = hf(input_ids=ids, attention_mask=attention_mask).logits
+    return ours.float(), theirs.float()
+
+
+def verify_export(model, out_dir: Path, token_ids: dict[str, int | None]) -> float:
+    """Load the written folder with transformers' Auto class; return the max |logit difference|."""
+    import torch
+
+    hf = auto_class(model).from_pretrained(str(out_dir), dtype=torch.float32).eval()
+    model = model.float().eval()
+    T = min(16, model.cfg.max_seq_len)
+    g = torch.Generator().manual_seed(0)
+    pad = token_ids.get("pad_token_id")
+    # transformers' Llama classifier refuses batches > 1 when it has no padding token.
+    batch = 1 if (pad is None and hasattr(model, "num_labels") and model.cfg.causal) else 2
+    ids = torch.randint(0, model.cfg.vocab_size, (batch, T), generator=g)
+    if pad is not None:  # keep the probe free of padding tokens (Llama classifiers look for them)
+        ids[ids == pad] = (pad + 1) % model.cfg.vocab_size
+    ours, theirs = logits_pair(model, hf, ids)
+    return float((ours - theirs).abs().max())
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+
+def write_tokenizer(tokenizer_path: str | Path, out_dir: Path, max_len: int) -> dict[str, str]:
+    """tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) for AutoTokenizer."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    specials = find_special_tokens(tok)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **specials)
+    fast.save_pretrained(str(out_dir))
+    return specials
+
+
+def export_hf(model, out: Path, tokenizer_path: str | Path | None, labels: list[str] | None = None,
+              overwrite: bool = False, verify: bool = True, dtype: str = "float32") -> dict[str, Any]:
+    """Write `model` (+ tokenizer) as a transformers folder at `out`, atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    if out.exists() and not overwrite:
+        raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        token_ids: dict[str, int | None] = {}
+        specials: dict[str, str] = {}
+        if tokenizer_path:
+            from tokenizers import Tokenizer
+
+            specials = write_tokenizer(tokenizer_path, tmp, model.cfg.max_seq_len)
+            token_ids = _token_ids(Tokenizer.from_file(str(tokenizer_path)), specials)
+        config = hf_config(model, token_ids, labels)
+        config.dtype = dtype
+        config.save_pretrained(str(tmp))
+        if model.cfg.causal and not hasattr(model, "num_labels"):
+            from transformers import GenerationConfig
+
+            GenerationConfig.from_model_config(config).save_pretrained(str(tmp))
+        target = getattr(torch, dtype)
+        state = {k: v.detach().to("cpu", target).contiguous() for k, v in hf_state_dict(model).items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        diff = None
+        if verify:
+            diff = verify_export(model, tmp, token_ids)
+            limit = VERIFY_TOLERANCE if dtype == "float32" else 5e-2
+            if not diff <= limit:
+                raise BudgetError(f"export check failed: transformers logits differ by {diff:.2e} (> {limit})")
+        _fsync_tree(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "out": str(out),
+        "architecture": config.architectures[0],
+        "auto_class": auto_class(model).__name__,
+        "special_tokens": specials,
+        "max_abs_logit_diff": diff,
+        "files": sorted(p.name for p in out.iterdir()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# command
+
+
+FORMATS = {"hf": export_hf}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="run directory (or checkpoint directory) to export")
+    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--format", default="hf", choices=sorted(FORMATS), help="output format")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the exported weights")
+    parser.add_argument("--checkpoint", default="latest", choices=["latest", "best"],
+                        help="which checkpoint of the run to export")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="load the export with transformers and compare logits before finishing")
+
+
+def _labels(meta: dict[str, Any]) -> list[str] | None:
+    for key in ("labels", "label_names"):
+        if isinstance(meta.get(key), list):
+            return [str(x) for x in meta[key]]
+    id2label = meta.get("id2label")
+    if isinstance(id2label, dict):
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise BudgetError("export needs transformers: pip install 'budgetlm[hf]'") from None
+    from budgetlm.train.checkpoint import load_model
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
+    model, meta = load_model(args.model, device="cpu", which=args.checkpoint)
+    tok = meta.get("tokenizer_path")
+    if not tok:
+        ui.warn("the run has no tokenizer.json: exporting the model without a tokenizer")
+    result = FORMATS[args.format](model, out, tok, labels=_labels(meta), overwrite=args.overwrite,
+                                  verify=args.verify, dtype=args.dtype)
+    diff = result["max_abs_logit_diff"]
+    check = f", logits match transformers (max diff {diff:.1e})" if diff is not None else ""
+    ui.info(f"exported {result['architecture']} to {out}{check}")
+    ui.info(f"load it with transformers.{result['auto_class']}.from_pretrained({str(out)!r})")
+    return result
