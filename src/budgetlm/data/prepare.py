@@ -1,0 +1,494 @@
+"""`budgetlm prepare INPUT... --out DIR`: clean, tokenize and pack raw text into token shards.
+
+Three streaming passes, so the corpus is never in memory whole:
+
+1. read + clean every input, assign each piece to train or val, and spool the cleaned UTF-8 text
+   into the temporary output folder (bounded memory: one piece at a time);
+2. train the tokenizer on the train spool (`train_from_iterator`; or load `--tokenizer-from`);
+3. encode the spools in batches with `encode_batch_fast` (Rust, all cores) and append the ids,
+   one end-of-text token after each document, to memory-mapped shards.
+
+Everything is written into `.NAME.tmp-PID` next to `--out` and renamed into place only when complete,
+so an interrupted run leaves nothing that looks like a dataset, and `--overwrite` removes the old
+dataset only after the new one is whole.
+
+Train/val split: the k-th kept piece goes to val when floor(k*f + 1/2) steps up, so exactly
+round(n*f) of n pieces are val, spread evenly through the corpus, identical on every run with the
+same inputs and options (a piece is a document, or a ~64 KiB block of a longer one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import struct
+import time
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+
+from budgetlm import __version__, ui
+from budgetlm.config import BudgetError, add_dataclass_args, from_args, to_dict, write_json_atomic
+from budgetlm.data import builtin, clean, shards, sources
+from budgetlm.data import tokenizer as toklib
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    tokenizer: Literal["bpe", "wordpiece", "byte"] = "bpe"  # bpe: byte-level BPE (causal models); wordpiece: masked models; byte: 256 byte ids + specials, no training
+    vocab_size: int = 0  # tokenizer vocabulary incl. special tokens (0 = 8192 for bpe/wordpiece; byte is always 262)
+    tokenizer_from: str = ""  # reuse this tokenizer.json or Hugging Face tokenizer folder instead of training one
+    tokenizer_train_mb: float = 0.0  # learn the tokenizer from at most this many MB of train text (0 = all of it)
+    text_field: str = "text"  # field holding the text in .jsonl/.json records and --hf-dataset rows
+    text_column: str = "text"  # column holding the text in .csv/.tsv/.parquet files
+    txt_documents: Literal["file", "paragraph", "line"] = "file"  # what one document is in .txt/.md files
+    hf_dataset: str = ""  # Hugging Face dataset NAME[:CONFIG] or a save_to_disk folder, read with `datasets`
+    split: str = "train"  # split of --hf-dataset to read
+    builtin: str = ""  # built-in corpus needing no download: python-docs (Python reference + stdlib docstrings)
+    clean: list[str] = dataclasses.field(default_factory=list)  # cleaning steps: html whitespace lowercase accents short dedup compression stopwords (stopwords harms LM pre-training; for bag-of-words classifiers only)
+    min_chars: int = 32  # `short` step: drop documents with fewer characters than this
+    min_compression: float = 0.1  # `compression` step: drop text whose zlib size/raw size is below this (repetitive junk)
+    max_compression: float = 0.75  # `compression` step: drop text whose zlib size/raw size is above this (random or encoded junk)
+    val_fraction: float = 0.1  # fraction of pieces (documents or ~64 KiB blocks) held out for validation; ignored with --val
+    block_chars: int = 65536  # documents longer than this many characters are cut into blocks at line ends
+    shard_tokens: int = 100_000_000  # tokens per shard file
+    batch_chars: int = 2_000_000  # characters encoded per batch (bounds memory; larger batches keep all cores busy)
+    overwrite: bool = False  # replace an existing dataset at --out (the old one is kept until the new one is complete)
+
+
+# --------------------------------------------------------------------------------------------------
+# spool: length-prefixed cleaned pieces; flag bit 0 = last piece of its document
+
+_REC = struct.Struct("<IB")
+
+
+class _Spool:
+    def __init__(self, path: Path):
+        self.path = path
+        self.fh = open(path, "wb", buffering=1 << 20)
+        self.pieces = self.documents = self.bytes = 0
+
+    def write(self, text: str, doc_end: bool) -> None:
+        data = text.encode("utf-8")
+        self.fh.write(_REC.pack(len(data), 1 if doc_end else 0))
+        self.fh.write(data)
+        self.pieces += 1
+        self.documents += int(doc_end)
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _read_spool(path: Path, batch_chars: int, limit_bytes: int = 0) -> Iterator[list[tuple[str, bool]]]:
+    """Batches of (text, doc_end) of about `batch_chars` characters; stop after `limit_bytes`."""
+    batch: list[tuple[str, bool]] = []
+    size = total = 0
+    with open(path, "rb", buffering=1 << 20) as fh:
+        while True:
+            head = fh.read(_REC.size)
+            if len(head) < _REC.size:
+                break
+            n, flag = _REC.unpack(head)
+            text = fh.read(n).decode("utf-8")
+            batch.append((text, bool(flag & 1)))
+            size += n
+            total += n
+            if size >= batch_chars:
+                yield batch
+                batch, size = [], 0
+            if limit_bytes and total >= limit_bytes:
+                break
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------------
+# pass 1: read, clean, split, spool
+
+
+def _is_val(k: int, f: float) -> bool:
+    return math.floor((k + 1) * f + 0.5) > math.floor(k * f + 0.5)
+
+
+class _Splitter:
+    """Routes cleaned pieces to the train/val spools and keeps every document's end-of-text mark,
+    even when a filter drops the last piece of a document whose earlier pieces were kept."""
+
+    def __init__(self, spools: dict[str, _Spool], cleaner, val_fraction: float | None, fixed: str | None):
+        self.spools, self.cleaner = spools, cleaner
+        self.val_fraction, self.fixed = val_fraction, fixed
+        self.k = 0
+        self.open_split: str | None = None  # split of the last kept piece of an unfinished document
+        self.dropped: dict[str, int] = {}
+
+    def add(self, piece: sources.Piece) -> None:
+        text, why = self.cleaner(piece.text, piece.whole)
+        if text is None:
+            self.dropped[why] = self.dropped.get(why, 0) + 1
+            if piece.doc_end and self.open_split is not None:
+                self.spools[self.open_split].write("", True)  # close the document
+                self.open_split = None
+            return
+        split = self.fixed or ("val" if _is_val(self.k, self.val_fraction or 0.0) else "train")
+        self.k += 1
+        if piece.doc_end and self.open_split is not None and self.open_split != split:
+            self.spools[self.open_split].write("", True)
+        self.spools[split].write(text, piece.doc_end)
+        self.open_split = None if piece.doc_end else split
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _builtin_pieces(name: str, block_chars: int, info: dict) -> Iterator[sources.Piece]:
+    h = hashlib.sha256()
+    n = size = 0
+    for doc_name, text in builtin.builtin_documents(name):
+        data = text.encode("utf-8")
+        h.update(doc_name.encode() + b"\0" + data + b"\0")
+        n, size = n + 1, size + len(data)
+        yield from sources.pieces_of(text, block_chars)
+    import platform
+
+    info.update({"builtin": name, "python": platform.python_version(), "documents": n,
+                 "bytes": size, "sha256": h.hexdigest()})
+
+
+# --------------------------------------------------------------------------------------------------
+# pass 3: encode
+
+
+class _ShardSet:
+    """Writes a split's tokens into numbered shards of at most `shard_tokens` tokens."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int):
+        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        folder.mkdir(parents=True, exist_ok=True)
+        self.done: list[dict] = []
+        self.writer: shards.ShardWriter | None = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self.writer is None:
+                name = f"{len(self.done):06d}.bin"
+                self.writer = shards.ShardWriter(self.folder / name, self.dtype)
+            room = self.shard_tokens - self.writer.count
+            self.writer.write(tokens[:room])
+            tokens = tokens[room:]
+            if self.writer.count >= self.shard_tokens:
+                self._close()
+
+    def _close(self) -> None:
+        assert self.writer is not None
+        self.writer.close()
+        self.done.append({"file": f"{self.folder.name}/{self.writer.path.name}", "tokens": self.writer.count})
+        self.writer = None
+
+    def close(self) -> list[dict]:
+        if self.writer is not None:
+            self._close()
+        return self.done
+
+
+def _encode_split(tok, spool: Path, out: _ShardSet, eot: int, batch_chars: int, bar) -> int:
+    """Encode one spool into shards; returns the token count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dtype = out.dtype
+    total = 0
+
+    def encode(batch):
+        # encode_batch_fast: no offsets; the Rust side releases the GIL and uses every core
+        return batch, tok.encode_batch_fast([t for t, _ in batch], add_special_tokens=False)
+
+    # one batch in flight while the previous one is converted and written
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for batch in _read_spool(spool, batch_chars):
+            nxt = pool.submit(encode, batch)
+            if pending is not None:
+                total += _write_batch(*pending.result(), out, eot, dtype, bar)
+            pending = nxt
+        if pending is not None:
+            total += _write_batch(*pending.result(), out, eot, dtype, bar)
+    return total
+
+
+def _write_batch(batch, encodings, out: _ShardSet, eot: int, dtype, bar) -> int:
+    arrays = []
+    for (text, doc_end), enc in zip(batch, encodings):
+        arrays.append(np.asarray(enc.ids, dtype=dtype))
+        if doc_end:
+            arrays.append(np.asarray([eot], dtype=dtype))
+    tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+    out.write(tokens)
+    if bar is not None:
+        bar.advance(0, sum(len(t.encode("utf-8")) for t, _ in batch))
+    return int(tokens.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# output folder handling
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise BudgetError(f"--out {out} exists and is not a folder")
+        if not overwrite:
+            raise BudgetError(f"--out {out} already exists; pass --overwrite to replace it")
+        if any(out.iterdir()) and not (out / "manifest.json").is_file():
+            raise BudgetError(f"--out {out} is a non-empty folder that is not a budgetlm dataset; "
+                              "refusing to replace it")
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Temporary folders of runs that were killed (their process is gone) are removed."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except (ValueError, IndexError):
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the complete temp folder into place; an old dataset is moved aside first and removed
+    only after the new one is in place."""
+    _fsync_dir(tmp)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the programmatic API
+
+
+def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
+                    val_inputs: list[str] | None = None) -> dict:
+    """Build a dataset folder at `out`; returns the summary that `prepare --json` prints."""
+    t0 = time.perf_counter()
+    if not out:
+        raise BudgetError("--out DIR is required")
+    out_path = Path(out).expanduser().absolute()
+    inputs = list(inputs or [])
+    if not inputs and not cfg.builtin and not cfg.hf_dataset:
+        raise BudgetError("nothing to prepare: give INPUT files/folders, --builtin NAME or --hf-dataset NAME")
+    if val_inputs is None and not 0.0 <= cfg.val_fraction < 1.0:
+        raise BudgetError("--val-fraction must be in [0, 1)")
+    for name, value in (("--block-chars", cfg.block_chars), ("--shard-tokens", cfg.shard_tokens),
+                        ("--batch-chars", cfg.batch_chars)):
+        if value <= 0:
+            raise BudgetError(f"{name} must be positive")
+    if cfg.builtin and cfg.builtin not in builtin.BUILTINS:
+        raise BudgetError(f"unknown built-in corpus {cfg.builtin!r}: choose one of {', '.join(builtin.BUILTINS)}")
+    if not cfg.tokenizer_from:
+        toklib._check_vocab(cfg.tokenizer, cfg.vocab_size)  # fail before reading anything
+    cleaner_args = dict(min_chars=cfg.min_chars, min_compression=cfg.min_compression,
+                        max_compression=cfg.max_compression)
+    names = [n for item in cfg.clean for n in item.split(",") if n]
+    train_cleaner = clean.build_cleaner(names, **cleaner_args)
+    files = sources.expand_inputs(inputs)
+    val_files = sources.expand_inputs(val_inputs) if val_inputs else []
+    _check_out(out_path, cfg.overwrite)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out_path)
+
+    tmp = out_path.parent / f".{out_path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        summary = _build(tmp, out_path, files, val_files, cfg, train_cleaner,
+                         clean.build_cleaner(names, **cleaner_args), names, t0)
+        _publish(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, train_cleaner, val_cleaner,
+           clean_names: list[str], t0: float) -> dict:
+    opt = sources.ReadOptions(text_field=cfg.text_field, text_column=cfg.text_column,
+                              txt_documents=cfg.txt_documents, block_chars=cfg.block_chars)
+    stats = sources.Stats()
+    spools = {s: _Spool(tmp / f"spool-{s}.bin") for s in shards.SPLITS}
+    explicit_val = bool(val_files)
+    main = _Splitter(spools, train_cleaner, None if explicit_val else cfg.val_fraction,
+                     "train" if explicit_val else None)
+    extra_inputs: list[dict] = []
+
+    # ---- pass 1: read, clean, split, spool
+    total_bytes = sum(f.stat().st_size for f in files + val_files)
+    with ui.progress("reading", total=total_bytes or None, unit="bytes") as bar:
+        advance = lambda p: bar.advance(0, p.stat().st_size)  # noqa: E731
+        for piece in sources.read_files(files, opt, stats, on_file=advance):
+            main.add(piece)
+        if cfg.builtin:
+            info: dict = {}
+            for piece in _builtin_pieces(cfg.builtin, cfg.block_chars, info):
+                main.add(piece)
+            extra_inputs.append(info)
+        if cfg.hf_dataset:
+            pieces, info = sources.read_hf(cfg.hf_dataset, cfg.split, opt)
+            for piece in pieces:
+                main.add(piece)
+            extra_inputs.append(info)
+        if explicit_val:
+            val = _Splitter(spools, val_cleaner, None, "val")
+            for piece in sources.read_files(val_files, opt, stats, on_file=advance):
+                val.add(piece)
+            for k, v in val.dropped.items():
+                main.dropped[k] = main.dropped.get(k, 0) + v
+    for s in spools.values():
+        s.close()
+    for path, reason in stats.skipped:
+        ui.warn(f"skipped {path}: {reason}")
+    if stats.replacements:
+        ui.warn(f"{stats.replacements:,} invalid UTF-8 sequence(s) replaced by U+FFFD")
+    if not spools["train"].bytes:
+        what = "all inputs were skipped" if stats.skipped and not stats.files else "no text left"
+        raise BudgetError(f"empty input: {what}"
+                          + (" after cleaning" if main.dropped and what == "no text left" else ""))
+    if explicit_val and not spools["val"].bytes:
+        raise BudgetError("the --val inputs hold no text (after cleaning)")
+    if not explicit_val and cfg.val_fraction > 0 and not spools["val"].pieces:
+        ui.warn(f"validation split is empty: only {main.k} piece(s) of text; add text, lower "
+                "--block-chars or give --val")
+
+    # ---- pass 2: tokenizer
+    t_tok = time.perf_counter()
+    if cfg.tokenizer_from:
+        tok = toklib.load_tokenizer(cfg.tokenizer_from)
+        added = toklib.ensure_specials(tok)
+        if added:
+            ui.info(f"added special tokens to the reused tokenizer: {' '.join(added)}")
+        kind = f"from:{toklib.tokenizer_kind(tok)}"
+    else:
+        kind = cfg.tokenizer
+        limit = int(cfg.tokenizer_train_mb * 1e6)
+        texts = (t for batch in _read_spool(spools["train"].path, 1 << 20, limit) for t, _ in batch)
+        with ui.progress(f"training {kind} tokenizer", total=None) as _:
+            tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, cfg.vocab_size)
+    tok_seconds = time.perf_counter() - t_tok
+    ids = toklib.special_ids(tok)
+    vocab_size = tok.get_vocab_size()
+    dtype = shards.dtype_for_vocab(vocab_size)
+    toklib.save_tokenizer(tok, tmp / "tokenizer.json")
+
+    # ---- pass 3: encode into shards
+    tok.encode_special_tokens = True  # "<|endoftext|>" inside the corpus is text, not a separator
+    split_info: dict[str, dict] = {}
+    total_text = spools["train"].bytes + spools["val"].bytes
+    with ui.progress("tokenizing", total=total_text, unit="bytes") as bar:
+        for split in shards.SPLITS:
+            shard_set = _ShardSet(tmp / split, dtype, cfg.shard_tokens)
+            n = _encode_split(tok, spools[split].path, shard_set, ids["eot"], cfg.batch_chars, bar)
+            sp = spools[split]
+            split_info[split] = {"documents": sp.documents, "pieces": sp.pieces, "bytes": sp.bytes,
+                                 "tokens": n, "shards": shard_set.close()}
+            sp.path.unlink()
+    seconds = time.perf_counter() - t0
+    text_tokens = sum(s["tokens"] - s["documents"] for s in split_info.values())
+    bytes_per_token = total_text / text_tokens if text_tokens else 0.0
+
+    manifest = {
+        "format": "budgetlm-dataset",
+        "version": shards.MANIFEST_VERSION,
+        "budgetlm_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inputs": [{"path": str(f), "sha256": _sha256(f), "bytes": f.stat().st_size,
+                    "split": "val" if f in val_files else "train"}
+                   for f in files + val_files if str(f) in stats.files] + extra_inputs,
+        "skipped": [{"path": p, "reason": r} for p, r in stats.skipped],
+        "options": {**to_dict(cfg), "clean": clean_names},
+        "tokenizer": {"kind": kind, "file": "tokenizer.json", "vocab_size": vocab_size, "special_ids": ids,
+                      "from": cfg.tokenizer_from or None},
+        "eot_id": ids["eot"],
+        "dtype": dtype.name,
+        "splits": split_info,
+        "bytes_per_token": bytes_per_token,
+        "replacements": stats.replacements,
+        "dropped": main.dropped,
+        "seconds": seconds,
+    }
+    write_json_atomic(tmp / "manifest.json", manifest)
+
+    summary = {
+        "out": str(out_path),
+        "documents": {s: split_info[s]["documents"] for s in shards.SPLITS},
+        "bytes": {s: split_info[s]["bytes"] for s in shards.SPLITS},
+        "tokens": {s: split_info[s]["tokens"] for s in shards.SPLITS},
+        "bytes_per_token": round(bytes_per_token, 4),
+        "vocab_size": vocab_size,
+        "tokenizer": kind,
+        "dtype": dtype.name,
+        "shards": {s: len(split_info[s]["shards"]) for s in shards.SPLITS},
+        "replacements": stats.replacements,
+        "skipped_files": len(stats.skipped),
+        "dropped": main.dropped,
+        "tokenizer_seconds": round(tok_seconds, 3),
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(total_text / 1e6 / seconds, 3) if seconds > 0 else None,
+    }
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="files or folders (recursive): .txt .md .jsonl .json .csv .tsv .parquet, "
+                             "optionally .gz .xz .bz2 .zst")
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
+    parser.add_argument("--val", nargs="+", metavar="INPUT", default=None,
+                        help="explicit validation inputs (then --val-fraction is ignored)")
+    add_dataclass_args(parser, PrepareConfig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = from_args(PrepareConfig, args)
+    summary = prepare_dataset(args.inputs, args.out, cfg, args.val)
+    rows = [[s, f"{summary['documents'][s]:,}", f"{summary['bytes'][s]:,}", f"{summary['tokens'][s]:,}",
+             summary["shards"][s]] for s in shards.SPLITS]
+    ui.table(f"dataset {summary['out']}", ["split", "documents", "bytes", "tokens", "shards"], rows)
+    ui.info(f"tokenizer {summary['tokenizer']} ({summary['vocab_size']:,} tokens, {summary['dtype']}), "
+            f"{summary['bytes_per_token']:.2f} bytes/token, {summary['seconds']:.1f}s "
+            f"({summary['mb_per_s']} MB/s)")
+    return summary
