@@ -1,0 +1,390 @@
+"""Process state: the one module that touches torch.cuda, torch.distributed, torch_xla and mps.
+
+Everything device-, precision- or rank-specific goes through here, so the model and the training
+loop stay device-agnostic (torchtitan keeps parallelism apart from the model; nanochat's
+`common.compute_init` plays the same role). What lives here:
+
+- `init_runtime(device="auto", precision="auto", seed=0)` -> `Runtime`: device detection, DDP
+  initialisation from the torchrun environment (gloo on CPU, nccl on CUDA), precision choice;
+- `autocast(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
+- `maybe_compile(model, mode)`, `wrap_ddp(model, rt)`, `unwrap(model)`;
+- `peak_flops(rt)` for MFU (on CPU measured with a matmul, and said so);
+- `seed_everything`, `rng_state`/`set_rng_state` (for exact resume), `print0`, `all_reduce_mean`.
+
+The xla path (TPU through torch_xla) is small and UNVERIFIED: no TPU was available while writing it;
+only its dispatch logic is tested, with torch_xla mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from budgetlm import ui
+from budgetlm.config import BudgetError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    device: torch.device  # where tensors live
+    device_type: str  # cpu | cuda | mps | xla
+    precision: str  # fp32 | bf16 | fp16: the autocast compute dtype
+    precision_reason: str  # one line: why this precision was chosen
+    rank: int = 0  # global rank under torchrun, 0 otherwise
+    local_rank: int = 0  # rank on this host
+    world_size: int = 1  # number of processes
+    ddp: bool = False  # True when torch.distributed was initialised by us
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+# --------------------------------------------------------------------------------------------------
+# devices
+
+
+def _xla_available() -> bool:
+    try:
+        import torch_xla  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "no xla"
+        return False
+    return True
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+# device type -> "is it usable here"; auto picks the first available in this order.
+DEVICE_CHECKS: dict[str, Callable[[], bool]] = {
+    "cuda": torch.cuda.is_available,
+    "xla": _xla_available,
+    "mps": _mps_available,
+    "cpu": lambda: True,
+}
+
+
+def detect_device_type(requested: str = "auto") -> str:
+    if requested == "auto":
+        return next(name for name, ok in DEVICE_CHECKS.items() if ok())
+    if requested not in DEVICE_CHECKS:
+        raise BudgetError(f"unknown device {requested!r}: choose auto, {', '.join(DEVICE_CHECKS)}")
+    if not DEVICE_CHECKS[requested]():
+        raise BudgetError(f"--device {requested} requested but no {requested} device is available here")
+    return requested
+
+
+def _torch_device(device_type: str, local_rank: int) -> torch.device:
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if device_type == "xla":
+        import torch_xla.core.xla_model as xm
+
+        return xm.xla_device()
+    return torch.device(device_type)
+
+
+# --------------------------------------------------------------------------------------------------
+# precision
+
+
+def _time_matmul(dtype: torch.dtype, n: int, reps: int, budget_s: float = 0.05) -> float:
+    """FLOP/s of an (n x n) @ (n x n) matmul on CPU; stops early when one rep exceeds budget_s."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first rep warms up the kernel
+        t0 = time.perf_counter()
+        a @ b
+        dt = time.perf_counter() - t0
+        best = min(best, dt)
+        if dt > budget_s:  # a slow (emulated) dtype: no need to time it precisely
+            break
+    return 2 * n**3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_matmul_flops(precision: str, n: int = 512, reps: int = 5) -> float:
+    """Measured CPU matmul throughput for a precision (cached per process, a few ms each)."""
+    return _time_matmul(DTYPES[precision], n, reps)
+
+
+def _cuda_precision() -> tuple[str, str]:
+    if torch.cuda.is_bf16_supported():
+        return "bf16", "the GPU supports bf16"
+    return "fp16", "the GPU has no bf16: fp16 autocast with a gradient scaler"
+
+
+def _cpu_precision() -> tuple[str, str]:
+    # Some CPUs run bf16 matmuls natively (AVX512-BF16, AMX) and twice as fast as fp32; others
+    # emulate them ~100x slower. Only a measurement tells, so probe once (~10 ms) and require a
+    # clear win before giving up fp32's accuracy.
+    f32 = cpu_matmul_flops("fp32", 256)
+    bf16 = cpu_matmul_flops("bf16", 256)
+    ratio = bf16 / f32
+    if ratio >= 1.3:
+        return "bf16", f"measured bf16 matmul {ratio:.1f}x faster than fp32 on this CPU"
+    return "fp32", f"measured bf16 matmul only {ratio:.2f}x fp32 on this CPU: staying in fp32"
+
+
+# device type -> automatic precision rule
+AUTO_PRECISION: dict[str, Callable[[], tuple[str, str]]] = {
+    "cuda": _cuda_precision,
+    "cpu": _cpu_precision,
+    "mps": lambda: ("fp32", "mps: fp32 (bf16 autocast support varies across macOS versions)"),
+    "xla": lambda: ("bf16", "TPUs compute in bf16"),
+}
+
+
+def choose_precision(device_type: str, requested: str = "auto") -> tuple[str, str]:
+    if requested == "auto":
+        return AUTO_PRECISION[device_type]()
+    if requested not in DTYPES:
+        raise BudgetError(f"unknown precision {requested!r}: choose auto, fp32, bf16 or fp16")
+    if requested == "fp16" and device_type == "cpu":
+        raise BudgetError("--precision fp16 is not supported on CPU: use bf16 or fp32")
+    return requested, f"--precision {requested} requested"
+
+
+# --------------------------------------------------------------------------------------------------
+# process set-up
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def init_runtime(device: str = "auto", precision: str = "auto", seed: int = 0) -> Runtime:
+    """Detect the device, join the process group when launched by torchrun, choose precision."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device_type = detect_device_type(device)
+    ddp = False
+    if world > 1 and device_type != "xla":
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        ddp = True
+    prec, reason = choose_precision(device_type, precision)
+    rt = Runtime(_torch_device(device_type, local_rank), device_type, prec, reason,
+                 rank, local_rank, world, ddp)
+    seed_everything(seed)
+    if device_type == "cuda":
+        # TF32 matmuls: ~8x the fp32 tensor-core rate on Ampere+ at negligible accuracy cost.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return rt
+
+
+def shutdown(rt: Runtime) -> None:
+    if rt.ddp:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def print0(rt: Runtime | None, message: str) -> None:
+    if rt is None or rt.is_main:
+        ui.info(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# precision at run time
+
+
+def autocast(rt: Runtime):
+    """The mixed-precision context for forward passes (a no-op in fp32)."""
+    if rt.precision == "fp32":
+        return contextlib.nullcontext()
+    # torch_xla registers an "xla" autocast device type (UNVERIFIED here: no TPU was available).
+    return torch.autocast(device_type=rt.device_type, dtype=rt.dtype)
+
+
+def make_grad_scaler(rt: Runtime):
+    """fp16 needs loss scaling to keep small gradients representable; bf16/fp32 do not."""
+    enabled = rt.precision == "fp16" and rt.device_type == "cuda"
+    return torch.amp.GradScaler("cuda", enabled=enabled) if enabled else None
+
+
+def optimizer_step(rt: Runtime, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    if rt.device_type == "xla":
+        import torch_xla.core.xla_model as xm
+
+        xm.optimizer_step(optimizer)  # all-reduces gradients across TPU cores, then steps
+    elif scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def mark_step(rt: Runtime) -> None:
+    """Cut the lazy xla graph once per optimizer step; nothing elsewhere."""
+    if rt.device_type == "xla":
+        import torch_xla.core.xla_model as xm
+
+        xm.mark_step()
+
+
+def synchronize(rt: Runtime) -> None:
+    """Wait for queued device work so that wall-clock timings are honest."""
+    if rt.device_type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    elif rt.device_type == "mps":
+        torch.mps.synchronize()
+
+
+# --------------------------------------------------------------------------------------------------
+# model wrapping
+
+
+def maybe_compile(model: torch.nn.Module, rt: Runtime, mode: str = "auto") -> torch.nn.Module:
+    """torch.compile on GPUs by default; off on CPU unless asked for ("on").
+
+    On this project's 2-core CPU, compiling the benchmark model gained ~5% and cost tens of seconds of
+    compile time out of a minutes-long budget, so `auto` leaves CPU models eager. A failed compile
+    falls back to the eager model with a warning instead of killing the run.
+    """
+    want = mode == "on" or (mode == "auto" and rt.device_type == "cuda")
+    if not want:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - compile support varies by platform
+        ui.warn(f"torch.compile failed ({type(e).__name__}: {e}); continuing without it")
+        return model
+
+
+def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    if not rt.ddp:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [rt.local_rank] if rt.device_type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and torch.compile wrappers (its state_dict has clean keys)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def no_sync(model: torch.nn.Module, sync: bool):
+    """Skip the DDP gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def all_reduce_mean(rt: Runtime, value: float) -> float:
+    if not rt.ddp:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / rt.world_size
+
+
+def all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
+    if not rt.ddp:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.ddp:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------------
+# peak FLOP/s for MFU
+
+# Dense datasheet peaks (TFLOP/s) for GPUs the MFU display recognises by name; the full catalog with
+# sources is budgetlm's hardware catalog. Values: NVIDIA A100/H100 datasheets (dense, no sparsity).
+_CUDA_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
+    "H100": {"bf16": 989.5, "fp16": 989.5, "fp32": 494.7},  # fp32 entry = TF32 tensor cores
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
+}
+
+
+def peak_flops(rt: Runtime) -> tuple[float, str]:
+    """(FLOP/s, how it was obtained) of one device in the precision in use.
+
+    CPU: *measured* with a 1024^3 matmul (a dense-matmul peak: no model reaches more than this).
+    CUDA: a datasheet value for known cards, else a measured matmul.
+    """
+    if rt.device_type == "cuda":
+        name = torch.cuda.get_device_name(rt.device)
+        for key, table in _CUDA_PEAKS_TFLOPS.items():
+            if key in name:
+                return table[rt.precision] * 1e12, f"{name} datasheet dense {rt.precision} peak"
+        a = torch.randn(4096, 4096, device=rt.device, dtype=rt.dtype)
+        for _ in range(3):
+            a @ a
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
+        return 10 * 2 * 4096**3 / (time.perf_counter() - t0), f"measured {rt.precision} matmul on {name}"
+    if rt.device_type == "cpu":
+        flops = cpu_matmul_flops(rt.precision, 1024, 3)
+        return flops, f"measured {rt.precision} 1024^3 matmul on this CPU ({flops / 1e9:.0f} GFLOP/s)"
+    return float("nan"), f"no peak known for {rt.device_type}"
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG state (exact resume)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
