@@ -262,10 +262,13 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
     """(MFU, where it came from). Calibration points (from `budgetlm bench`) are interpolated in
     log FLOPs per token, clamped at the ends."""
     points = ((calibration or {}).get("precisions") or {}).get(precision) or []
-    points = [p for p in points if p.get("mfu")]
-    if points:
+    peak = peak_flops(device, precision)
+    points = [p for p in points if p.get("achieved_flops")]
+    if points and peak:
+        # MFU is recomputed against this device's peak, so a calibration measures achieved FLOP/s
+        # and stays valid whatever peak figure the catalog carries.
         x = math.log(flops_per_token(cfg, seq_len))
-        pts = sorted((math.log(p["flops_per_token"]), p["mfu"]) for p in points)
+        pts = sorted((math.log(p["flops_per_token"]), p["achieved_flops"] / peak) for p in points)
         if x <= pts[0][0]:
             return pts[0][1], "calibration"
         for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
@@ -339,6 +342,10 @@ def _global_batch_tokens(tokens: float, seq_len: int) -> int:
     return max(seq_len, 2 ** int(math.floor(math.log2(target))))
 
 
+# A CPU gains nothing from matmuls bigger than a few thousand rows, so it need not pay the memory.
+MAX_MICRO_TOKENS = {"cpu": 4096}
+
+
 def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: int = 1,
                    optimizer: str = "adamw", tokens_hint: float = 1e9, precisions: tuple[str, ...] | None = None,
                    calibration: dict | None = None, pred_fraction: float | None = None,
@@ -349,6 +356,9 @@ def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: 
     not above the global batch wins; checkpointing only when nothing fits without it."""
     gbt = _global_batch_tokens(tokens_hint, seq_len)
     per_device_seqs = max(1, gbt // (seq_len * num_devices))
+    cap = MAX_MICRO_TOKENS.get(device.kind)
+    if cap:
+        max_micro_batch = max(1, min(max_micro_batch, cap // seq_len))
     out: list[Choice] = []
     for precision in precisions or PRECISION_ORDER:
         peak = peak_flops(device, precision)
@@ -410,8 +420,13 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
     With budget_s, tokens become what the budget buys."""
     if seq_len > cfg.max_seq_len:
         cfg = replace(cfg, max_seq_len=seq_len)
-    choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens, precisions,
+    choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens or 1e12, precisions,
                              calibration, pred_fraction)
+    if budget_s is not None and choices:
+        # The global batch depends on the tokens the run will see, which the budget buys.
+        tokens = choices[0].tokens_per_second * budget_s
+        choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens, precisions,
+                                 calibration, pred_fraction)
     notes: list[str] = []
     fpt = flops_per_token(cfg, seq_len, pred_fraction)
     if choices:
