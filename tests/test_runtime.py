@@ -1,0 +1,124 @@
+"""runtime: device and precision choice (incl. the CPU bf16 probe), compile fallback, xla dispatch."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from budgetlm import runtime
+from budgetlm.config import BudgetError
+
+
+def test_cpu_auto_precision_follows_the_measured_matmul_speed(monkeypatch):
+    speeds = {"fp32": 190e9, "bf16": 420e9}
+    monkeypatch.setattr(runtime, "cpu_matmul_flops", lambda p, n=512, reps=5: speeds[p])
+    prec, why = runtime.choose_precision("cpu", "auto")
+    assert prec == "bf16" and "faster" in why
+    speeds["bf16"] = 1e9  # emulated bf16 (no AVX512-BF16/AMX): ~1 GFLOP/s
+    prec, why = runtime.choose_precision("cpu", "auto")
+    assert prec == "fp32" and "staying in fp32" in why
+
+
+def test_real_probe_is_fast_and_positive():
+    runtime.cpu_matmul_flops.cache_clear()
+    assert runtime.cpu_matmul_flops("fp32", 128, 2) > 1e8
+    prec, _ = runtime.choose_precision("cpu", "auto")
+    assert prec in ("fp32", "bf16")
+
+
+def test_explicit_precision_and_errors():
+    assert runtime.choose_precision("cpu", "fp32")[0] == "fp32"
+    assert runtime.choose_precision("cuda", "fp16")[0] == "fp16"
+    with pytest.raises(BudgetError):
+        runtime.choose_precision("cpu", "fp16")
+    with pytest.raises(BudgetError):
+        runtime.choose_precision("cpu", "fp8")
+
+
+def test_device_detection():
+    assert runtime.detect_device_type("cpu") == "cpu"
+    assert runtime.detect_device_type("auto") in runtime.DEVICE_CHECKS
+    with pytest.raises(BudgetError, match="unknown device"):
+        runtime.detect_device_type("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(BudgetError, match="no cuda"):
+            runtime.detect_device_type("cuda")
+
+
+@pytest.mark.parametrize("device_type", list(runtime.AUTO_PRECISION))
+def test_every_auto_precision_rule_answers(device_type, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    prec, why = runtime.AUTO_PRECISION[device_type]()
+    assert prec in runtime.DTYPES and why
+
+
+def test_init_runtime_cpu_and_autocast():
+    rt = runtime.init_runtime("cpu", "fp32", seed=3)
+    assert rt.is_main and rt.world_size == 1 and not rt.ddp
+    a = torch.rand(1)
+    runtime.seed_everything(3)
+    assert torch.equal(a, torch.rand(1))
+    with runtime.autocast(rt):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    rt16 = runtime.Runtime(torch.device("cpu"), "cpu", "bf16", "test")
+    with runtime.autocast(rt16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert runtime.make_grad_scaler(rt) is None
+
+
+def test_rng_state_round_trip():
+    s = runtime.rng_state()
+    a = (torch.rand(3), __import__("random").random())
+    runtime.set_rng_state(s)
+    b = (torch.rand(3), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+
+
+def test_compile_is_off_on_cpu_by_default_and_falls_back(monkeypatch):
+    rt = runtime.Runtime(torch.device("cpu"), "cpu", "fp32", "test")
+    m = torch.nn.Linear(2, 2)
+    assert runtime.maybe_compile(m, rt, "auto") is m
+
+    def boom(*a, **k):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch, "compile", boom)
+    assert runtime.maybe_compile(m, rt, "on") is m  # clean fallback
+
+
+def test_unwrap_peels_wrappers():
+    inner = torch.nn.Linear(2, 2)
+    outer = types.SimpleNamespace(module=types.SimpleNamespace(_orig_mod=inner))
+    assert runtime.unwrap(outer) is inner
+
+
+def test_peak_flops_cpu_is_measured():
+    rt = runtime.Runtime(torch.device("cpu"), "cpu", "fp32", "test")
+    flops, note = runtime.peak_flops(rt)
+    assert flops > 1e8 and "measured" in note
+
+
+def test_xla_dispatch_with_mocked_torch_xla(monkeypatch):
+    """Only the dispatch logic: torch_xla itself is not installed (no TPU here)."""
+    calls = []
+    xm = types.SimpleNamespace(
+        optimizer_step=lambda opt: calls.append("optimizer_step"),
+        mark_step=lambda: calls.append("mark_step"),
+        xla_device=lambda: torch.device("cpu"),
+    )
+    pkg = types.ModuleType("torch_xla")
+    core = types.ModuleType("torch_xla.core")
+    core.xla_model = xm
+    pkg.core = core
+    monkeypatch.setitem(sys.modules, "torch_xla", pkg)
+    monkeypatch.setitem(sys.modules, "torch_xla.core", core)
+    monkeypatch.setitem(sys.modules, "torch_xla.core.xla_model", xm)
+    monkeypatch.setitem(runtime.DEVICE_CHECKS, "xla", runtime._xla_available)
+    assert runtime.detect_device_type("xla") == "xla"
+    assert runtime.choose_precision("xla", "auto")[0] == "bf16"
+    rt = runtime.Runtime(torch.device("cpu"), "xla", "bf16", "test")
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    runtime.optimizer_step(rt, opt)
+    runtime.mark_step(rt)
+    assert calls == ["optimizer_step", "mark_step"]

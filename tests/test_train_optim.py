@@ -1,0 +1,60 @@
+"""Optimizer registry: every entry trains; parameter grouping (decay, muon) is right."""
+
+import pytest
+import torch
+
+from budgetlm.config import BudgetError
+from budgetlm.models.config import ModelConfig
+from budgetlm.models.transformer import build_model
+from budgetlm.train.optim import OPTIMIZERS, OptimConfig, build_optimizer, set_lr, split_params
+from train_helpers import one_thread  # noqa: F401
+
+
+def tiny():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=2, max_seq_len=16))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_reduces_loss_and_round_trips(name):
+    m = tiny()
+    opt = build_optimizer(name, m, OptimConfig(lr=3e-3))
+    x = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(15):
+        _, loss = m(x[:, :-1], targets=x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    sd = opt.state_dict()
+    opt2 = build_optimizer(name, m, OptimConfig(lr=3e-3))
+    opt2.load_state_dict(sd)
+    assert set_lr(opt2, 0.5) == pytest.approx(1.5e-3)
+    assert all(g["lr"] == pytest.approx(g["base_lr"] * 0.5) for g in opt2.param_groups)
+
+
+def test_weight_decay_only_on_matrices():
+    m = tiny()
+    opt = build_optimizer("adamw", m, OptimConfig(weight_decay=0.1))
+    for g in opt.param_groups:
+        dims = {p.ndim for p in g["params"]}
+        assert (g["weight_decay"] > 0) == (dims == {2})
+
+
+def test_muon_gets_hidden_matrices_only():
+    m = tiny()
+    groups = split_params(m)
+    names = {n for n, _ in groups["hidden"]}
+    assert names and all(".attn." in n or ".mlp." in n for n in names)
+    assert "embed.weight" in {n for n, _ in groups["decay"]}
+    opt = build_optimizer("muon", m, OptimConfig())
+    muon = opt.optimizers[0]
+    assert isinstance(muon, torch.optim.Muon)
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for _, p in groups["hidden"]}
+
+
+def test_unknown_optimizer():
+    with pytest.raises(BudgetError, match="unknown optimizer"):
+        build_optimizer("sgdx", tiny(), OptimConfig())
