@@ -1,0 +1,162 @@
+"""`budgetlm classify`: label texts with a fine-tuned classifier, with probabilities.
+
+    budgetlm classify --model RUN --text "a gripping, funny film"
+    budgetlm classify --model RUN --input reviews.jsonl --json     # csv/tsv/jsonl or plain .txt lines
+
+Inference is batched with length-sorted batches (little padding) and `--quantize int8` swaps every
+linear layer for its int8 dynamic-quantized form on CPU. `load_classifier` and `predict_proba` are
+shared with `eval` (of a classifier), `finetune` (validation) and `serve` (/v1/classify).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from budgetlm import ui
+from budgetlm.config import BudgetError
+from budgetlm.labelled import collate, length_sorted_batches, read_labelled
+
+
+@torch.no_grad()
+def predict_proba(
+    model: torch.nn.Module,
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 64,
+    token_types: Sequence[Sequence[int]] | None = None,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Class probabilities (N, num_labels) for token sequences, in their original order."""
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
+        idx, mask, tt = collate([seqs[i] for i in batch], pad_id, [token_types[i] for i in batch] if token_types else None)
+        kwargs = {"token_type_ids": tt.to(device)} if tt is not None else {}
+        logits, _ = model(idx.to(device), attention_mask=mask.to(device), **kwargs)  # (B, K)
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(seqs), probs.shape[1]), dtype=np.float32)
+        out[batch] = probs
+    model.train(was_training)
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass
+class LoadedClassifier:
+    model: torch.nn.Module
+    encoder: Any  # labelled.BudgetlmEncoder | labelled.HFEncoder
+    labels: list[str]
+    meta: dict[str, Any]
+    device: torch.device
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
+        seqs, token_types = self.encoder(texts, pairs)
+        return predict_proba(self.model, seqs, self.encoder.pad_id, batch_size, token_types, self.device)
+
+
+def load_classifier(run: str | Path, device: str = "cpu", quantize: str = "none", which: str = "best") -> LoadedClassifier:
+    """A fine-tuned run -> model + encoder + label names. A language model (not fine-tuned) is a
+    one-line error that says what to do."""
+    from budgetlm import finetune  # registers the "classifier" model kind
+    from budgetlm.quantize import maybe_quantize
+    from budgetlm.train.checkpoint import load_model, read_meta, resolve_checkpoint
+
+    meta0 = read_meta(resolve_checkpoint(run, which))
+    if meta0.get("model_kind") != "classifier":
+        kind = "causal" if meta0.get("model_config", {}).get("causal", True) else "masked"
+        raise BudgetError(
+            f"{run} is a {kind} language model, not a fine-tuned classifier: "
+            f"run `budgetlm finetune --model {run} ...` first"
+        )
+    model, meta = load_model(run, device=device, which=which)
+    model = maybe_quantize(model, quantize)
+    encoder = finetune.make_encoder(meta, Path(meta["checkpoint_dir"]).parent.parent)
+    return LoadedClassifier(model, encoder, [str(x) for x in meta["labels"]], meta, torch.device(device))
+
+
+# --------------------------------------------------------------------------------------------------
+# command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="fine-tuned run directory (from `budgetlm finetune`)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to classify (repeat for several)")
+    src.add_argument("--input", help="file of texts: .csv/.tsv/.jsonl (text column) or .txt (one per line)")
+    parser.add_argument("--text-column", default=None, help="text column of --input (default: as fine-tuned)")
+    parser.add_argument("--text-pair-column", default=None, help="second text column (sentence pairs)")
+    parser.add_argument("--output", help="also write the predictions here as JSON lines")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"], help="int8: dynamic int8 linear layers (CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | mps")
+
+
+def _read_inputs(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[str], list[str] | None]:
+    if args.text:
+        return list(args.text), None
+    path = Path(args.input)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise BudgetError(f"no such file: {path}")
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise BudgetError(f"{path} holds no text")
+        return lines, None
+    text_col = args.text_column or meta.get("text_column", "text")
+    pair_col = args.text_pair_column if args.text_pair_column is not None else meta.get("text_pair_column", "")
+    data = read_labelled(path, text_col, pair_col, meta.get("label_column", "label"), need_labels=False)
+    return data.texts, data.pairs
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+    import os
+    import time
+
+    if args.batch_size < 1:
+        raise BudgetError("--batch-size must be at least 1")
+    clf = load_classifier(args.model, device=args.device, quantize=args.quantize)
+    texts, pairs = _read_inputs(args, clf.meta)
+    t0 = time.perf_counter()
+    probs = clf.predict(texts, pairs, args.batch_size)
+    seconds = time.perf_counter() - t0
+    preds = probs.argmax(-1)
+    results = [
+        {"text": t, "label": clf.labels[p], "probs": {name: round(float(x), 6) for name, x in zip(clf.labels, row)}}
+        for t, p, row in zip(texts, preds, probs)
+    ]
+    if args.output:
+        tmp = f"{args.output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for r in results:
+                fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, args.output)
+    if not ui.json_mode():
+        shown = results[:20]
+        ui.table(
+            "predictions",
+            ["text", "label", "p"],
+            [[r["text"][:60], r["label"], f"{r['probs'][r['label']]:.3f}"] for r in shown],
+        )
+        if len(results) > len(shown):
+            ui.info(f"... {len(results) - len(shown)} more" + (f" in {args.output}" if args.output else ""))
+    counts = {name: int((preds == i).sum()) for i, name in enumerate(clf.labels)}
+    ui.info(f"{len(texts)} texts in {seconds:.2f}s ({len(texts) / max(seconds, 1e-9):.0f}/s); counts {counts}")
+    return {
+        "model": str(args.model),
+        "labels": clf.labels,
+        "n": len(texts),
+        "seconds": round(seconds, 4),
+        "quantize": args.quantize,
+        "counts": counts,
+        "results": results if len(results) <= 10_000 or not args.output else [],
+    }

@@ -1,0 +1,259 @@
+"""Fine-tuning end to end on tiny models and synthetic data (CPU, seconds)."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from budgetlm.cli import main
+from budgetlm.config import to_dict
+from budgetlm.labelled import build_inputs, label_names, read_labelled
+
+POS = ["good", "great", "lovely", "superb", "fine"]
+NEG = ["bad", "awful", "dull", "poor", "boring"]
+FILL = ["the", "film", "was", "plot", "actors", "a", "story", "and", "very", "it"]
+
+
+def synth(n, seed, three=False):
+    """Texts whose label is decided by which sentiment words they contain."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randrange(3 if three else 2)
+        words = rng.choices(FILL, k=6) + rng.choices([NEG, POS, ["meh", "okay", "average"]][k], k=2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": ["neg", "pos", "mid"][k]})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_tsv(path, rows, cols=("text", "label")):
+    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_lm_run(root, causal):
+    """A tiny 'pre-trained' run directory as `budgetlm train` writes it (random weights)."""
+    from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import build_model
+    from budgetlm.train.checkpoint import save_checkpoint
+
+    texts = [r["text"] for r in synth(200, 99, three=True)] + ["first second premise hypothesis yes no"]
+    tok = train_tokenizer("wordpiece", texts, vocab_size=120)
+    tok_path = root / f"tok-{causal}.json"
+    save_tokenizer(tok, tok_path)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=64, causal=causal)
+    run = root / ("causal-lm" if causal else "masked-lm")
+    save_checkpoint(run, 10, build_model(cfg), {"model_config": to_dict(cfg)}, tokenizer_path=tok_path)
+    return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine run far faster on one thread than two (contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    return {"masked": make_lm_run(root, False), "causal": make_lm_run(root, True)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return {
+        "train": write_jsonl(d / "train.jsonl", synth(240, 1)),
+        "val": write_jsonl(d / "val.jsonl", synth(60, 2)),
+        "train_tsv": write_tsv(d / "train.tsv", synth(240, 1)),
+        "val_tsv": write_tsv(d / "val.tsv", synth(60, 2)),
+        "train3": write_jsonl(d / "train3.jsonl", synth(300, 3, three=True)),
+        "val3": write_jsonl(d / "val3.jsonl", synth(60, 4, three=True)),
+    }
+
+
+FAST = ["--lr", "3e-3", "--batch-size", "16", "--max-len", "24", "--device", "cpu", "--precision", "fp32"]
+
+
+def finetune(capsys, *argv):
+    code = main(["finetune", "--json", *argv])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_masked_backbone_learns_string_labels_and_writes_report(runs, data, tmp_path, capsys):
+    out = tmp_path / "clf"
+    code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
+                              "--val", str(data["val"]), "--out", str(out), "--epochs", "6", "--patience", "0", *FAST)
+    assert code == 0, err
+    assert res["labels"] == ["neg", "pos"]
+    assert res["accuracy"] >= 0.9  # the sentiment words decide the label: easy to learn
+    for key in ("precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"):
+        assert key in res
+    assert sum(map(sum, res["confusion_matrix"])) == 60
+    report = (out / "report.md").read_text()
+    assert "Confusion matrix" in report and "| **pos** |" in report and "val_metric.png" in report
+    assert (out / "val_metric.png").stat().st_size > 1000
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == res["accuracy"]
+    assert len(res["history"]) >= 6  # one validation per epoch
+
+    # classify a file and eval the run, with the columns remembered from fine-tuning
+    code = main(["classify", "--json", "--model", str(out), "--input", str(data["val"])])
+    cls = json.loads(capsys.readouterr().out)
+    assert code == 0 and cls["n"] == 60
+    truth = [json.loads(line)["label"] for line in data["val"].read_text().splitlines()]
+    agree = sum(r["label"] == t for r, t in zip(cls["results"], truth)) / 60
+    assert agree == pytest.approx(res["accuracy"])
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-4 for r in cls["results"])
+
+    code = main(["eval", "--json", "--model", str(out), "--text", str(data["val"])])
+    ev = json.loads(capsys.readouterr().out)
+    assert code == 0 and ev["accuracy"] == pytest.approx(res["accuracy"])
+
+    # int8 quantized inference gives (nearly) the same answers
+    from budgetlm.classify import load_classifier
+    from budgetlm.quantize import linear_count
+
+    q = load_classifier(out, quantize="int8")
+    assert linear_count(q.model)[1] >= 2 * 2 + 1
+    texts = [json.loads(line)["text"] for line in data["val"].read_text().splitlines()]
+    fp = load_classifier(out).predict(texts)
+    assert (q.predict(texts).argmax(-1) == fp.argmax(-1)).mean() >= 0.9
+
+
+def test_causal_backbone_three_classes_tsv(runs, data, tmp_path, capsys):
+    out = tmp_path / "clf3"
+    code, res, err = finetune(capsys, "--model", str(runs["causal"]), "--train", str(data["train3"]),
+                              "--val", str(data["val3"]), "--out", str(out), "--epochs", "6", *FAST)
+    assert code == 0, err
+    assert res["labels"] == ["mid", "neg", "pos"] and len(res["per_class"]) == 3
+    assert res["accuracy"] >= 0.8
+
+
+def test_integer_labels_from_tsv_and_sentence_pairs(runs, tmp_path, capsys):
+    rng = random.Random(5)
+    rows = []
+    for _ in range(200):  # label 1 when the two sentences share their sentiment word
+        a, b = rng.choice(POS + NEG), rng.choice(POS + NEG)
+        rows.append({"s1": f"the film was {a}", "s2": f"it was {b}", "y": int((a in POS) == (b in POS))})
+    train = write_tsv(tmp_path / "pairs.tsv", rows[:160], cols=("s1", "s2", "y"))
+    val = write_tsv(tmp_path / "pairs_val.tsv", rows[160:], cols=("s1", "s2", "y"))
+    out = tmp_path / "pairs"
+    code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(train), "--val", str(val),
+                              "--out", str(out), "--text-column", "s1", "--text-pair-column", "s2",
+                              "--label-column", "y", "--epochs", "2", *FAST)
+    assert code == 0, err
+    assert res["labels"] == ["0", "1"]
+    # classify must see both sentences (the pair column is remembered)
+    code = main(["classify", "--json", "--model", str(out), "--input", str(val)])
+    assert code == 0 and json.loads(capsys.readouterr().out)["n"] == 40
+
+
+def test_early_stopping_keeps_the_best_checkpoint(runs, data, tmp_path, capsys):
+    out = tmp_path / "es"
+    # a vanishing LR makes no progress: validation never improves after the first evaluation
+    code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
+                              "--val", str(data["val"]), "--out", str(out), "--epochs", "30",
+                              "--patience", "2", "--eval-every", "3", *FAST, "--lr", "1e-9")
+    assert code == 0, err
+    assert res["early_stopped"] is True
+    assert res["steps"] < 30 * 15  # stopped long before 30 epochs
+    assert len(res["history"]) == 3  # first eval sets the best, two more without gain -> stop
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == [f"step_{res['best_step']:06d}"]
+
+
+def test_from_scratch_baseline_differs_from_pretrained_init(runs, data, tmp_path, capsys):
+    from budgetlm.train.checkpoint import load_model
+
+    out = tmp_path / "scratch"
+    code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
+                              "--val", str(data["val"]), "--out", str(out), "--epochs", "0.1",
+                              "--from-scratch", *FAST, "--lr", "1e-12")
+    assert code == 0, err
+    assert res["from_scratch"] is True
+    lm, _ = load_model(runs["masked"])
+    clf, _ = load_model(out)
+    assert not torch.allclose(lm.embed.weight, clf.backbone.embed.weight)
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda d, t: ["--train", str(write_jsonl(t / "a.jsonl", [{"text": "x", "y": 1}] * 5)),
+                       "--val", str(d["val"])], "no column 'label'"),
+        (lambda d, t: ["--train", str(write_jsonl(t / "b.jsonl", [{"text": "x y", "label": "pos"}] * 5)),
+                       "--val", str(d["val"])], "single class"),
+        (lambda d, t: ["--train", str(d["train"]), "--val", str(d["val3"])], "not seen in training: 'mid'"),
+        (lambda d, t: ["--train", str(t / "missing.jsonl")], "no such file"),
+        (lambda d, t: ["--train", str(write_jsonl(t / "c.txt", []))], "unknown format"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, data, tmp_path, capsys, make, needle):
+    out = tmp_path / "never"
+    code = main(["finetune", "--model", str(runs["masked"]), "--out", str(out), *make(data, tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_refuses_existing_out_and_language_model_where_classifier_needed(runs, data, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code = main(["finetune", "--model", str(runs["masked"]), "--train", str(data["train"]), "--out", str(out)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    code = main(["classify", "--model", str(runs["causal"]), "--text", "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a fine-tuned classifier" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hf_model_folder(tmp_path, data, capsys):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for r in synth(300, 0) for w in r["text"].split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                               cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    hf_dir = tmp_path / "tiny-bert"
+    transformers.BertForSequenceClassification(config).save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    out = tmp_path / "hfclf"
+    code, res, err = finetune(capsys, "--model", str(hf_dir), "--train", str(data["train"]), "--val", str(data["val"]),
+                              "--out", str(out), "--epochs", "4", *FAST)
+    assert code == 0, err
+    assert res["backbone"] == "hf" and res["accuracy"] >= 0.8
+    code = main(["classify", "--json", "--model", str(out), "--text", "a good great film", "--text", "dull bad plot"])
+    got = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["label"] for r in got["results"]] == ["pos", "neg"]
+
+
+def test_readers_and_label_helpers(tmp_path):
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_text('text,label\n"hello, world",1\nbye,0\n')
+    d = read_labelled(csv_path)
+    assert d.texts == ["hello, world", "bye"] and d.labels == ["1", "0"]
+    assert label_names(["10", "9", "2"]) == ["2", "9", "10"]  # integers sort as numbers
+    assert label_names(["b", "a", "b"]) == ["a", "b"]
+    seq = build_inputs(list(range(10)), list(range(100, 104)), 10, [1], [2], [3])
+    assert len(seq) == 10 and seq[0] == 1 and seq[-1] == 3 and 2 in seq
