@@ -210,3 +210,57 @@ def test_stop_helpers():
     assert split_at_stop("abc", ["z"]) == ("abc", False)
     assert stop_holdback("hello EN", ["END"]) == 2
     assert stop_holdback("hello", ["END"]) == 0
+
+
+def test_real_tiny_models_behind_the_api(tmp_path, capsys):
+    """A causal run: greedy completion equals `budgetlm generate`; a fine-tuned run: /v1/classify."""
+    torch = pytest.importorskip("torch")
+    from budgetlm.cli import main
+    from budgetlm.config import to_dict
+    from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import build_model
+    from budgetlm.serve import load_service
+    from budgetlm.train.checkpoint import save_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        texts = ["the cat sat on the mat", "a good film", "a bad film", "the dog ran"] * 20
+        tok = train_tokenizer("bpe", texts, vocab_size=300)
+        save_tokenizer(tok, tmp_path / "tok.json")
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=32)
+        save_checkpoint(tmp_path / "lm", 1, build_model(cfg), {"model_config": to_dict(cfg)},
+                        tokenizer_path=tmp_path / "tok.json")
+        client = TestClient(create_app(load_service(str(tmp_path / "lm")), ServeConfig()))
+        body = client.post("/v1/completions", json={"prompt": "the cat", "max_tokens": 6, "temperature": 0}).json()
+        assert main(["generate", "--json", "--model", str(tmp_path / "lm"), "--prompt", "the cat",
+                     "--max-new-tokens", "6", "--temperature", "0"]) == 0
+        assert body["choices"][0]["text"] == json.loads(capsys.readouterr().out)["text"]
+        with client.stream("POST", "/v1/completions", json={"prompt": "the cat", "max_tokens": 6,
+                                                            "temperature": 0, "stream": True}) as r:
+            raw = "".join(r.iter_text())
+        streamed = "".join(json.loads(e[6:])["choices"][0]["text"] for e in raw.strip().split("\n\n")[:-1])
+        assert streamed == body["choices"][0]["text"]
+        int8 = TestClient(create_app(load_service(str(tmp_path / "lm"), quantize="int8"), ServeConfig()))
+        assert int8.post("/v1/completions", json={"prompt": "the", "max_tokens": 3}).status_code == 200
+
+        # classifier: fine-tune the same kind of tiny masked run for a moment, then serve it
+        mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=32,
+                           causal=False)
+        save_checkpoint(tmp_path / "mlm", 1, build_model(mcfg), {"model_config": to_dict(mcfg)},
+                        tokenizer_path=tmp_path / "tok.json")
+        rows = [{"text": t, "label": "pos" if "good" in t else "neg"} for t in texts]
+        (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert main(["finetune", "--model", str(tmp_path / "mlm"), "--train", str(tmp_path / "d.jsonl"),
+                     "--val", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "clf"), "--epochs", "1",
+                     "--device", "cpu", "--precision", "fp32"]) == 0
+        capsys.readouterr()
+        client = TestClient(create_app(load_service(str(tmp_path / "clf")), ServeConfig()))
+        r = client.post("/v1/classify", json={"input": ["a good film", "the dog ran"]})
+        assert r.status_code == 200
+        for res in r.json()["results"]:
+            assert res["label"] in ("neg", "pos") and sum(res["probs"].values()) == pytest.approx(1, abs=1e-5)
+    finally:
+        torch.set_num_threads(threads)

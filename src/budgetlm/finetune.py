@@ -72,7 +72,7 @@ class FinetuneConfig:
     budget: str = ""  # wall-clock training budget (90s, 5m, 1h); with --epochs, whichever ends first
     epochs: float = 0.0  # passes over the training set (0 = 3 when no --budget is given)
     batch_size: int = 32  # examples per optimizer step
-    max_len: int = 128  # tokens per example, special tokens included (longer texts are truncated)
+    max_len: int = 0  # tokens per example incl. special tokens; longer texts are truncated (0 = min(128, context))
     lr: float = 1e-4  # peak learning rate
     weight_decay: float = 0.01  # decoupled weight decay on matrices
     warmup: float = 0.1  # fraction of training spent warming the LR up (then linear decay to 0)
@@ -180,6 +180,7 @@ def _load_budgetlm_source(cfg: FinetuneConfig, labels: list[str]):
             clf = SequenceClassifier.from_lm(lm, len(labels), pooling=pooling, dropout=cfg.dropout)
     except ValueError as e:  # e.g. pooling "cls" asked of a causal backbone
         raise BudgetError(str(e)) from None
+    cfg.max_len = cfg.max_len or min(128, lm.cfg.max_seq_len)
     if cfg.max_len > lm.cfg.max_seq_len:
         raise BudgetError(f"--max-len {cfg.max_len} exceeds the model's context ({lm.cfg.max_seq_len} tokens)")
     encoder = BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), lm.cfg.causal, cfg.max_len)
@@ -208,7 +209,9 @@ def _load_hf_source(cfg: FinetuneConfig, labels: list[str], out: Path):
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout"):
         if hasattr(config, name):
             overrides[name] = cfg.dropout
-    encoder = HFEncoder(tok, min(cfg.max_len, getattr(tok, "model_max_length", cfg.max_len) or cfg.max_len))
+    limit = min(getattr(tok, "model_max_length", 10**9) or 10**9, getattr(config, "max_position_embeddings", 10**9))
+    cfg.max_len = min(cfg.max_len or 128, limit)
+    encoder = HFEncoder(tok, cfg.max_len)
     config.update(overrides)
     if config.pad_token_id is None:
         config.pad_token_id = encoder.pad_id  # decoder-only classifiers find the last real token by it
@@ -305,9 +308,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise BudgetError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
     if Path(cfg.model).resolve() == out.resolve():
         raise BudgetError("--out must differ from --model")
-    for name in ("batch_size", "max_len"):
-        if getattr(cfg, name) < 1:
-            raise BudgetError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.batch_size < 1 or cfg.max_len < 0:
+        raise BudgetError("--batch-size must be at least 1 and --max-len at least 0")
     if cfg.epochs < 0 or cfg.lr <= 0 or not 0 <= cfg.dropout < 1 or not 0 <= cfg.warmup < 1:
         raise BudgetError("--epochs >= 0, --lr > 0, 0 <= --dropout < 1 and 0 <= --warmup < 1 are required")
 
