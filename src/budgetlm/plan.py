@@ -343,7 +343,7 @@ def _global_batch_tokens(tokens: float, seq_len: int) -> int:
 
 
 # A CPU gains nothing from matmuls bigger than a few thousand rows, so it need not pay the memory.
-MAX_MICRO_TOKENS = {"cpu": 4096}
+MAX_MICRO_TOKENS = {"cpu": 2048}
 
 
 def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: int = 1,
@@ -553,10 +553,14 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
                        for l, d, p, _ in candidates],
     }
     if tokens_available and plan.tokens > tokens_available:
+        unlimited = min(candidates, key=lambda c: BESIROGLU.loss(scaling_params(
+            model_config(c[1], vocab_size, causal=causal)), max(c[2].tokens, 1.0)))[1]
+        plan.sizing["unlimited_data_depth"] = unlimited
         plan.notes.append(
             f"data-limited: {tokens_available:,} tokens of data for {plan.tokens:,} trained "
             f"({plan.epochs:.1f} epochs, worth {d_eff / tokens_available:.1f} epochs of fresh data); "
-            "the planner chose a larger model than the unlimited-data optimum to use the compute")
+            + (f"depth {depth} instead of the unlimited-data optimum {unlimited}" if unlimited != depth
+               else "the repeats do not change the best depth"))
     return plan
 
 

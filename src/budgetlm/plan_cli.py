@@ -115,7 +115,7 @@ def _show(plan: P.Plan) -> None:
                 f"{s['besiroglu_optimal_params'] / 1e6:,.2f}M for {s['besiroglu_optimal_tokens'] / 1e6:,.1f}M tokens; "
                 f"20 tokens/param: {s['rule_optimal_params'] / 1e6:,.2f}M for {s['rule_optimal_tokens'] / 1e6:,.1f}M tokens; "
                 f"chosen depth {s['chosen_depth']} ({s['scaling_params'] / 1e6:,.2f}M scaling params), "
-                f"predicted loss {s['predicted_loss']:.3f}")
+                f"Chinchilla-fit loss {s['predicted_loss']:.3f} (extrapolated; only its minimum over sizes is used)")
     for note in plan.notes:
         ui.warn(note)
 

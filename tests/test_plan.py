@@ -1,0 +1,278 @@
+"""plan.py and plan_cli.py: exact parameter/state/activation arithmetic against the real model,
+FLOPs and time, compute-optimal sizing, the configuration search, and the command's contract."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from budgetlm import cli
+from budgetlm import plan as P
+from budgetlm.catalog import Device, get_device, load_catalog
+from budgetlm.config import BudgetError
+from budgetlm.models.config import ModelConfig
+from budgetlm.models.presets import flops_per_token as preset_fpt
+from budgetlm.models.presets import model_config, num_params
+
+CATALOG = load_catalog()
+
+
+def _cfgs():
+    for causal in (True, False):
+        for depth, vocab, tied in ((1, 100, True), (2, 300, True), (3, 257, False)):
+            yield model_config(depth, vocab, causal=causal, max_seq_len=64, tie_embeddings=tied)
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ------------------------------------------------------------------------------------------------
+# exact arithmetic against the real model
+
+
+def test_plan_imports_without_torch():
+    code = "import sys, budgetlm.plan, budgetlm.plan_cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("cfg", list(_cfgs()), ids=lambda c: f"{'causal' if c.causal else 'masked'}-{c.n_layer}-{c.tie_embeddings}")
+def test_params_and_state_bytes_equal_the_real_model(cfg):
+    from budgetlm.models.transformer import Transformer
+    from budgetlm.train.optim import OptimConfig, build_optimizer
+
+    model = Transformer(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert P.param_groups(cfg)["total"] == n == num_params(cfg)
+    assert len(list(model.parameters())) == P.param_groups(cfg)["tensors"]
+    s = P.state_bytes(cfg, "fp32")
+    assert s["weights"] == s["gradients"] == 4 * n
+    idx = torch.randint(0, cfg.vocab_size, (2, 8))
+    tgt = idx.clone() if cfg.causal else torch.where(torch.rand(2, 8) < 0.5, idx, -100)
+    model(idx, tgt)[1].backward()
+    for name in P.OPTIMIZERS:
+        opt = build_optimizer(name, model, OptimConfig())
+        opt.step()
+        measured = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+                       if torch.is_tensor(v))
+        assert P.optimizer_bytes(cfg, name) == measured, name
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_activation_bytes_match_saved_tensor_hooks(causal, precision):
+    from budgetlm.bench import _batch, saved_tensor_bytes
+    from budgetlm.models.transformer import Transformer
+
+    cfg = model_config(2, 200, causal=causal, max_seq_len=64)
+    model = Transformer(cfg)
+    idx, tgt = _batch(cfg, 3, 32, "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    measured = saved_tensor_bytes(model, idx, tgt,
+                                  lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None))
+    act = P.activation_bytes(cfg, 3, 32, precision)
+    # autocast's weight copies are saved tensors too; the plan counts them as model state
+    predicted = sum(act.values()) + P.state_bytes(cfg, precision)["weight_copies"]
+    tolerance = 0 if (precision == "fp32" or causal) else 0.01
+    assert abs(predicted - measured) <= tolerance * measured, (predicted, measured)
+
+
+def test_registries_each_entry_behaves():
+    cfg = model_config(2, 256, max_seq_len=256)
+    for name, spec in P.PRECISIONS.items():
+        s = P.state_bytes(cfg, name)
+        assert s["weights"] == spec.weight_bytes * num_params(cfg)
+        assert P.activation_bytes(cfg, 2, 256, name)["layers"] > 0
+        assert P.peak_flops(get_device("nvidia-a100-sxm4-80gb", CATALOG), name) > 0
+    assert P.peak_flops(get_device("nvidia-a100-sxm4-80gb", CATALOG), "fp32") == 156e12  # tf32 used
+    assert P.peak_flops(get_device("nvidia-t4", CATALOG), "bf16") is None
+    flash = P.activation_bytes(cfg, 2, 256, attention="flash")["layers"]
+    math_ = P.activation_bytes(cfg, 2, 256, attention="math")["layers"]
+    assert math_ - flash == cfg.n_layer * 2 * cfg.n_head * (256 * 256 * 4 - 256 * 4)
+    assert P.optimizer_bytes(cfg, "muon") < P.optimizer_bytes(cfg, "adamw")
+    with pytest.raises(BudgetError):
+        P.optimizer_bytes(cfg, "sgd")
+    for kind, mfu in P.DEFAULT_MFU.items():
+        assert 0 < mfu < 1 and kind in P.RUNTIME_OVERHEAD
+
+
+def test_checkpointing_and_fsdp_reduce_memory():
+    cfg = model_config(12, 32000, max_seq_len=1024)
+    full = P.activation_bytes(cfg, 8, 1024, "bf16")["layers"]
+    ckpt = P.activation_bytes(cfg, 8, 1024, "bf16", checkpointing=True)["layers"]
+    assert ckpt < full / 3
+    one, four = P.state_bytes(cfg, "bf16"), P.state_bytes(cfg, "bf16", shards=4)
+    assert four["optimizer"] == -(-one["optimizer"] // 4)
+    assert sum(four.values()) < 0.5 * sum(one.values())
+
+
+def test_flops_per_token_matches_presets_and_kaplan():
+    cfg = model_config(4, 8192, max_seq_len=512)
+    assert P.flops_per_token(cfg, 512) == preset_fpt(cfg, 512)
+    masked = model_config(4, 8192, causal=False, max_seq_len=512)
+    dense = P.flops_per_token(masked, 512, pred_fraction=1.0)
+    assert dense == preset_fpt(masked, 512)
+    assert P.flops_per_token(masked, 512, pred_fraction=0.25) < dense
+
+
+# ------------------------------------------------------------------------------------------------
+# time, cost, sizing
+
+
+def test_estimate_time_and_cost_by_hand():
+    dev = get_device("nvidia-rtx-3090", CATALOG)
+    cfg = model_config(6, 8192, causal=False, max_seq_len=128)
+    p = P.estimate(cfg, dev, 1e9, 128, pred_fraction=0.25)
+    assert p.fits and p.precision == "bf16" and p.peak_flops == 71e12
+    fpt = P.flops_per_token(cfg, 128, 0.25)
+    assert p.tokens_per_second == pytest.approx(p.mfu * 71e12 / fpt)
+    assert p.seconds == pytest.approx(1e9 / p.tokens_per_second)
+    assert p.cost_usd == pytest.approx(p.seconds / 3600 * 0.25)
+    assert p.memory["total"] == sum(v for k, v in p.memory.items() if k != "total") <= p.device_memory_bytes
+    assert p.global_batch_tokens == p.micro_batch * p.grad_accum * 128
+
+
+def test_besiroglu_matches_hardware_notes_check_values():
+    # hardware-notes 2.4: C = 1e18 -> 81M (D/N 25.7); 1e20 -> 854M (22.9); 1e22 -> 9.0B (20.4)
+    for c, n, ratio in ((1e18, 81e6, 25.7), (1e20, 854e6, 22.9), (1e22, 9.0e9, 20.4)):
+        n_opt = P.BESIROGLU.optimal_params(c)
+        assert n_opt == pytest.approx(n, rel=0.02)
+        assert c / (6 * n_opt) / n_opt == pytest.approx(ratio, rel=0.02)
+
+
+def test_repeated_data_is_discounted():
+    assert P.effective_tokens(1e6, None) == 1e6
+    assert P.effective_tokens(1e6, 2e6) == 1e6
+    four = P.effective_tokens(4e6, 1e6)
+    assert 3.6e6 < four < 4e6  # ~4 epochs are worth almost fresh data (Muennighoff et al. 2023)
+    assert P.effective_tokens(100e6, 1e6) < 17e6  # many epochs saturate near 1 + R* = 16.4
+
+
+def test_auto_plan_grows_with_budget_and_with_scarce_data():
+    dev = get_device("nvidia-a100-sxm4-80gb", CATALOG)
+    small = P.auto_plan(dev, 600, None, 512, vocab_size=32000)
+    big = P.auto_plan(dev, 86400, None, 512, vocab_size=32000)
+    assert big.params > small.params and big.seconds == pytest.approx(86400)
+    assert big.sizing["candidates"] and big.sizing["chosen_depth"] == big.depth
+    scarce = P.auto_plan(dev, 86400, 10_000_000, 512, vocab_size=32000)
+    assert scarce.depth >= big.depth and scarce.epochs > 4
+    assert any("data-limited" in n for n in scarce.notes)
+
+
+def test_nothing_fits_says_what_would():
+    dev = get_device("nvidia-t4", CATALOG)
+    cfg = model_config(40, 50000, max_seq_len=2048)
+    p = P.estimate(cfg, dev, 1e9, 2048)
+    assert not p.fits and "FSDP" in p.notes[0]
+    tiny = Device("toy", "toy", "gpu", "x", 10**6, None, {"fp32": 1e12}, None)
+    with pytest.raises(BudgetError, match="no model fits"):
+        P.auto_plan(tiny, 60, None, 128)
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+
+
+JSON_KEYS = {"device", "params", "tokens", "micro_batch", "grad_accum", "precision", "activation_checkpointing",
+             "memory", "device_memory_bytes", "fits", "flops", "seconds", "cost_usd"}
+
+
+@pytest.mark.parametrize("device", ["nvidia-rtx-3090", "google-tpu-v5e", "nvidia-h100-sxm", "cpu"])
+def test_plan_json_acceptance_devices(device, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    code, out, _ = _run(["plan", "--device", device, "--budget", "1d", "--objective", "masked",
+                         "--seq-len", "128", "--json"], capsys)
+    assert code == 0
+    plan = json.loads(out)
+    assert JSON_KEYS <= set(plan) and plan["device"] == device and plan["fits"]
+    assert plan["memory"]["total"] == sum(v for k, v in plan["memory"].items() if k != "total")
+    assert plan["seconds"] == pytest.approx(86400)
+    assert plan["flops"] == pytest.approx(plan["flops_per_token"] * plan["tokens"])
+    price = CATALOG[device].price_usd_per_hour
+    assert plan["cost_usd"] == (None if price is None else pytest.approx(24 * price))
+
+
+def test_plan_compare_is_a_sorted_list(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    code, out, _ = _run(["plan", "--device", "nvidia-rtx-4090", "--budget", "1h", "--model", "small",
+                         "--seq-len", "256", "--compare", "--json"], capsys)
+    assert code == 0
+    plans = json.loads(out)
+    assert isinstance(plans, list) and len(plans) > 20 and JSON_KEYS <= set(plans[0])
+    assert len({p["tokens"] for p in plans}) == 1  # the same job everywhere
+    fitting = [p["seconds"] for p in plans if p["fits"]]
+    assert fitting == sorted(fitting) and plans[0]["fits"]
+    b200 = next(p for p in plans if p["device"] == "nvidia-b200")
+    t4 = next(p for p in plans if p["device"] == "nvidia-t4")
+    assert b200["seconds"] < t4["seconds"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--device", "nvidia-h100", "--budget", "1h"], "did you mean nvidia-h100"),
+    (["--device", "cpu", "--budget", "1 fortnight"], "malformed duration"),
+    (["--device", "nvidia-t4", "--budget", "1h", "--model", "40", "--seq-len", "2048"], "does not fit on nvidia-t4"),
+    (["--device", "nvidia-t4", "--budget", "1h", "--precision", "bf16"], "no bf16"),
+    (["--device", "cpu", "--budget", "1h", "--model", "gigantic"], "unknown model size"),
+    (["--device", "cpu", "--budget", "1h", "--tokens", "-5"], "must be positive"),
+    (["--device", "apple-m4-max", "--budget", "1h"], "no compute figure"),
+])
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    code, out, err = _run(["plan", *argv], capsys)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_corrupt_calibration_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    (tmp_path / "calibration.json").write_text('{"version": 1, "devices": {"cpu:x": {"precisions": {"bf16": [{"mfu": 1}]}}}}')
+    code, _, err = _run(["plan", "--device", "local", "--budget", "1m"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "corrupt" in err
+    (tmp_path / "calibration.json").write_text("{not json")
+    code, _, err = _run(["plan", "--device", "local", "--budget", "1m"], capsys)
+    assert code == 2 and "corrupt" in err
+    assert (tmp_path / "calibration.json").read_text() == "{not json"  # left as it was
+
+
+def test_plan_reads_data_folder_and_catalog_override(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    data = tmp_path / "ds"
+    data.mkdir()
+    from budgetlm.data import shards
+
+    (data / "manifest.json").write_text(json.dumps({
+        "format": "budgetlm-dataset", "version": shards.MANIFEST_VERSION, "dtype": "uint16",
+        "tokenizer": {"vocab_size": 500}, "splits": {"train": {"tokens": 12345}, "val": {"tokens": 10}}}))
+    override = tmp_path / "mine.json"
+    override.write_text(json.dumps({"devices": [
+        {"id": "nvidia-rtx-3090", "price_usd_per_hour": 1.0},
+        {"id": "my-card", "memory_gb": 8, "tflops": {"fp32": 10, "bf16": 20}, "price_usd_per_hour": 2.0}]}))
+    code, out, _ = _run(["plan", "--device", "nvidia-rtx-3090", "--budget", "1h", "--data", str(data),
+                         "--catalog-file", str(override), "--json"], capsys)
+    plan = json.loads(out)
+    assert code == 0 and plan["data_tokens"] == 12345 and plan["model"]["vocab_size"] == 500
+    assert plan["cost_usd"] == pytest.approx(1.0)
+    monkeypatch.setenv("BUDGETLM_CATALOG", str(override))
+    code, out, _ = _run(["plan", "--device", "my-card", "--budget", "2h", "--json"], capsys)
+    assert code == 0 and json.loads(out)["cost_usd"] == pytest.approx(4.0)
+    override.write_text('{"devices": [{"id": "new-thing"}]}')
+    code, _, err = _run(["plan", "--device", "cpu", "--budget", "1h"], capsys)
+    assert code == 2 and "needs 'memory_gb' and 'tflops'" in err
+
+
+def test_calibration_drives_mfu():
+    dev = get_device("cpu", CATALOG)
+    cfg = model_config(2, 8192, max_seq_len=128)
+    fpt = P.flops_per_token(cfg, 128)
+    cal = {"precisions": {"bf16": [{"flops_per_token": fpt / 2, "achieved_flops": 1e11},
+                                   {"flops_per_token": fpt * 2, "achieved_flops": 3e11}]}}
+    mfu, src = P.mfu_for(dev, "bf16", cfg, 128, cal)
+    assert src == "calibration" and mfu * dev.peak_flops["bf16"] == pytest.approx(2e11)
+    assert P.mfu_for(dev, "fp32", cfg, 128, cal)[1] == "default"
+    assert math.isclose(P.mfu_for(dev, "bf16", model_config(8, 8192), 128, cal)[0] * dev.peak_flops["bf16"], 3e11)
