@@ -18,7 +18,7 @@ then renamed into place, so a failed export never leaves a half-written or clobb
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -31,42 +31,68 @@ VERIFY_TOLERANCE = 1e-4  # max |logit difference| accepted in fp32
 
 
 # --------------------------------------------------------------------------------------------------
-# special tokens: roles -> token strings found in the tokenizer's vocabulary
+# special tokens: budgetlm roles -> transformers roles
 
+# Spellings tried, in order, for tokenizers that did not come from `budgetlm prepare`.
 SPECIAL_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "eos_token": ("<|endoftext|>", "</s>", "<eos>", "[EOS]", "<|eos|>"),
-    "bos_token": ("<|bos|>", "<s>", "<bos>", "[BOS]"),
-    "pad_token": ("<|pad|>", "[PAD]", "<pad>"),
-    "unk_token": ("<|unk|>", "[UNK]", "<unk>"),
-    "mask_token": ("<|mask|>", "[MASK]", "<mask>"),
-    "cls_token": ("<|cls|>", "[CLS]", "<cls>"),
-    "sep_token": ("<|sep|>", "[SEP]", "<sep>"),
+    "eot": ("<|endoftext|>", "</s>", "<eos>", "[EOS]"),
+    "pad": ("<|pad|>", "[PAD]", "<pad>"),
+    "unk": ("<|unk|>", "[UNK]", "<unk>"),
+    "mask": ("<|mask|>", "[MASK]", "<mask>"),
+    "cls": ("<|cls|>", "[CLS]", "<s>", "<cls>"),
+    "sep": ("<|sep|>", "[SEP]", "</s>", "<sep>"),
 }
 
 
 def find_special_tokens(tokenizer) -> dict[str, str]:
-    """Role -> token string, for the roles whose usual spellings exist as added special tokens
-    (falling back to the whole vocabulary)."""
+    """budgetlm role ('eot', 'pad', 'mask', 'cls', 'sep', 'unk') -> token text present in the vocabulary."""
+    try:
+        from budgetlm.data.tokenizer import SPECIAL_TOKENS
+
+        candidates = {role: (text, *SPECIAL_CANDIDATES.get(role, ())) for role, text in SPECIAL_TOKENS.items()}
+    except ImportError:  # pragma: no cover - the data package is part of budgetlm
+        candidates = SPECIAL_CANDIDATES
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    found = {}
-    for role, names in SPECIAL_CANDIDATES.items():
-        for name in names:
-            if name in vocab:
-                found[role] = name
-                break
-    return found
+    return {role: next(n for n in names if n in vocab)
+            for role, names in candidates.items() if any(n in vocab for n in names)}
 
 
-def _token_ids(tokenizer, specials: dict[str, str]) -> dict[str, int | None]:
-    ids = {role: tokenizer.token_to_id(tok) for role, tok in specials.items()}
-    eos = ids.get("eos_token", ids.get("sep_token"))
-    return {
-        "pad_token_id": ids.get("pad_token", None),
-        "eos_token_id": eos,
-        "bos_token_id": ids.get("bos_token", ids.get("cls_token", eos)),
-        "cls_token_id": ids.get("cls_token", ids.get("bos_token")),
-        "sep_token_id": ids.get("sep_token", eos),
-    }
+def hf_special_tokens(specials: dict[str, str], causal: bool) -> dict[str, str]:
+    """transformers tokenizer roles. Causal (GPT-2 convention): end-of-text is both bos and eos.
+    Masked (BERT convention): [CLS] opens a sequence, [SEP] closes it."""
+    out = {f"{role}_token": specials[role] for role in ("pad", "unk", "mask", "cls", "sep") if role in specials}
+    if causal and "eot" in specials:
+        out["bos_token"] = out["eos_token"] = specials["eot"]
+    elif not causal:
+        if "cls" in specials:
+            out["bos_token"] = specials["cls"]
+        if "sep" in specials or "eot" in specials:
+            out["eos_token"] = specials.get("sep", specials.get("eot"))
+    return out
+
+
+def hf_token_ids(tokenizer, hf_specials: dict[str, str]) -> dict[str, int | None]:
+    """Model-config token ids (pad/bos/eos/cls/sep) from the tokenizer roles."""
+    roles = {"pad_token_id": "pad_token", "bos_token_id": "bos_token", "eos_token_id": "eos_token",
+             "cls_token_id": "cls_token", "sep_token_id": "sep_token"}
+    return {k: (tokenizer.token_to_id(hf_specials[r]) if r in hf_specials else None) for k, r in roles.items()}
+
+
+def classifier_template(tokenizer, specials: dict[str, str], causal: bool):
+    """The input layout `finetune` trains classifiers with (budgetlm.labelled.BudgetlmEncoder) as a
+    tokenizers post-processor, so that AutoTokenizer feeds the exported classifier the same ids:
+    masked: [CLS] a [SEP] (b [SEP]);  causal: a ([SEP] b) <|endoftext|>. None if tokens are missing."""
+    from tokenizers.processors import TemplateProcessing
+
+    cls, sep, eot = specials.get("cls"), specials.get("sep"), specials.get("eot")
+    if causal and sep and eot:
+        single, pair, used = f"$A {eot}", f"$A {sep} $B:1 {eot}:1", (sep, eot)
+    elif not causal and cls and sep:
+        single, pair, used = f"{cls} $A {sep}", f"{cls} $A {sep} $B:1 {sep}:1", (cls, sep)
+    else:
+        return None
+    return TemplateProcessing(single=single, pair=pair,
+                              special_tokens=[(t, tokenizer.token_to_id(t)) for t in used])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +276,7 @@ def to_hf(model, token_ids: dict[str, int | None] | None = None, labels: list[st
 
 
 def logits_pair(model, hf, ids, attention_mask=None):
-    """(budgetlm logits, transformers logits) for the same batch, both fp32 on CPU."""
+    """(budgetlm logits, transformers logits) for the same batch, both fp32."""
     import torch
 
     with torch.no_grad():
@@ -259,26 +285,47 @@ def logits_pair(model, hf, ids, attention_mask=None):
     return ours.float(), theirs.float()
 
 
-def verify_export(model, out_dir: Path, token_ids: dict[str, int | None]) -> float:
-    """Load the written folder with transformers' Auto class; return the max |logit difference|."""
+def verify_export(model, out_dir: Path) -> float:
+    """Load the written folder with transformers' Auto class; return the max |logit difference|
+    on a probe batch (right-padded second row, so the padding paths are checked too)."""
     import torch
 
-    hf = auto_class(model).from_pretrained(str(out_dir), dtype=torch.float32).eval()
-    model = model.float().eval()
-    T = min(16, model.cfg.max_seq_len)
+    hf = _hf_auto_class(model).from_pretrained(str(out_dir), dtype=torch.float32).eval()
+    config = hf.config
+    T = min(16, config.max_position_embeddings or 16)
+    pad = config.pad_token_id
     g = torch.Generator().manual_seed(0)
-    pad = token_ids.get("pad_token_id")
-    # transformers' Llama classifier refuses batches > 1 when it has no padding token.
-    batch = 1 if (pad is None and hasattr(model, "num_labels") and model.cfg.causal) else 2
-    ids = torch.randint(0, model.cfg.vocab_size, (batch, T), generator=g)
-    if pad is not None:  # keep the probe free of padding tokens (Llama classifiers look for them)
-        ids[ids == pad] = (pad + 1) % model.cfg.vocab_size
-    ours, theirs = logits_pair(model, hf, ids)
+    ids = torch.randint(0, config.vocab_size, (2, T), generator=g)
+    if pad is not None:
+        ids[ids == pad] = (pad + 1) % config.vocab_size
+    mask = torch.ones_like(ids)
+    if pad is None and config.model_type == "llama" and "SequenceClassification" in config.architectures[0]:
+        ids, mask = ids[:1], mask[:1]  # transformers' Llama classifier needs a pad id for batches
+    elif pad is not None:
+        ids[1, T // 2:], mask[1, T // 2:] = pad, 0
+    ours, theirs = logits_pair(model.float().eval(), hf, ids, mask)
+    if ours.dim() == 3:  # token logits: padded positions are meaningless, compare real ones
+        ours, theirs = ours[mask.bool()], theirs[mask.bool()]
     return float((ours - theirs).abs().max())
 
 
 # --------------------------------------------------------------------------------------------------
 # writing
+
+
+def _is_wrapped_hf(model) -> bool:
+    """A fine-tuned transformers model (finetune's `HFClassifier`): it already is a transformers model."""
+    from transformers import PreTrainedModel
+
+    return isinstance(getattr(model, "hf", None), PreTrainedModel)
+
+
+def _hf_auto_class(model):
+    if _is_wrapped_hf(model):
+        import transformers
+
+        return getattr(transformers, "AutoModelForSequenceClassification")
+    return auto_class(model)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -288,24 +335,10 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def write_tokenizer(tokenizer_path: str | Path, out_dir: Path, max_len: int) -> dict[str, str]:
-    """tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) for AutoTokenizer."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    specials = find_special_tokens(tok)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **specials)
-    fast.save_pretrained(str(out_dir))
-    return specials
-
-
-def export_hf(model, out: Path, tokenizer_path: str | Path | None, labels: list[str] | None = None,
-              overwrite: bool = False, verify: bool = True, dtype: str = "float32") -> dict[str, Any]:
-    """Write `model` (+ tokenizer) as a transformers folder at `out`, atomically."""
-    import torch
-    from safetensors.torch import save_file
-
+@contextlib.contextmanager
+def atomic_dir(out: Path, overwrite: bool):
+    """Yield a temporary sibling of `out`; on success fsync it and rename it into place (replacing
+    `out` only now, with --overwrite); on failure remove it and leave `out` untouched."""
     if out.exists() and not overwrite:
         raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -313,29 +346,7 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None, labels: list[
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        token_ids: dict[str, int | None] = {}
-        specials: dict[str, str] = {}
-        if tokenizer_path:
-            from tokenizers import Tokenizer
-
-            specials = write_tokenizer(tokenizer_path, tmp, model.cfg.max_seq_len)
-            token_ids = _token_ids(Tokenizer.from_file(str(tokenizer_path)), specials)
-        config = hf_config(model, token_ids, labels)
-        config.dtype = dtype
-        config.save_pretrained(str(tmp))
-        if model.cfg.causal and not hasattr(model, "num_labels"):
-            from transformers import GenerationConfig
-
-            GenerationConfig.from_model_config(config).save_pretrained(str(tmp))
-        target = getattr(torch, dtype)
-        state = {k: v.detach().to("cpu", target).contiguous() for k, v in hf_state_dict(model).items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        diff = None
-        if verify:
-            diff = verify_export(model, tmp, token_ids)
-            limit = VERIFY_TOLERANCE if dtype == "float32" else 5e-2
-            if not diff <= limit:
-                raise BudgetError(f"export check failed: transformers logits differ by {diff:.2e} (> {limit})")
+        yield tmp
         _fsync_tree(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -346,11 +357,88 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None, labels: list[
             os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_tokenizer(tokenizer_path: str | Path, out_dir: Path, causal: bool, max_len: int,
+                    classifier: bool) -> tuple[dict[str, str], dict[str, int | None]]:
+    """tokenizer.json + tokenizer_config.json for AutoTokenizer; returns (roles, config token ids)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from budgetlm.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    roles = hf_special_tokens(find_special_tokens(tok), causal)
+    if classifier:
+        template = classifier_template(tok, find_special_tokens(tok), causal)
+        if template is not None:
+            tok.post_processor = template
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **roles)
+    fast.save_pretrained(str(out_dir))
+    return roles, hf_token_ids(tok, roles)
+
+
+def _write_native(model, tmp: Path, tokenizer_path, labels, dtype: str) -> tuple[Any, dict[str, str]]:
+    import torch
+    from safetensors.torch import save_file
+
+    from budgetlm.models.heads import SequenceClassifier
+
+    is_clf = isinstance(model, SequenceClassifier)
+    roles: dict[str, str] = {}
+    token_ids: dict[str, int | None] = {}
+    if tokenizer_path:
+        roles, token_ids = write_tokenizer(tokenizer_path, tmp, model.cfg.causal, model.cfg.max_seq_len, is_clf)
+    config = hf_config(model, token_ids, labels)
+    config.dtype = dtype
+    config.save_pretrained(str(tmp))
+    if model.cfg.causal and not is_clf:
+        from transformers import GenerationConfig
+
+        GenerationConfig.from_model_config(config).save_pretrained(str(tmp))
+    target = getattr(torch, dtype)
+    state = {k: v.detach().to("cpu", target).contiguous() for k, v in hf_state_dict(model).items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return config, roles
+
+
+def _write_wrapped(model, tmp: Path, hf_tokenizer_dir: Path | None, dtype: str) -> tuple[Any, dict[str, str]]:
+    import torch
+
+    hf = model.hf
+    hf.to(getattr(torch, dtype)).save_pretrained(str(tmp), safe_serialization=True)
+    hf.float()
+    roles: dict[str, str] = {}
+    if hf_tokenizer_dir is not None and hf_tokenizer_dir.is_dir():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(hf_tokenizer_dir))
+        tok.save_pretrained(str(tmp))
+        roles = {k: str(v) for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
+    return hf.config, roles
+
+
+def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels: list[str] | None = None,
+              overwrite: bool = False, verify: bool = True, dtype: str = "float32",
+              hf_tokenizer_dir: Path | None = None) -> dict[str, Any]:
+    """Write `model` (+ tokenizer) as a transformers folder at `out`, atomically; see the module doc."""
+    out = Path(out)
+    diff = None
+    with atomic_dir(out, overwrite) as tmp:
+        if _is_wrapped_hf(model):
+            config, roles = _write_wrapped(model, tmp, hf_tokenizer_dir, dtype)
+        else:
+            config, roles = _write_native(model, tmp, tokenizer_path, labels, dtype)
+        if verify:
+            diff = verify_export(model, tmp)
+            limit = VERIFY_TOLERANCE if dtype == "float32" else 5e-2
+            if not diff <= limit:
+                raise BudgetError(f"export check failed: transformers logits differ by {diff:.2e} (> {limit}); "
+                                  f"nothing written to {out}")
     return {
         "out": str(out),
         "architecture": config.architectures[0],
-        "auto_class": auto_class(model).__name__,
-        "special_tokens": specials,
+        "auto_class": _hf_auto_class(model).__name__,
+        "special_tokens": roles,
         "max_abs_logit_diff": diff,
         "files": sorted(p.name for p in out.iterdir()),
     }
@@ -398,12 +486,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
     model, meta = load_model(args.model, device="cpu", which=args.checkpoint)
     tok = meta.get("tokenizer_path")
-    if not tok:
-        ui.warn("the run has no tokenizer.json: exporting the model without a tokenizer")
+    run_dir = Path(meta["checkpoint_dir"]).parents[1] if meta.get("checkpoint_dir") else Path(args.model)
+    hf_tok = run_dir / "hf_tokenizer"
+    if not tok and not hf_tok.is_dir():
+        ui.warn("the run has no tokenizer: exporting the model without one")
     result = FORMATS[args.format](model, out, tok, labels=_labels(meta), overwrite=args.overwrite,
-                                  verify=args.verify, dtype=args.dtype)
+                                  verify=args.verify, dtype=args.dtype, hf_tokenizer_dir=hf_tok)
     diff = result["max_abs_logit_diff"]
-    check = f", logits match transformers (max diff {diff:.1e})" if diff is not None else ""
+    check = f"; transformers reproduces its logits (max diff {diff:.1e})" if diff is not None else ""
     ui.info(f"exported {result['architecture']} to {out}{check}")
     ui.info(f"load it with transformers.{result['auto_class']}.from_pretrained({str(out)!r})")
     return result

@@ -1,0 +1,198 @@
+"""`budgetlm export --format hf`: plain transformers loads every model kind with exact logits.
+
+Run: .venv/bin/python -m pytest tests/test_export.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from budgetlm.cli import main  # noqa: E402
+from budgetlm.config import to_dict  # noqa: E402
+from budgetlm.models.config import ModelConfig  # noqa: E402
+from budgetlm.models.heads import SequenceClassifier  # noqa: E402
+from budgetlm.models.transformer import Transformer  # noqa: E402
+
+TEXTS = ["the cat sat on the mat", "a dog", "it was the best of times, it was the worst of times"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
+
+    corpus = ["the cat sat on the mat. the dog sat on the log. it was the best of times."] * 50
+    tok = train_tokenizer("bpe", iter(corpus), vocab_size=300)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    save_tokenizer(tok, path)
+    return path
+
+
+def _cfg(vocab: int, causal: bool, **kw) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab, n_layer=2, n_embd=32, n_head=2, max_seq_len=64, causal=causal, **kw)
+
+
+def _save(tmp_path, name, model, meta, tokenizer_file) -> Path:
+    from budgetlm.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / name, 1, model, {"model_config": to_dict(model.cfg), **meta},
+                    tokenizer_path=tokenizer_file)
+    return tmp_path / name
+
+
+def _vocab(tokenizer_file) -> int:
+    from budgetlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_file).get_vocab_size()
+
+
+def _sharpen(m):
+    with torch.no_grad():  # larger weights than the 0.02 init: logits that differ, greedy paths that vary
+        for p in m.parameters():
+            if p.ndim == 2:
+                p.mul_(10)
+    return m.eval()
+
+
+def _export(capsys, run, out, *extra) -> dict:
+    assert main(["export", "--model", str(run), "--out", str(out), "--json", *extra]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["max_abs_logit_diff"] < 1e-4
+    return result
+
+
+def _our_ids(tokenizer_file, text):
+    from budgetlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_file).encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_causal_lm_export_logits_tokenizer_and_greedy_generation(tmp_path, capsys, tokenizer_file, tie):
+    from budgetlm.generate import generate_tokens
+
+    torch.manual_seed(0)
+    m = _sharpen(Transformer(_cfg(_vocab(tokenizer_file), True, tie_embeddings=tie)))
+    run = _save(tmp_path, "run", m, {}, tokenizer_file)
+    out = tmp_path / "hf"
+    res = _export(capsys, run, out)
+    assert res["architecture"] == "LlamaForCausalLM" and "tokenizer.json" in res["files"]
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    ids = tok(TEXTS[2], return_tensors="pt").input_ids
+    assert ids[0].tolist() == _our_ids(tokenizer_file, TEXTS[2])  # same ids, no added specials
+    with torch.no_grad():
+        assert (hf(ids).logits - m(ids)[0]).abs().max() < 1e-4
+
+    # Greedy generation through transformers equals budgetlm's engine.
+    eos = tok.eos_token_id
+    assert eos == tok.convert_tokens_to_ids("<|endoftext|>") == hf.config.eos_token_id
+    prompt = ids[:, :6]
+    with torch.no_grad():
+        theirs = hf.generate(prompt, max_new_tokens=20, do_sample=False)[0, 6:].tolist()
+    ours = list(generate_tokens(m, prompt[0].tolist(), 20, temperature=0, stop_ids=[eos]))
+    if eos in theirs:  # transformers keeps the end token, budgetlm does not yield it
+        theirs = theirs[: theirs.index(eos)]
+    assert ours == theirs and len(set(ours)) > 1
+
+
+def test_masked_lm_export(tmp_path, capsys, tokenizer_file):
+    torch.manual_seed(0)
+    m = _sharpen(Transformer(_cfg(_vocab(tokenizer_file), False)))
+    run = _save(tmp_path, "mlm", m, {}, tokenizer_file)
+    res = _export(capsys, run, tmp_path / "hf")
+    assert res["architecture"] == "ModernBertForMaskedLM"
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.mask_token == "<|mask|>" and tok.pad_token == "<|pad|>"
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours, _ = m(batch.input_ids, attention_mask=batch.attention_mask)
+        theirs = hf(**batch).logits
+    real = batch.attention_mask.bool()
+    assert (ours - theirs)[real].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("causal,pooling", [(True, "last"), (False, "cls"), (False, "mean")])
+def test_classifier_export(tmp_path, capsys, tokenizer_file, causal, pooling):
+    from budgetlm.data.tokenizer import load_tokenizer
+    from budgetlm.labelled import BudgetlmEncoder
+
+    torch.manual_seed(0)
+    clf = _sharpen(SequenceClassifier(_cfg(_vocab(tokenizer_file), causal), 3, pooling=pooling))
+    labels = ["neg", "neutral", "pos"]
+    meta = {"model_kind": "classifier", "backbone": "budgetlm", "num_labels": 3, "labels": labels,
+            "pooling": pooling, "max_len": 64}
+    run = _save(tmp_path, "clf", clf, meta, tokenizer_file)
+    res = _export(capsys, run, tmp_path / "hf")
+    assert res["auto_class"] == "AutoModelForSequenceClassification"
+
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf.config.id2label == dict(enumerate(labels))
+    # AutoTokenizer adds the same special tokens as fine-tuning's encoder did.
+    enc = BudgetlmEncoder(load_tokenizer(tokenizer_file), causal, 64)
+    seqs, _ = enc(TEXTS[:2], ["a pair", "another one"])
+    assert tok(TEXTS[:2], ["a pair", "another one"]).input_ids == [list(s) for s in seqs]
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours, _ = clf(batch.input_ids, attention_mask=batch.attention_mask)
+        theirs = hf(**batch).logits
+    assert ours.shape == theirs.shape == (3, 3)
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_bfloat16_export_loads(tmp_path, capsys, tokenizer_file):
+    m = Transformer(_cfg(_vocab(tokenizer_file), True)).eval()
+    run = _save(tmp_path, "run", m, {}, tokenizer_file)
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "hf"), "--dtype", "bfloat16", "--json"]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert hf.model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_existing_out_is_refused_then_overwritten(tmp_path, capsys, tokenizer_file):
+    m = Transformer(_cfg(_vocab(tokenizer_file), True)).eval()
+    run = _save(tmp_path, "run", m, {}, tokenizer_file)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", "--model", str(run), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["export", "--model", str(run), "--out", str(out), "--overwrite", "--no-verify"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_run_dirs_give_one_line_errors(tmp_path, capsys, tokenizer_file):
+    out = tmp_path / "hf"
+    assert main(["export", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    m = Transformer(_cfg(_vocab(tokenizer_file), True))
+    run = _save(tmp_path, "run", m, {}, tokenizer_file)
+    ckpt = next((run / "checkpoints").glob("step_*"))
+    (ckpt / "model.safetensors").write_bytes(b"not safetensors")
+    assert main(["export", "--model", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and err.count("\n") == 1
+    (ckpt / "meta.json").write_text("{")
+    assert main(["export", "--model", str(run), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, tokenizer_file):
+    import budgetlm.export as export
+    from budgetlm.config import BudgetError
+
+    m = Transformer(_cfg(_vocab(tokenizer_file), False)).eval()
+    monkeypatch.setattr(export, "verify_export", lambda model, out: 1.0)
+    with pytest.raises(BudgetError, match="differ"):
+        export.export_hf(m, tmp_path / "hf", tokenizer_file)
+    assert list(tmp_path.iterdir()) == []
