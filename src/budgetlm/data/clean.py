@@ -83,7 +83,7 @@ def _accents(text: str, whole: bool) -> str | None:
 
 def _stopwords(text: str, whole: bool) -> str | None:
     out = _WORD.sub(lambda m: "" if m.group(0).lower() in STOP_WORDS else m.group(0), text)
-    return _SPACES.sub(" ", out)
+    return _TRAIL.sub("\n", _SPACES.sub(" ", out)).strip(" ")
 
 
 def _short(min_chars: int) -> Step:

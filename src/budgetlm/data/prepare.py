@@ -77,7 +77,7 @@ class _Spool:
         data = text.encode("utf-8")
         self.fh.write(_REC.pack(len(data), 1 if doc_end else 0))
         self.fh.write(data)
-        self.pieces += 1
+        self.pieces += int(bool(data))
         self.documents += int(doc_end)
         self.bytes += len(data)
 
@@ -137,7 +137,9 @@ class _Splitter:
             return
         split = self.fixed or ("val" if _is_val(self.k, self.val_fraction or 0.0) else "train")
         self.k += 1
-        if piece.doc_end and self.open_split is not None and self.open_split != split:
+        if self.open_split is not None and self.open_split != split:
+            # the document continues in the other split: end this split's run of it, so neither
+            # stream ever glues text of two places together without a separator
             self.spools[self.open_split].write("", True)
         self.spools[split].write(text, piece.doc_end)
         self.open_split = None if piece.doc_end else split
@@ -392,6 +394,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, trai
 
     # ---- pass 2: tokenizer
     t_tok = time.perf_counter()
+    read_seconds = t_tok - t0
     if cfg.tokenizer_from:
         tok = toklib.load_tokenizer(cfg.tokenizer_from)
         added = toklib.ensure_specials(tok)
@@ -411,6 +414,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, trai
     toklib.save_tokenizer(tok, tmp / "tokenizer.json")
 
     # ---- pass 3: encode into shards
+    t_enc = time.perf_counter()
     tok.encode_special_tokens = True  # "<|endoftext|>" inside the corpus is text, not a separator
     split_info: dict[str, dict] = {}
     total_text = spools["train"].bytes + spools["val"].bytes
@@ -423,6 +427,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, trai
                                  "tokens": n, "shards": shard_set.close()}
             sp.path.unlink()
     seconds = time.perf_counter() - t0
+    encode_seconds = time.perf_counter() - t_enc
     text_tokens = sum(s["tokens"] - s["documents"] for s in split_info.values())
     bytes_per_token = total_text / text_tokens if text_tokens else 0.0
 
@@ -461,7 +466,9 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, trai
         "replacements": stats.replacements,
         "skipped_files": len(stats.skipped),
         "dropped": main.dropped,
+        "read_seconds": round(read_seconds, 3),
         "tokenizer_seconds": round(tok_seconds, 3),
+        "encode_seconds": round(encode_seconds, 3),
         "seconds": round(seconds, 3),
         "mb_per_s": round(total_text / 1e6 / seconds, 3) if seconds > 0 else None,
     }

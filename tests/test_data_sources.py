@@ -1,0 +1,241 @@
+"""Input formats, compression, folders and bad inputs of budgetlm.data.sources."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+
+from budgetlm.config import BudgetError
+from budgetlm.data import sources
+from budgetlm.data.sources import Piece, ReadOptions, Stats
+
+
+def read(paths, **opt) -> tuple[list[Piece], Stats]:
+    stats = Stats()
+    files = sources.expand_inputs([str(p) for p in paths])
+    return list(sources.read_files(files, ReadOptions(**opt), stats)), stats
+
+
+def texts(pieces):
+    return [p.text for p in pieces]
+
+
+# --- one writer per format; the test below checks that every READERS entry has one
+
+
+def _txt(p: Path, docs):
+    p.write_text("\n\n".join(docs), encoding="utf-8")
+
+
+def _jsonl(p: Path, docs):
+    p.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+
+
+def _json_array(p: Path, docs):
+    p.write_text(json.dumps([{"text": d} for d in docs]), encoding="utf-8")
+
+
+def _csv(p: Path, docs):
+    import csv
+
+    with open(p, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "text"])
+        for d in docs:
+            w.writerow([1, d])
+
+
+def _tsv(p: Path, docs):
+    # GLUE-style TSV has no quoting, so a field cannot hold a newline
+    p.write_text("text\tlabel\n" + "".join(f"{d.replace(chr(10), ' ')}\t0\n" for d in docs), encoding="utf-8")
+
+
+def _parquet(p: Path, docs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs, "n": list(range(len(docs)))}), p)
+
+
+WRITERS = {".txt": _txt, ".md": _txt, ".text": _txt, ".jsonl": _jsonl, ".json": _json_array,
+           ".csv": _csv, ".tsv": _tsv, ".parquet": _parquet}
+DOCS = ['first "quoted" document, with a comma', "second document\nwith two lines", "third — ünïcode"]
+
+
+def test_every_reader_has_a_test_writer():
+    assert set(WRITERS) == set(sources.READERS)
+
+
+@pytest.mark.parametrize("suffix", sorted(WRITERS))
+def test_each_format_reads_its_documents(tmp_path, suffix):
+    p = tmp_path / f"data{suffix}"
+    WRITERS[suffix](p, DOCS)
+    pieces, stats = read([p])
+    if suffix in (".txt", ".md", ".text"):  # the whole file is one document by default
+        assert len(pieces) == 1 and pieces[0].doc_end and pieces[0].whole
+        assert all(d in pieces[0].text for d in DOCS)
+    else:
+        expected = [d.replace("\n", " ") for d in DOCS] if suffix == ".tsv" else DOCS
+        assert texts(pieces) == expected
+        assert all(p.doc_end and p.whole for p in pieces)
+    assert stats.files == [str(p)] and stats.replacements == 0
+
+
+@pytest.mark.parametrize("comp", sorted(sources.OPENERS))
+def test_each_compression_is_transparent(tmp_path, comp):
+    raw = "".join(json.dumps({"text": d}) + "\n" for d in DOCS).encode()
+    p = tmp_path / f"data.jsonl{comp}"
+    if comp == ".gz":
+        p.write_bytes(gzip.compress(raw))
+    elif comp == ".xz":
+        p.write_bytes(lzma.compress(raw))
+    elif comp == ".bz2":
+        p.write_bytes(bz2.compress(raw))
+    else:
+        import zstandard
+
+        p.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    assert sources.split_suffix(p) == (".jsonl", comp)
+    pieces, _ = read([p])
+    assert texts(pieces) == DOCS
+
+
+def test_txt_document_modes(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("one\ntwo\n\nthree\n", encoding="utf-8")
+    assert texts(read([p], txt_documents="line")[0]) == ["one", "two", "three"]
+    assert texts(read([p], txt_documents="paragraph")[0]) == ["one\ntwo\n", "three\n"]
+    assert texts(read([p], txt_documents="file")[0]) == ["one\ntwo\n\nthree\n"]
+
+
+def test_long_file_streams_in_blocks_at_line_ends(tmp_path):
+    lines = [f"line number {i} of a long file\n" for i in range(2000)]
+    p = tmp_path / "long.txt"
+    p.write_text("".join(lines), encoding="utf-8")
+    pieces, _ = read([p], block_chars=1000)
+    assert len(pieces) > 10
+    assert "".join(texts(pieces)) == "".join(lines)  # nothing lost or duplicated
+    assert all(t.endswith("\n") for t in texts(pieces))  # cut at line ends
+    assert [p.doc_end for p in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert not any(p.whole for p in pieces)
+    assert max(len(t) for t in texts(pieces)) < 2000
+
+
+def test_long_record_is_cut_into_blocks(tmp_path):
+    long = "word " * 500 + "\n" + "more " * 500
+    p = tmp_path / "d.jsonl"
+    _jsonl(p, [long, "short"])
+    pieces, _ = read([p], block_chars=1000)
+    assert "".join(t for t in texts(pieces)[:-1]) == long
+    assert pieces[-1].text == "short" and pieces[-1].whole
+
+
+def test_folder_is_recursive_sorted_and_skips_unknown_suffixes(tmp_path):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / "a.txt").write_text("A", encoding="utf-8")
+    (tmp_path / "b" / "deep" / "c.md").write_text("C", encoding="utf-8")
+    (tmp_path / "b" / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / ".hidden.txt").write_text("H", encoding="utf-8")
+    files = sources.expand_inputs([str(tmp_path)])
+    assert [f.name for f in files] == ["a.txt", "c.md"]
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(BudgetError, match="input not found: .*nope.txt"):
+        sources.expand_inputs([str(tmp_path / "nope.txt")])
+
+
+def test_folder_without_readable_files_is_an_error(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"123")
+    with pytest.raises(BudgetError, match="no readable files"):
+        sources.expand_inputs([str(tmp_path)])
+
+
+def test_binary_file_is_skipped_and_recorded(tmp_path):
+    (tmp_path / "good.txt").write_text("good text", encoding="utf-8")
+    (tmp_path / "bad.txt").write_bytes(b"\x00\x01\x02binary" * 10)
+    pieces, stats = read([tmp_path])
+    assert texts(pieces) == ["good text"]
+    assert len(stats.skipped) == 1 and stats.skipped[0][0].endswith("bad.txt")
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"caf\xe9 ok \xff\xfe end")
+    pieces, stats = read([p])
+    assert pieces[0].text == "caf\ufffd ok \ufffd\ufffd end"
+    assert stats.replacements == 3
+
+
+def test_utf8_bom_is_dropped(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes("\ufeffhello".encode("utf-8"))
+    assert texts(read([p])[0]) == ["hello"]
+
+
+def test_missing_jsonl_field_names_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "ok"}\n\n{"body": "no text here"}\n', encoding="utf-8")
+    with pytest.raises(BudgetError, match=r"d\.jsonl:3: no field 'text' \(fields: body\).*--text-field"):
+        read([p])
+
+
+def test_other_jsonl_field_and_invalid_json(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"body": "a"}\n{"body": "b"}\n', encoding="utf-8")
+    assert texts(read([p], text_field="body")[0]) == ["a", "b"]
+    p.write_text('{"body": "a"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(BudgetError, match=r"d\.jsonl:2: invalid JSON"):
+        read([p], text_field="body")
+
+
+def test_missing_csv_column_names_file_and_line(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("sentence,label\nhello,1\n", encoding="utf-8")
+    with pytest.raises(BudgetError, match=r"d\.csv:1: no column 'text' \(columns: sentence, label\).*--text-column"):
+        read([p])
+    assert texts(read([p], text_column="sentence")[0]) == ["hello"]
+
+
+def test_short_csv_row_names_its_line(tmp_path):
+    p = tmp_path / "d.tsv"
+    p.write_text("label\ttext\n1\tfine\n0\n", encoding="utf-8")
+    with pytest.raises(BudgetError, match=r"d\.tsv:3: row has 1 fields"):
+        read([p])
+
+
+def test_missing_parquet_column(tmp_path):
+    p = tmp_path / "d.parquet"
+    _parquet(p, DOCS)
+    with pytest.raises(BudgetError, match="no column 'body'"):
+        read([p], text_column="body")
+
+
+def test_hf_dataset_from_save_to_disk_folder(tmp_path):
+    import datasets
+
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": DOCS, "label": [0, 1, 0]}),
+        "test": datasets.Dataset.from_dict({"text": ["held out"], "label": [1]}),
+    })
+    dd.save_to_disk(str(tmp_path / "ds"))
+    pieces, info = sources.read_hf(str(tmp_path / "ds"), "train", ReadOptions())
+    assert texts(pieces) == DOCS and info["rows"] == 3
+    pieces, _ = sources.read_hf(str(tmp_path / "ds"), "test", ReadOptions())
+    assert texts(pieces) == ["held out"]
+    with pytest.raises(BudgetError, match="no split 'validation'"):
+        sources.read_hf(str(tmp_path / "ds"), "validation", ReadOptions())
+    with pytest.raises(BudgetError, match="no field 'body'"):
+        sources.read_hf(str(tmp_path / "ds"), "train", ReadOptions(text_field="body"))
+
+
+def test_hf_dataset_that_cannot_load_is_a_clear_error(tmp_path):
+    (tmp_path / "not_a_dataset").mkdir()
+    (tmp_path / "not_a_dataset" / "junk.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(BudgetError, match="cannot load Hugging Face dataset"):
+        sources.read_hf(str(tmp_path / "not_a_dataset"), "train", ReadOptions())
