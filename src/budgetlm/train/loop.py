@@ -302,8 +302,8 @@ def train_loop(
 
             if state.step == 1 and cfg.budget_s and dt > cfg.budget_s:
                 raise BudgetError(
-                    f"budget {format_duration(cfg.budget_s)} is too small: one optimizer step takes "
-                    f"{dt:.1f}s here; raise --budget or lower the batch size"
+                    f"budget {cfg.budget_s:g}s is too small: one optimizer step takes "
+                    f"{dt:.3g}s here; raise --budget or lower the batch size"
                 )
 
             # ---- non-finite handling

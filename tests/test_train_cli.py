@@ -1,0 +1,111 @@
+"""`budgetlm train` end to end on a tiny dataset, in-process: outputs, resume, bad input."""
+
+import json
+
+import pytest
+
+from budgetlm.cli import main
+from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def train(capsys, *flags):
+    rc = main(["train", *flags, "--json"])
+    cap = capsys.readouterr()
+    return rc, (json.loads(cap.out) if rc == 0 else None), cap.err
+
+
+def test_train_writes_a_complete_run(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "6", *TINY)
+    assert rc == 0, err
+    for key in ("run_dir", "steps", "tokens", "elapsed_s", "val_loss", "val_bpb", "tokens_per_s", "mfu"):
+        assert key in res
+    assert res["steps"] == 6 and res["tokens"] == 6 * 4 * 32
+    assert 0 < res["val_bpb"] < 10
+    for f in ("config.json", "metrics.jsonl", "report.md", "loss.png", "summary.json"):
+        assert (run / f).is_file(), f
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert lines[-1]["final"] and "val_bpb" in lines[-1]
+    assert "![loss curve](loss.png)" in (run / "report.md").read_text()
+
+
+def test_resume_continues_with_budget_accounting(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, first, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "3", *TINY)
+    assert rc == 0, err
+    rc, second, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "5", "--resume")
+    assert rc == 0, err
+    assert second["steps"] == 5 and second["tokens"] == 5 * 4 * 32
+    assert second["elapsed_s"] >= first["elapsed_s"]
+
+
+def test_masked_objective(data, tmp_path, capsys):
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "m"), "--objective", "masked",
+                         "--max-steps", "3", *TINY)
+    assert rc == 0, err
+    assert res["objective"] == "masked" and 0.0 <= res["val_accuracy"] <= 1.0 and "val_bpb" not in res
+
+
+def test_existing_run_is_not_overwritten(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", *TINY)
+    assert rc == 2 and "--resume" in err and len(err.strip().splitlines()) == 1  # one line, nothing else
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    rc, _, err = train(capsys, "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--max-steps", "2")
+    assert rc == 2 and "not found" in err and not (tmp_path / "r").exists()
+
+
+def test_not_a_dataset(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    rc, _, err = train(capsys, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--max-steps", "2")
+    assert rc == 2 and "prepare" in err
+
+
+def test_no_budget(data, tmp_path, capsys):
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"))
+    assert rc == 2 and "budget" in err
+
+
+def test_budget_too_small_writes_nothing(data, tmp_path, capsys):
+    run = tmp_path / "r"
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--budget", "0.0001s", *TINY)
+    errors = [x for x in err.splitlines() if x.startswith("budgetlm: error")]
+    assert rc == 2 and len(errors) == 1 and "too small" in errors[0]
+    assert not run.exists()
+
+
+def test_resume_with_a_different_tokenizer_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", *TINY)[0] == 0
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    other = make_dataset(tmp_path, "bpe", tokenizer="bpe", vocab_size=300)
+    rc, _, err = train(capsys, "--data", str(other), "--out", str(run), "--max-steps", "4", "--resume")
+    assert rc == 2 and "tokenizer" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_resume_from_a_corrupt_checkpoint_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", *TINY)[0] == 0
+    ckpt = run / "checkpoints" / "step_000002"
+    (ckpt / "state.pt").write_bytes(b"broken")
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "4", "--resume")
+    assert rc == 2 and "corrupt" in err
+    assert (ckpt / "state.pt").read_bytes() == b"broken"
+
+
+def test_unknown_preset(data, tmp_path, capsys):
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "2",
+                       "--model", "gigantic")
+    assert rc == 2 and "unknown model size" in err

@@ -1,0 +1,97 @@
+"""Real processes: exact resume after SIGKILL, SIGTERM save-and-exit, DDP on gloo vs one process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_helpers import TINY, make_dataset, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def train_cmd(data, out, *flags):
+    return [sys.executable, "-m", "budgetlm", "train", "--data", str(data), "--out", str(out), *TINY, *flags]
+
+
+def step_losses(run):
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {x["step"]: x["loss"] for x in lines if "loss" in x}
+
+
+def test_exact_resume_after_sigkill(data, tmp_path):
+    k = 4
+    flags = ["--max-steps", str(2 * k), "--checkpoint-every-steps", str(k)]
+    straight = tmp_path / "straight"
+    subprocess.run(train_cmd(data, straight, *flags), env=subprocess_env(), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    env = {**subprocess_env(), "BUDGETLM_FAULT_KILL_AFTER_STEP": str(k)}
+    proc = subprocess.run(train_cmd(data, killed, *flags), env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(step_losses(killed)) == list(range(1, k + 1))
+    proc = subprocess.run(train_cmd(data, killed, *flags, "--resume"), env=subprocess_env(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-500:]
+
+    a, b = step_losses(straight), step_losses(killed)
+    assert sorted(a) == sorted(b) == list(range(1, 2 * k + 1))
+    assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]  # identical, not just close
+    wa = load_file(straight / "checkpoints" / f"step_{2 * k:06d}" / "model.safetensors")
+    wb = load_file(killed / "checkpoints" / f"step_{2 * k:06d}" / "model.safetensors")
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+def test_sigterm_saves_and_exits_zero(data, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(data, run, "--budget", "2m", "--json"), env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-500:]
+    res = json.loads(out)
+    assert res["interrupted"] and res["steps"] > 0 and res["elapsed_s"] < 100
+    ckpt = run / "checkpoints" / f"step_{res['steps']:06d}"
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "state.pt").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes_match_one(data, tmp_path):
+    flags = ["--max-steps", "3", "--batch-size", "4"]
+    single = tmp_path / "single"
+    subprocess.run(train_cmd(data, single, *flags), env=subprocess_env(), check=True, capture_output=True)
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm",
+           *train_cmd(data, ddp, *flags)[3:]]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-800:]
+    a, b = step_losses(single), step_losses(ddp)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=1e-5)
+    wa = load_file(single / "checkpoints" / "step_000003" / "model.safetensors")
+    wb = load_file(ddp / "checkpoints" / "step_000003" / "model.safetensors")
+    for n in wa:
+        torch.testing.assert_close(wa[n], wb[n], rtol=1e-4, atol=1e-6)
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["tokens"] == 3 * 4 * 32
+    assert os.path.isfile(ddp / "report.md")
