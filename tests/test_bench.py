@@ -1,0 +1,87 @@
+"""bench.py and calibration.py: measured steps, CPU memory accounting, the calibration file
+(write, merge, corrupt), and the hook `train` uses (auto_configure)."""
+
+import json
+
+import pytest
+
+from budgetlm import bench, calibration, cli
+from budgetlm import plan as P
+from budgetlm.models.presets import model_config
+
+TINY = ["--depths", "1", "2", "--seq-len", "16", "--micro-batch", "2", "--vocab-size", "64",
+        "--seconds", "0.05", "--precisions", "fp32", "--no-disk"]
+
+
+def test_measure_counts_memory_exactly_on_cpu():
+    cfg = model_config(2, 64, max_seq_len=16)
+    r = bench.measure(cfg, 2, 16, "fp32", "cpu", seconds=0.05)
+    assert r["steps"] >= 2 and r["tokens_per_second"] > 0
+    assert r["achieved_flops"] == pytest.approx(r["tokens_per_second"] * P.flops_per_token(cfg, 16))
+    s = P.state_bytes(cfg, "fp32")
+    assert (r["weights"], r["gradients"], r["optimizer"]) == (s["weights"], s["gradients"], s["optimizer"])
+    assert r["saved_activation_bytes"] == sum(P.activation_bytes(cfg, 2, 16, "fp32").values())
+    assert r["peak_memory_bytes"] == r["weights"] + r["gradients"] + r["optimizer"] + r["saved_activation_bytes"]
+
+
+def test_bench_writes_and_merges_calibration(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"version": 1, "devices": {"cuda:other": {"precisions": {}}}}))
+    assert cli.main(["bench", "--json", *TINY]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["calibration_file"] == str(path)
+    points = out["precisions"]["fp32"]
+    assert [p["depth"] for p in points] == [1, 2] and all(p["mfu"] > 0 for p in points)
+    for p in points:  # the plan's prediction beside the measurement
+        assert p["predicted_saved_activation_bytes"] == p["saved_activation_bytes"]
+    data = calibration.load(path)
+    assert "cuda:other" in data["devices"] and out["device_key"] in data["devices"]
+    # plan --device local now uses the measurement
+    assert cli.main(["plan", "--device", "local", "--budget", "30s", "--seq-len", "16", "--vocab-size", "64",
+                     "--precision", "fp32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mfu_source"] == "calibration"
+
+
+def test_bench_refuses_a_corrupt_calibration_without_touching_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    path = tmp_path / "calibration.json"
+    path.write_text('{"version": 1, "devices": [')
+    assert cli.main(["bench", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0]
+    assert path.read_text() == '{"version": 1, "devices": ['
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--objective", "prefix"], "causal or masked"),
+    (["--precisions", "fp64"], "unknown precision"),
+    (["--seconds", "0"], "--seconds > 0"),
+])
+def test_bench_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    assert cli.main(["bench", *TINY, *argv]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_auto_configure_calibrates_once_then_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    calls = []
+    real = bench.calibrate
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real([1], 16, a[2], 2, 64, a[5], 0.02, a[7], a[8], write=True, disk=False, show=False, memory=False)
+
+    monkeypatch.setattr(bench, "calibrate", counting)
+    p1 = bench.auto_configure(20, 5000, 16, "causal", 64, precision="fp32")
+    p2 = bench.auto_configure(20, 5000, 16, "causal", 64, precision="fp32")
+    assert len(calls) == 1
+    assert p1.mfu_source == p2.mfu_source == "calibration" and p1.precision == "fp32"
+    assert p2.model["vocab_size"] == 64 and p2.micro_batch * p2.grad_accum >= 1 and p2.fits
+
+
+def test_disk_read_speed_is_positive(tmp_path):
+    speed = bench.disk_read_speed(tmp_path, size_bytes=2 * 2**20)
+    assert speed is None or speed > 0
+    assert not list(tmp_path.iterdir())  # the temporary file is gone
