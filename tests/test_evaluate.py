@@ -1,0 +1,128 @@
+"""eval: bits-per-byte arithmetic on a hand-computable case; the eval command on tiny runs."""
+
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from budgetlm import runtime
+from budgetlm.cli import main
+from budgetlm.evaluate import bits_per_byte, causal_nll
+from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
+
+RT = runtime.Runtime(torch.device("cpu"), "cpu", "fp32", "test")
+
+
+class Uniform(torch.nn.Module):
+    """Predicts every token with probability 1/V: NLL per token is exactly ln V."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx, targets=None):
+        return torch.zeros(*idx.shape, self.vocab), None
+
+
+class Oracle(torch.nn.Module):
+    """Knows the rule next = (tok + 1) % V with near certainty."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx, targets=None):
+        return 50.0 * torch.nn.functional.one_hot((idx + 1) % self.vocab, self.vocab).float(), None
+
+
+def test_bits_per_byte_by_hand():
+    # 101 tokens -> 100 predictions of ln 16 nats = 4 bits each = 400 bits over 50 bytes = 8 bits/byte
+    tokens = np.arange(101) % 16
+    r = causal_nll(Uniform(16), tokens, seq_len=32, batch_size=2, rt=RT)
+    assert r["predicted"] == 100  # windows 0, 32, 64 (32 each) + a tail of 4: every token once
+    assert r["loss"] == pytest.approx(math.log(16))
+    assert bits_per_byte(r["nll"], 50) == pytest.approx(8.0)
+    with pytest.raises(ValueError):
+        bits_per_byte(1.0, 0)
+
+
+def test_a_perfect_model_costs_almost_nothing():
+    tokens = np.arange(200) % 16
+    r = causal_nll(Oracle(16), tokens, seq_len=50, batch_size=4, rt=RT, max_tokens=150)
+    assert r["predicted"] == 149 and r["loss"] < 1e-6
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = make_dataset(root)
+    for name, extra in (("causal", []), ("masked", ["--objective", "masked"])):
+        assert main(["train", "--data", str(data), "--out", str(root / name), "--max-steps", "2", *TINY, *extra]) == 0
+    return root, data
+
+
+def evaluate(capsys, *args):
+    rc = main(["eval", *args, "--json"])
+    cap = capsys.readouterr()
+    return rc, (json.loads(cap.out) if rc == 0 else None), cap.err
+
+
+def test_eval_data_and_text_agree(runs, capsys):
+    root, data = runs
+    rc, a, err = evaluate(capsys, "--model", str(root / "causal"), "--data", str(data))
+    assert rc == 0, err
+    for key in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes"):
+        assert key in a
+    assert a["perplexity"] == pytest.approx(math.exp(a["loss"]))
+    val_txt = data.parent / "ds_src" / "val.txt"
+    rc, b, err = evaluate(capsys, "--model", str(root / "causal"), "--text", str(val_txt))
+    assert rc == 0, err
+    assert b["bytes"] == len(val_txt.read_bytes()) == a["bytes"]
+    assert b["bits_per_byte"] == pytest.approx(a["bits_per_byte"], rel=1e-6)
+    summary = json.loads((root / "causal" / "summary.json").read_text())
+    assert summary["val_bpb"] == pytest.approx(a["bits_per_byte"], rel=1e-6)  # train's final eval agrees
+
+
+def test_eval_masked(runs, capsys):
+    root, data = runs
+    rc, r, err = evaluate(capsys, "--model", str(root / "masked"), "--data", str(data))
+    assert rc == 0, err
+    assert r["objective"] == "masked" and 0 <= r["accuracy"] <= 1 and r["loss"] > 0
+    rc, r2, _ = evaluate(capsys, "--model", str(root / "masked"), "--data", str(data))
+    assert r2["loss"] == r["loss"]  # fixed masking seed
+
+
+def test_eval_bad_inputs(runs, tmp_path, capsys):
+    root, data = runs
+    rc, _, err = evaluate(capsys, "--model", str(tmp_path / "none"), "--data", str(data))
+    assert rc == 2 and "no model" in err
+    other = make_dataset(tmp_path, "bpe", tokenizer="bpe", vocab_size=300)
+    rc, _, err = evaluate(capsys, "--model", str(root / "causal"), "--data", str(other))
+    assert rc == 2 and "vocabulary" in err
+    rc, _, err = evaluate(capsys, "--model", str(root / "causal"))
+    assert rc == 2 and "--data" in err
+    rc, _, err = evaluate(capsys, "--model", str(root / "causal"), "--text", str(tmp_path / "missing.txt"))
+    assert rc == 2 and "cannot read" in err
+
+
+def test_classifier_runs_are_delegated(runs, tmp_path, capsys, monkeypatch):
+    root, _ = runs
+    import shutil
+
+    clf = tmp_path / "clf"
+    shutil.copytree(root / "causal", clf)
+    for ckpt in (clf / "checkpoints").glob("step_*"):
+        meta = json.loads((ckpt / "meta.json").read_text())
+        meta["model_kind"] = "classifier"
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+    fake = types.ModuleType("budgetlm.finetune")
+    fake.evaluate_classifier = lambda args: {"accuracy": 0.5, "model": args.model}
+    monkeypatch.setitem(sys.modules, "budgetlm.finetune", fake)
+    monkeypatch.setattr(sys.modules["budgetlm"], "finetune", fake, raising=False)
+    rc, r, err = evaluate(capsys, "--model", str(clf), "--data", "unused")
+    assert rc == 0, err
+    assert r == {"accuracy": 0.5, "model": str(clf)}
