@@ -13,13 +13,30 @@ wrapped in `flock` so that other benchmarks on a shared machine do not overlap i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from budgetlm.config import parse_duration
+
+
+@contextlib.contextmanager
+def locked(path: str | None):
+    """Hold the shared benchmark lock (the same file `flock` uses) while timing in-process."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def prepare(text: Path, work: Path, vocab: int) -> Path:
@@ -69,13 +86,15 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("BUDGETLM_HOME", str(work / "home"))  # a fresh calibration for this sweep
     data = prepare(Path(args.text), work, args.vocab_size)
     manifest = read_manifest(data)
     vocab = int(manifest["tokenizer"]["vocab_size"])
     train_tokens = int(manifest["splits"]["train"]["tokens"])
     results = []
     for budget in args.budgets:
-        plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
+        with locked(args.lock):  # calibration is timed: keep other benchmarks off the cores
+            plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
         d0 = plan.depth
         sizes = {d: num_params(model_config(d, vocab, max_seq_len=args.seq_len)) for d in range(1, 33)}
         others = [d for d in sizes if d != d0]

@@ -34,21 +34,7 @@ def accelerate_adam_bytes(n_params: int, precision: str) -> int:
     return n_params * (16 if precision == "fp32" else 8)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4])
-    ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    ap.add_argument("--calibrate-depths", type=int, nargs="+", default=[1, 4],
-                    help="depths measured at the first seq len to calibrate; everything else is held out")
-    ap.add_argument("--tokens-per-step", type=int, default=2048)
-    ap.add_argument("--vocab-size", type=int, default=8192)
-    ap.add_argument("--objective", choices=["causal", "masked"], default="causal")
-    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per configuration")
-    ap.add_argument("--out", default=None, help="write all rows as JSON here")
-    args = ap.parse_args()
-
-    device, info = local_device(load_catalog())
+def measure_all(args) -> list[dict]:
     causal = args.objective == "causal"
     pred = None if causal else 0.25
     rows = []
@@ -71,10 +57,35 @@ def main() -> None:
                 print(f"{precision} T={T} depth={depth}: step {r['step_seconds'] * 1e3:.0f} ms, "
                       f"saved {r['saved_activation_bytes'] / 2**20:.1f} MiB (plan {r['pred_saved'] / 2**20:.1f})",
                       flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--calibrate-depths", type=int, nargs="+", default=[1, 4],
+                    help="depths measured at the first seq len to calibrate; everything else is held out")
+    ap.add_argument("--tokens-per-step", type=int, default=2048)
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--objective", choices=["causal", "masked"], default="causal")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per configuration")
+    ap.add_argument("--out", default=None, help="write all rows as JSON here")
+    ap.add_argument("--from-json", default=None, help="re-analyse the measurements saved by --out (no timing)")
+    args = ap.parse_args()
+
+    device, info = local_device(load_catalog())
+    if args.from_json:
+        saved = json.loads(open(args.from_json).read())
+        rows, info = saved["rows"], saved["machine"]
+    else:
+        rows = measure_all(args)
     # calibrate on a subset, predict the rest
     for precision in args.precisions:
         cal_points = [r for r in rows if r["precision"] == precision and r["seq_len"] == args.seq_lens[0]
                       and r["depth"] in args.calibrate_depths]
+        causal = args.objective == "causal"
         cal = {"precisions": {precision: cal_points}}
         for r in rows:
             if r["precision"] != precision:
@@ -117,7 +128,7 @@ def main() -> None:
     within = sum(abs(r["pred_step_seconds"] / r["step_seconds"] - 1) <= 0.2 for r in held)
     print(f"\nworst activation error {100 * worst_act:.2f}% (target 10%); held-out step time within 20%: "
           f"{within}/{len(held)} (worst {100 * worst_time:.1f}%)")
-    if args.out:
+    if args.out and not args.from_json:
         with open(args.out, "w") as fh:
             json.dump({"machine": info, "args": vars(args), "rows": rows}, fh, indent=1, default=str)
 

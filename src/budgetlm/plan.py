@@ -24,7 +24,6 @@ from typing import Any
 from budgetlm.catalog import Device
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
-from budgetlm.models.presets import flops_per_token as _preset_flops_per_token  # noqa: F401 (cross-checked in tests)
 from budgetlm.models.presets import model_config, num_params
 
 GiB = 1024**3

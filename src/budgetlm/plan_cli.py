@@ -82,7 +82,8 @@ def _gib(b: float) -> str:
     return f"{b / P.GiB:,.2f} GiB"
 
 
-def _show(plan: P.Plan) -> None:
+def show(plan: P.Plan) -> None:
+    """Print a plan for humans (stdout, or stderr under --json); `train` and `demo` call it too."""
     m = plan.model
     ui.info(f"[bold]plan[/] for {plan.device}" + (f" x{plan.num_devices}" if plan.num_devices > 1 else "")
             + f": {plan.objective} model, depth {plan.depth} ({m['n_layer']} layers x {m['n_embd']} wide, "
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
                               f"{device.id}: {plan.notes[0].removeprefix('does not fit: ')}"
                               + (f"; it fits on {', '.join(fits_on[:5])}" if fits_on else "; it fits on no catalog device"))
     if not args.compare:
-        _show(plan)
+        show(plan)
         return plan.to_json()
     cfg = model_config(plan.depth, vocab, causal=args.objective == "causal", max_seq_len=args.seq_len)
     plans = P.compare(cfg, list(catalog.values()), plan.tokens, args.seq_len, args.num_devices,
