@@ -109,8 +109,10 @@ def get_device(device_id: str, catalog: dict[str, Device]) -> Device:
     if device_id in catalog:
         return catalog[device_id]
     ids = sorted(catalog)
-    near = difflib.get_close_matches(device_id, ids, n=3, cutoff=0.4)
-    near += [i for i in ids if device_id.lower() in i and i not in near][: 3 - len(near)]
+    # ids containing what was typed first ("h100" -> both H100s), then spelling neighbours
+    near = [i for i in ids if device_id.lower() in i][:3]
+    near += [i for i in difflib.get_close_matches(device_id, ids, n=3, cutoff=0.4) if i not in near]
+    near = near[:3]
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise BudgetError(
         f"unknown device {device_id!r}{hint} (`budgetlm hardware --catalog` lists all {len(ids)} ids)"
