@@ -118,6 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", default="latest", choices=["latest", "best"], help="checkpoint to load")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps | xla")
     parser.add_argument("--precision", default="fp32", help="auto | fp32 | bf16 | fp16 (fp32: exact numbers)")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
+                        help="fine-tuned classifiers: int8 dynamic quantization of linear layers (CPU)")
 
 
 def _check_vocab(tok, meta: dict[str, Any]) -> None:
