@@ -1,0 +1,139 @@
+"""Training throughput: Hugging Face `transformers` (LlamaForCausalLM + Trainer, defaults, fp32) vs
+budgetlm's training loop, on the same model, in one run.
+
+Model (issue 3): a 6.9M-parameter Llama, width 256, 6 layers, 8 heads, MLP 704, vocabulary 8192,
+tied embeddings, sequence 512, batch 8. Data: random token ids (throughput does not depend on them).
+
+Each contender runs `--steps` optimizer steps after `--warmup` untimed ones; rounds alternate the
+contenders so that load from other processes hits them alike, and the best round of each is kept.
+MFU = model FLOPs per token (6N + 12 L C T, `budgetlm.models.presets.flops_per_token`) x tokens/s,
+divided by the *measured* matmul peak of this CPU in the precision used (`budgetlm.runtime`).
+
+Needs `accelerate` (transformers' Trainer requires it; not a budgetlm dependency):
+    pip install --target /tmp/hfdeps --no-deps accelerate
+    PYTHONPATH=/tmp/hfdeps python benchmarks/hf_throughput.py --json-out /tmp/hf.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import torch
+
+from budgetlm import runtime
+from budgetlm.models.config import ModelConfig
+from budgetlm.models.presets import flops_per_token, num_params
+from budgetlm.models.transformer import build_model
+from budgetlm.train.loop import LoopConfig, train_loop
+from budgetlm.train.optim import OptimConfig, build_optimizer
+from budgetlm.train.schedule import ScheduleConfig
+
+V, C, L, H, I, T, B = 8192, 256, 6, 8, 704, 512, 8
+
+
+def hf_tokens_per_s(steps: int, warmup: int, seed: int) -> float:
+    from torch.utils.data import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    cfg = LlamaConfig(vocab_size=V, hidden_size=C, num_hidden_layers=L, num_attention_heads=H,
+                      num_key_value_heads=H, intermediate_size=I, max_position_embeddings=T,
+                      tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+
+    class Random(Dataset):
+        def __len__(self):
+            return B * (steps + warmup)
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            x = torch.randint(0, V, (T,), generator=g)
+            return {"input_ids": x, "labels": x}
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.t1 = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup:
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.t1 = time.perf_counter()
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=B, max_steps=steps + warmup,
+                                 use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+                                 disable_tqdm=True, seed=seed)
+        Trainer(model=model, args=args, train_dataset=Random(), callbacks=[clock]).train()
+    return steps * B * T / (clock.t1 - clock.t0)
+
+
+def budgetlm_tokens_per_s(precision: str, steps: int, warmup: int, seed: int) -> tuple[float, str]:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=H, intermediate_size=I, max_seq_len=T,
+                      tie_embeddings=True)
+    model = build_model(cfg)
+    rt = runtime.init_runtime("cpu", precision, seed)
+    opt = build_optimizer("adamw", model, OptimConfig(lr=5e-5))
+    g = torch.Generator().manual_seed(seed)
+
+    def batches():
+        x = torch.randint(0, V, (B, T + 1), generator=g)
+        return {"idx": x[:, :-1], "targets": x[:, 1:]}
+
+    sched = ScheduleConfig(warmup=0.0, decay="constant")
+    train_loop(model, batches, opt, rt, LoopConfig(max_steps=warmup), sched, show_progress=False)
+    res = train_loop(model, batches, opt, rt, LoopConfig(max_steps=steps, log_every=10**9), sched,
+                     show_progress=False)
+    return res.state.tokens / res.state.elapsed_s, rt.precision
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
+    ap.add_argument("--json-out", default="", help="write the results here as JSON")
+    args = ap.parse_args()
+
+    cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=H, intermediate_size=I, max_seq_len=T)
+    fpt = flops_per_token(cfg, T)
+    auto_prec, auto_reason = runtime.choose_precision("cpu", "auto")
+    contenders = {"hf_trainer_fp32": lambda: (hf_tokens_per_s(args.steps, args.warmup, 0), "fp32"),
+                  "budgetlm_fp32": lambda: budgetlm_tokens_per_s("fp32", args.steps, args.warmup, 0)}
+    if auto_prec != "fp32":
+        contenders["budgetlm_auto"] = lambda: budgetlm_tokens_per_s("auto", args.steps, args.warmup, 0)
+    best: dict[str, tuple[float, str]] = {}
+    for r in range(args.rounds):
+        for name, fn in contenders.items():
+            tps, prec = fn()
+            print(f"round {r + 1} {name}: {tps:,.0f} tokens/s ({prec})", flush=True)
+            if name not in best or tps > best[name][0]:
+                best[name] = (tps, prec)
+    peaks = {p: runtime.cpu_matmul_flops(p, 1024, 5) for p in {"fp32", auto_prec}}
+    hf = best["hf_trainer_fp32"][0]
+    rows = {}
+    for name, (tps, prec) in best.items():
+        rows[name] = {"tokens_per_s": round(tps, 1), "precision": prec, "speedup_vs_hf": round(tps / hf, 3),
+                      "model_flops_per_s": round(fpt * tps / 1e9, 1),
+                      "mfu_vs_measured_matmul_peak": round(fpt * tps / peaks[prec], 3)}
+    out = {"params": num_params(cfg), "flops_per_token": fpt, "batch": B, "seq_len": T,
+           "peak_matmul_gflops": {p: round(v / 1e9, 1) for p, v in peaks.items()},
+           "auto_precision": [auto_prec, auto_reason], "results": rows, "steps": args.steps,
+           "rounds": args.rounds, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(json.dumps(out, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
