@@ -130,7 +130,7 @@ def main() -> None:
               f"{pct(r['accelerate_bytes'], measured)} |")
     held = [r for r in rows if r["held_out"]]
     worst_act = max(abs(r["pred_saved"] / r["saved_activation_bytes"] - 1) for r in rows)
-    worst_time = max(abs(r["pred_step_seconds"] / r["step_seconds"] - 1) for r in held)
+    worst_time = max((abs(r["pred_step_seconds"] / r["step_seconds"] - 1) for r in held), default=0.0)
     within = sum(abs(r["pred_step_seconds"] / r["step_seconds"] - 1) <= 0.2 for r in held)
     print(f"\nworst activation error {100 * worst_act:.2f}% (target 10%); held-out step time within 20%: "
           f"{within}/{len(held)} (worst {100 * worst_time:.1f}%)")
