@@ -85,8 +85,9 @@ class _Spool:
         self.fh.close()
 
 
-def _read_spool(path: Path, batch_chars: int, limit_bytes: int = 0) -> Iterator[list[tuple[str, bool]]]:
-    """Batches of (text, doc_end) of about `batch_chars` characters; stop after `limit_bytes`."""
+def _read_spool(path: Path, batch_chars: int, limit_bytes: int = 0) -> Iterator[tuple[list[tuple[str, bool]], int]]:
+    """(batch of (text, doc_end), its UTF-8 bytes), batches of about `batch_chars` bytes; stop
+    after `limit_bytes` in all."""
     batch: list[tuple[str, bool]] = []
     size = total = 0
     with open(path, "rb", buffering=1 << 20) as fh:
@@ -100,12 +101,12 @@ def _read_spool(path: Path, batch_chars: int, limit_bytes: int = 0) -> Iterator[
             size += n
             total += n
             if size >= batch_chars:
-                yield batch
+                yield batch, size
                 batch, size = [], 0
             if limit_bytes and total >= limit_bytes:
                 break
     if batch:
-        yield batch
+        yield batch, size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,15 +211,15 @@ def _encode_split(tok, spool: Path, out: _ShardSet, eot: int, batch_chars: int, 
     dtype = out.dtype
     total = 0
 
-    def encode(batch):
+    def encode(batch, nbytes):
         # encode_batch_fast: no offsets; the Rust side releases the GIL and uses every core
-        return batch, tok.encode_batch_fast([t for t, _ in batch], add_special_tokens=False)
+        return batch, nbytes, tok.encode_batch_fast([t for t, _ in batch], add_special_tokens=False)
 
     # one batch in flight while the previous one is converted and written
     with ThreadPoolExecutor(1) as pool:
         pending = None
-        for batch in _read_spool(spool, batch_chars):
-            nxt = pool.submit(encode, batch)
+        for batch, nbytes in _read_spool(spool, batch_chars):
+            nxt = pool.submit(encode, batch, nbytes)
             if pending is not None:
                 total += _write_batch(*pending.result(), out, eot, dtype, bar)
             pending = nxt
@@ -227,7 +228,7 @@ def _encode_split(tok, spool: Path, out: _ShardSet, eot: int, batch_chars: int, 
     return total
 
 
-def _write_batch(batch, encodings, out: _ShardSet, eot: int, dtype, bar) -> int:
+def _write_batch(batch, nbytes: int, encodings, out: _ShardSet, eot: int, dtype, bar) -> int:
     arrays = []
     for (text, doc_end), enc in zip(batch, encodings):
         arrays.append(np.asarray(enc.ids, dtype=dtype))
@@ -236,7 +237,7 @@ def _write_batch(batch, encodings, out: _ShardSet, eot: int, dtype, bar) -> int:
     tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
     out.write(tokens)
     if bar is not None:
-        bar.advance(0, sum(len(t.encode("utf-8")) for t, _ in batch))
+        bar.advance(0, nbytes)
     return int(tokens.size)
 
 
@@ -404,7 +405,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, trai
     else:
         kind = cfg.tokenizer
         limit = int(cfg.tokenizer_train_mb * 1e6)
-        texts = (t for batch in _read_spool(spools["train"].path, 1 << 20, limit) for t, _ in batch)
+        texts = (t for batch, _ in _read_spool(spools["train"].path, 1 << 20, limit) for t, _ in batch)
         with ui.progress(f"training {kind} tokenizer", total=None) as _:
             tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, cfg.vocab_size)
     tok_seconds = time.perf_counter() - t_tok
