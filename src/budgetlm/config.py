@@ -147,6 +147,8 @@ def add_dataclass_args(
         help_text = comments.get(f.name, "")
         if default is not None and not isinstance(default, bool):
             help_text += f" (default: {default})"
+        # argparse %-formats help strings: a literal "25%" in a comment must be escaped.
+        help_text = help_text.replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default, "help": help_text}
         origin = typing.get_origin(tp)
         if tp is bool:
