@@ -350,3 +350,13 @@ def test_interrupted_run_leaves_no_complete_looking_folder(tmp_path, sig):
 def test_programmatic_api_raises_budget_error(tmp_path):
     with pytest.raises(BudgetError, match="--val-fraction"):
         prepare_dataset([str(tmp_path)], str(tmp_path / "o"), PrepareConfig(val_fraction=1.5))
+
+
+def test_default_out_is_derived_from_the_input(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imdb").mkdir()
+    src = jsonl(tmp_path / "imdb" / "train.jsonl", documents(5))
+    code, s, err = cli(capsys, str(src), "--tokenizer", "byte")
+    assert code == 0, err
+    assert s["out"] == str(tmp_path / "out" / "imdb-train") and "writing to out/imdb-train" in err
+    assert shards.read_manifest(tmp_path / "out" / "imdb-train")
