@@ -360,3 +360,9 @@ def test_default_out_is_derived_from_the_input(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert s["out"] == str(tmp_path / "out" / "imdb-train") and "writing to out/imdb-train" in err
     assert shards.read_manifest(tmp_path / "out" / "imdb-train")
+
+
+def test_unreadable_tokenizer_from_fails_before_reading(tmp_path, capsys):
+    src = jsonl(tmp_path / "d.jsonl", documents(5))
+    code, _, err = cli(capsys, str(src), "--out", str(tmp_path / "ds"), "--tokenizer-from", str(tmp_path / "nope"))
+    assert code == 2 and "tokenizer path not found" in err and not (tmp_path / "ds").exists()

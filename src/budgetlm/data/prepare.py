@@ -319,8 +319,10 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
             raise BudgetError(f"{name} must be positive")
     if cfg.builtin and cfg.builtin not in builtin.BUILTINS:
         raise BudgetError(f"unknown built-in corpus {cfg.builtin!r}: choose one of {', '.join(builtin.BUILTINS)}")
-    if not cfg.tokenizer_from:
-        toklib._check_vocab(cfg.tokenizer, cfg.vocab_size)  # fail before reading anything
+    # fail before reading anything: a bad vocabulary size or an unreadable --tokenizer-from
+    reused = toklib.load_tokenizer(cfg.tokenizer_from) if cfg.tokenizer_from else None
+    if reused is None:
+        toklib._check_vocab(cfg.tokenizer, cfg.vocab_size)
     cleaner_args = dict(min_chars=cfg.min_chars, min_compression=cfg.min_compression,
                         max_compression=cfg.max_compression)
     names = [n for item in cfg.clean for n in item.split(",") if n]
@@ -339,7 +341,7 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        summary = _build(tmp, out_path, files, val_files, cfg, train_cleaner,
+        summary = _build(tmp, out_path, files, val_files, cfg, reused, train_cleaner,
                          clean.build_cleaner(names, **cleaner_args), names, t0)
         _publish(tmp, out_path)
     except BaseException:
@@ -348,8 +350,8 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     return summary
 
 
-def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, train_cleaner, val_cleaner,
-           clean_names: list[str], t0: float) -> dict:
+def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reused, train_cleaner,
+           val_cleaner, clean_names: list[str], t0: float) -> dict:
     opt = sources.ReadOptions(text_field=cfg.text_field, text_column=cfg.text_column,
                               txt_documents=cfg.txt_documents, block_chars=cfg.block_chars)
     stats = sources.Stats()
@@ -400,8 +402,8 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, trai
     # ---- pass 2: tokenizer
     t_tok = time.perf_counter()
     read_seconds = t_tok - t0
-    if cfg.tokenizer_from:
-        tok = toklib.load_tokenizer(cfg.tokenizer_from)
+    if reused is not None:
+        tok = reused
         added = toklib.ensure_specials(tok)
         if added:
             ui.info(f"added special tokens to the reused tokenizer: {' '.join(added)}")
