@@ -366,3 +366,16 @@ def test_unreadable_tokenizer_from_fails_before_reading(tmp_path, capsys):
     src = jsonl(tmp_path / "d.jsonl", documents(5))
     code, _, err = cli(capsys, str(src), "--out", str(tmp_path / "ds"), "--tokenizer-from", str(tmp_path / "nope"))
     assert code == 2 and "tokenizer path not found" in err and not (tmp_path / "ds").exists()
+
+
+def test_max_mb_stops_reading_and_closes_the_last_document(tmp_path):
+    docs = documents(200, seed=4)
+    src = jsonl(tmp_path / "d.jsonl", docs)
+    s = prepare_dataset([str(src)], str(tmp_path / "ds"), PrepareConfig(tokenizer="byte", max_mb=0.01))
+    total = s["bytes"]["train"] + s["bytes"]["val"]
+    assert 10_000 <= total < 10_000 + max(len(d) for d in docs)
+    for split in shards.SPLITS:  # every split still ends with an end-of-text token
+        assert decode_docs(tmp_path / "ds", split) is not None
+    # the python-docs corpus can be cut the same way (the demo uses this for quick runs)
+    s = prepare_dataset([], str(tmp_path / "pd"), PrepareConfig(tokenizer="byte", builtin="python-docs", max_mb=0.2))
+    assert 200_000 <= s["bytes"]["train"] + s["bytes"]["val"] < 300_000

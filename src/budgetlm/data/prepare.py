@@ -43,6 +43,7 @@ class PrepareConfig:
     tokenizer: Literal["bpe", "wordpiece", "byte"] = "bpe"  # bpe: byte-level BPE (causal models); wordpiece: masked models; byte: 256 byte ids + specials, no training
     vocab_size: int = 0  # tokenizer vocabulary incl. special tokens (0 = 8192 for bpe/wordpiece; byte is always 262)
     tokenizer_from: str = ""  # reuse this tokenizer.json or Hugging Face tokenizer folder instead of training one
+    max_mb: float = 0.0  # stop reading after this many MB of cleaned text (0 = read everything); for quick runs
     tokenizer_train_mb: float = 0.0  # learn the tokenizer from at most this many MB of train text (0 = all of it)
     text_field: str = "text"  # field holding the text in .jsonl/.json records and --hf-dataset rows
     text_column: str = "text"  # column holding the text in .csv/.tsv/.parquet files
@@ -144,6 +145,21 @@ class _Splitter:
             self.spools[self.open_split].write("", True)
         self.spools[split].write(text, piece.doc_end)
         self.open_split = None if piece.doc_end else split
+
+    def feed(self, pieces: Iterator[sources.Piece], limit_bytes: int = 0) -> bool:
+        """Add pieces; False once both spools together hold `limit_bytes` (0 = no limit)."""
+        for piece in pieces:
+            if limit_bytes and sum(sp.bytes for sp in self.spools.values()) >= limit_bytes:
+                self.finish()
+                return False
+            self.add(piece)
+        return True
+
+    def finish(self) -> None:
+        """Close a document cut short (by --max-mb) with its end-of-text mark."""
+        if self.open_split is not None:
+            self.spools[self.open_split].write("", True)
+            self.open_split = None
 
 
 def _sha256(path: Path) -> str:
@@ -365,22 +381,21 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
     total_bytes = sum(f.stat().st_size for f in files + val_files)
     with ui.progress("reading", total=total_bytes or None, unit="bytes") as bar:
         advance = lambda p: bar.advance(0, p.stat().st_size)  # noqa: E731
-        for piece in sources.read_files(files, opt, stats, on_file=advance):
-            main.add(piece)
-        if cfg.builtin:
-            info: dict = {}
-            for piece in _builtin_pieces(cfg.builtin, cfg.block_chars, info):
-                main.add(piece)
+        limit = int(cfg.max_mb * 1e6)
+        more = main.feed(sources.read_files(files, opt, stats, on_file=advance), limit)
+        if cfg.builtin and more:
+            info: dict = {"builtin": cfg.builtin}
+            more = main.feed(_builtin_pieces(cfg.builtin, cfg.block_chars, info), limit)
             extra_inputs.append(info)
-        if cfg.hf_dataset:
+        if cfg.hf_dataset and more:
             pieces, info = sources.read_hf(cfg.hf_dataset, cfg.split, opt)
-            for piece in pieces:
-                main.add(piece)
+            more = main.feed(pieces, limit)
             extra_inputs.append(info)
+        if not more:
+            ui.info(f"stopped reading at --max-mb {cfg.max_mb:g}")
         if explicit_val:
             val = _Splitter(spools, val_cleaner, None, "val")
-            for piece in sources.read_files(val_files, opt, stats, on_file=advance):
-                val.add(piece)
+            val.feed(sources.read_files(val_files, opt, stats, on_file=advance))
             for k, v in val.dropped.items():
                 main.dropped[k] = main.dropped.get(k, 0) + v
     for s in spools.values():

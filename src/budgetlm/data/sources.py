@@ -334,12 +334,15 @@ def read_files(files: list[Path], opt: ReadOptions, stats: Stats,
                 on_file(path)
             continue
         before = _REPLACED[0]
+        stats.files.append(str(path))  # listed even when the reader stops early (--max-mb)
         try:
-            yield from reader(path, opt)
+            for piece in reader(path, opt):
+                stats.replacements += _REPLACED[0] - before
+                before = _REPLACED[0]
+                yield piece
         except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as e:
             raise BudgetError(f"cannot read {path}: {e}") from None
         stats.replacements += _REPLACED[0] - before
-        stats.files.append(str(path))
         if on_file:
             on_file(path)
 
