@@ -239,3 +239,20 @@ def test_hf_dataset_that_cannot_load_is_a_clear_error(tmp_path):
     (tmp_path / "not_a_dataset" / "junk.txt").write_text("x", encoding="utf-8")
     with pytest.raises(BudgetError, match="cannot load Hugging Face dataset"):
         sources.read_hf(str(tmp_path / "not_a_dataset"), "train", ReadOptions())
+
+
+@pytest.mark.parametrize("comp", sorted(sources.OPENERS))
+def test_damaged_compressed_file_is_a_clear_error(tmp_path, comp):
+    p = tmp_path / f"junk.txt{comp}"
+    p.write_bytes(b"this is not compressed data at all")
+    with pytest.raises(BudgetError, match="cannot read .*junk.txt"):
+        read([p])
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    import os
+
+    p = tmp_path / "cut.txt.gz"
+    p.write_bytes(gzip.compress(os.urandom(200_000).hex().encode())[:50_000])
+    with pytest.raises(BudgetError, match="cannot read .*cut.txt.gz"):
+        read([p])

@@ -23,6 +23,7 @@ import io
 import json
 import lzma
 import sys
+import zlib
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
@@ -74,6 +75,20 @@ def _zst_open(path: Path) -> IO[bytes]:
     return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh, closefd=True))
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this file is damaged" (bad or truncated compressed data, I/O)."""
+    errors: list[type[BaseException]] = [EOFError, OSError, lzma.LZMAError, zlib.error]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+READ_ERRORS = _read_errors()
+
 # compression suffix -> binary opener
 OPENERS: dict[str, Callable[[Path], IO[bytes]]] = {
     ".gz": lambda p: gzip.open(p, "rb"),
@@ -110,7 +125,7 @@ def looks_binary(path: Path) -> bool:
     try:
         with open_binary(path) as fh:
             head = fh.read(1024)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+    except READ_ERRORS as e:
         raise BudgetError(f"cannot read {path}: {e}") from None
     return b"\0" in head
 
@@ -340,7 +355,7 @@ def read_files(files: list[Path], opt: ReadOptions, stats: Stats,
                 stats.replacements += _REPLACED[0] - before
                 before = _REPLACED[0]
                 yield piece
-        except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as e:
+        except READ_ERRORS as e:
             raise BudgetError(f"cannot read {path}: {e}") from None
         stats.replacements += _REPLACED[0] - before
         if on_file:
