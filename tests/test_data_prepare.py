@@ -379,3 +379,9 @@ def test_max_mb_stops_reading_and_closes_the_last_document(tmp_path):
     # the python-docs corpus can be cut the same way (the demo uses this for quick runs)
     s = prepare_dataset([], str(tmp_path / "pd"), PrepareConfig(tokenizer="byte", builtin="python-docs", max_mb=0.2))
     assert 200_000 <= s["bytes"]["train"] + s["bytes"]["val"] < 300_000
+
+
+def test_clean_list_swallowing_an_input_gets_a_hint(tmp_path, capsys):
+    src = jsonl(tmp_path / "d.jsonl", documents(5))
+    code, _, err = cli(capsys, "--clean", "html", str(src), "--out", str(tmp_path / "ds"))
+    assert code == 2 and "put INPUT... before --clean" in err

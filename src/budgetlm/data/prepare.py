@@ -325,6 +325,10 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
         raise BudgetError("--out DIR is required")
     out_path = Path(out).expanduser().absolute()
     inputs = list(inputs or [])
+    names = [n for item in cfg.clean for n in item.split(",") if n]
+    for n in names:
+        if n not in clean.CLEAN_STEPS and Path(n).exists():
+            raise BudgetError(f"--clean got {n!r}, which is an input path: put INPUT... before --clean")
     if not inputs and not cfg.builtin and not cfg.hf_dataset:
         raise BudgetError("nothing to prepare: give INPUT files/folders, --builtin NAME or --hf-dataset NAME")
     if val_inputs is None and not 0.0 <= cfg.val_fraction < 1.0:
@@ -341,11 +345,6 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
         toklib._check_vocab(cfg.tokenizer, cfg.vocab_size)
     cleaner_args = dict(min_chars=cfg.min_chars, min_compression=cfg.min_compression,
                         max_compression=cfg.max_compression)
-    names = [n for item in cfg.clean for n in item.split(",") if n]
-    for n in names:
-        if n not in clean.CLEAN_STEPS and Path(n).exists():
-            raise BudgetError(f"--clean got {n!r}, which is an input path: put INPUT... before --clean "
-                              "(or end the step list with --)")
     train_cleaner = clean.build_cleaner(names, **cleaner_args)
     files = sources.expand_inputs(inputs)
     val_files = sources.expand_inputs(val_inputs) if val_inputs else []
