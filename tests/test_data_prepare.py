@@ -385,3 +385,11 @@ def test_clean_list_swallowing_an_input_gets_a_hint(tmp_path, capsys):
     src = jsonl(tmp_path / "d.jsonl", documents(5))
     code, _, err = cli(capsys, "--clean", "html", str(src), "--out", str(tmp_path / "ds"))
     assert code == 2 and "put INPUT... before --clean" in err
+
+
+def test_out_inside_the_input_folder_is_not_read_back(tmp_path, monkeypatch):
+    write_txt_folder(tmp_path / "corpus", n=10)
+    out = tmp_path / "corpus" / "ds"
+    first = prepare_dataset([str(tmp_path / "corpus")], str(out), PrepareConfig(tokenizer="byte"))
+    again = prepare_dataset([str(tmp_path / "corpus")], str(out), PrepareConfig(tokenizer="byte", overwrite=True))
+    assert again["bytes"] == first["bytes"] and again["documents"] == first["documents"]

@@ -346,8 +346,10 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     cleaner_args = dict(min_chars=cfg.min_chars, min_compression=cfg.min_compression,
                         max_compression=cfg.max_compression)
     train_cleaner = clean.build_cleaner(names, **cleaner_args)
-    files = sources.expand_inputs(inputs)
-    val_files = sources.expand_inputs(val_inputs) if val_inputs else []
+    # an input folder may hold --out itself (prepare . --out data): never read a dataset as input
+    inside_out = lambda f: out_path == f.absolute() or out_path in f.absolute().parents  # noqa: E731
+    files = [f for f in sources.expand_inputs(inputs) if not inside_out(f)]
+    val_files = [f for f in sources.expand_inputs(val_inputs) if not inside_out(f)] if val_inputs else []
     _check_out(out_path, cfg.overwrite)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out_path)
