@@ -49,20 +49,10 @@ def _prepare(out: Path, max_mb: float) -> Path:
         ui.info(f"[bold]1/4 data[/] reusing {data}")
         return data
     ui.info("[bold]1/4 data[/] preparing the built-in python-docs corpus")
-    cfg = PrepareConfig(builtin="python-docs", tokenizer="bpe", vocab_size=DEMO_VOCAB)
-    if not max_mb:
-        prepare_dataset([], str(data), cfg)
-        return data
-    # A smaller corpus for quick runs (tests, slow machines): the built-in reader stops at
-    # builtin.MAX_BYTES, so lower it for this one call. TODO: a max-bytes option in PrepareConfig.
-    from budgetlm.data import builtin
-
-    old = builtin.MAX_BYTES
-    builtin.MAX_BYTES = int(max_mb * 1e6)
-    try:
-        prepare_dataset([], str(data), dataclasses.replace(cfg, vocab_size=1024))
-    finally:
-        builtin.MAX_BYTES = old
+    # A cut-down corpus (--max-mb < 1) is too small to learn 4,096 tokens well: use 1,024 there.
+    vocab = DEMO_VOCAB if not max_mb or max_mb >= 1 else 1024
+    prepare_dataset([], str(data), PrepareConfig(builtin="python-docs", tokenizer="bpe", vocab_size=vocab,
+                                                 max_mb=max_mb))
     return data
 
 
