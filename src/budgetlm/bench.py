@@ -36,7 +36,8 @@ class BenchConfig:
     vocab_size: int = 8192  # vocabulary of the measured models
     objective: str = "causal"  # causal | masked
     precisions: list[str] = field(default_factory=list)  # fp32 / bf16 / fp16 (empty = what the device supports)
-    seconds: float = 2.0  # measured seconds per model size and precision (after warm-up)
+    seconds: float = 2.0  # measured seconds per model size and precision (after warm-up), split over rounds
+    rounds: int = 2  # interleaved measuring rounds; each size keeps its fastest (robust on a shared machine)
     optimizer: str = "adamw"  # adamw | muon
     calibration: str = ""  # calibration file to update (default: $BUDGETLM_HOME/calibration.json)
     write: bool = True  # write the measurements to the calibration file
@@ -218,7 +219,7 @@ def default_micro_batch(kind: str, seq_len: int) -> int:
 def calibrate(depths: list[int], seq_len: int, precisions: list[str] | None = None, micro_batch: int = 0,
               vocab_size: int = 8192, objective: str = "causal", seconds: float = 2.0, optimizer: str = "adamw",
               path: str | Path | None = None, write: bool = True, disk: bool = True,
-              show: bool = True, memory: bool = True) -> dict[str, Any]:
+              show: bool = True, memory: bool = True, rounds: int = 2) -> dict[str, Any]:
     """Measure the local device and (by default) merge the result into the calibration file."""
     from budgetlm.catalog import load_catalog
     from budgetlm.hardware import device_key, local_device
@@ -238,9 +239,19 @@ def calibrate(depths: list[int], seq_len: int, precisions: list[str] | None = No
     results: dict[str, list[dict[str, Any]]] = {}
     rows = []
     for precision in precisions:
+        best: dict[int, dict[str, Any]] = {}
+        # Sizes are measured in interleaved rounds and each keeps its fastest round: on a shared
+        # machine a burst of other work then slows one round, not one model size.
+        for rnd in range(rounds):
+            for depth in depths:
+                cfg = model_config(depth, vocab_size, causal=objective == "causal", max_seq_len=seq_len)
+                r = measure(cfg, mb, seq_len, precision, dtype, seconds / rounds, optimizer,
+                            memory=memory and rnd == 0)
+                if depth not in best or r["step_seconds"] < best[depth]["step_seconds"]:
+                    best[depth] = {**best.get(depth, {}), **r}
         for depth in depths:
             cfg = model_config(depth, vocab_size, causal=objective == "causal", max_seq_len=seq_len)
-            r = measure(cfg, mb, seq_len, precision, dtype, seconds, optimizer, memory=memory)
+            r = best[depth]
             peak = P.peak_flops(device, precision)
             r["mfu"] = r["achieved_flops"] / peak if peak else None
             predicted = P.memory_breakdown(cfg, device, mb, seq_len, precision, False, optimizer,
@@ -282,7 +293,7 @@ def calibrate(depths: list[int], seq_len: int, precisions: list[str] | None = No
 def auto_configure(budget_s: float, tokens_available: int | None, seq_len: int, objective: str = "causal",
                    vocab_size: int = 8192, precision: str = "auto", num_devices: int = 1,
                    optimizer: str = "adamw", calibration_path: str | Path | None = None,
-                   calibrate_seconds: float = 1.0) -> P.Plan:
+                   calibrate_seconds: float = 1.5) -> P.Plan:
     """For `budgetlm train` without a model: calibrate this device once (cached per device and
     precision in the calibration file; ~10 s), then plan the compute-optimal model for the budget
     and the data. `precision` is the runtime's choice (fp32/bf16/fp16) or auto."""
@@ -299,7 +310,8 @@ def auto_configure(budget_s: float, tokens_available: int | None, seq_len: int, 
     if not any(p.get("seq_len") == seq_len for p in points):
         ui.info(f"calibrating {info['name']} ({precision}, seq len {seq_len}): a few seconds, once per device")
         entry = calibrate([1, 3], seq_len, [precision], 0, vocab_size, objective, calibrate_seconds,
-                          optimizer, calibration_path, write=True, disk=False, show=False, memory=False)
+                          optimizer, calibration_path, write=True, disk=False, show=False, memory=False,
+                          rounds=3)
     return P.auto_plan(device, budget_s, tokens_available, seq_len, objective, vocab_size, entry,
                        num_devices, optimizer, precisions=(precision,),
                        pred_fraction=None if objective == "causal" else 0.25)
@@ -324,5 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [p for p in cfg.precisions if p not in P.PRECISIONS]
     if unknown:
         raise BudgetError(f"unknown precision {unknown[0]!r}: choose from {', '.join(P.PRECISIONS)}")
+    if cfg.rounds < 1:
+        raise BudgetError(f"--rounds must be at least 1, got {cfg.rounds}")
     return calibrate(cfg.depths, cfg.seq_len, cfg.precisions or None, cfg.micro_batch, cfg.vocab_size,
-                     cfg.objective, cfg.seconds, cfg.optimizer, cfg.calibration or None, cfg.write, cfg.disk)
+                     cfg.objective, cfg.seconds, cfg.optimizer, cfg.calibration or None, cfg.write, cfg.disk,
+                     rounds=cfg.rounds)

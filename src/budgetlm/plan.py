@@ -334,10 +334,11 @@ class Choice:
     peak: float
 
 
-def _global_batch_tokens(tokens: float, seq_len: int) -> int:
+def _global_batch_tokens(tokens: float, seq_len: int, min_tokens: int = 0) -> int:
     """Tokens per optimizer step: at most 2^19 (about GPT-3 small's 0.5M) and small enough that
-    the run takes at least ~500 optimizer steps; a power of two, at least one sequence."""
-    target = min(2**19, max(seq_len, tokens / 500))
+    the run takes at least ~500 optimizer steps, but not below `min_tokens` (a CPU step smaller than
+    its calibrated micro-batch would run slower than calibrated); a power of two, at least one sequence."""
+    target = min(2**19, max(seq_len, min_tokens, tokens / 500))
     return max(seq_len, 2 ** int(math.floor(math.log2(target))))
 
 
@@ -353,7 +354,7 @@ def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: 
 
     Bigger micro-batches fill the device better, so among equally fast options the largest micro-batch
     not above the global batch wins; checkpointing only when nothing fits without it."""
-    gbt = _global_batch_tokens(tokens_hint, seq_len)
+    gbt = _global_batch_tokens(tokens_hint, seq_len, MAX_MICRO_TOKENS.get(device.kind, 0))
     per_device_seqs = max(1, gbt // (seq_len * num_devices))
     cap = MAX_MICRO_TOKENS.get(device.kind)
     if cap:
