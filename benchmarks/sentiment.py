@@ -1,0 +1,192 @@
+"""Sentiment classification from nothing on a CPU budget: SST-2 or IMDb (issue 5's headline).
+
+    python benchmarks/sentiment.py --task sst2 --data /work/shared/data --work /tmp/sst2-bench
+    python benchmarks/sentiment.py --task imdb --data /work/shared/data --work /tmp/imdb-bench \\
+        --train-subset 5000 --test-subset 5000
+
+Pipeline, every step through the `budgetlm` CLI and timed (the sum is the "from nothing" time):
+  1. prepare   IMDb's 50k unlabelled reviews (html stripped, lowercased like SST-2) -> WordPiece shards
+  2. train     a masked LM on them for --pretrain-budget
+  3. finetune  on the task's training set (minus a held-out validation part used for early stopping
+               and the best checkpoint), for --finetune-budget
+  4. eval      on the task's test set (SST-2: dev.tsv; IMDb: test.jsonl), fp32 and int8
+Beside it, on the same split: TF-IDF + logistic regression (scikit-learn; C chosen on the held-out
+validation part, never on the test set) and the same model fine-tuned with no pre-training
+(`finetune --from-scratch`, same budget). Results: WORK/results.json and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BUDGETLM = [sys.executable, "-m", "budgetlm"]
+
+
+def sh(args: list[str], log: Path) -> tuple[dict, float]:
+    """Run a budgetlm command with --json; return (its JSON result, wall seconds)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.run(BUDGETLM + args, stdout=subprocess.PIPE, stderr=err, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): budgetlm {' '.join(args)}\n{log.read_text()[-2000:]}")
+    print(f"  {dt:7.1f}s  budgetlm {' '.join(args)}", file=sys.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1]), dt
+
+
+def read_task(task: str, data: Path, train_subset: int, test_subset: int, seed: int):
+    """-> (train rows, test rows) as (text, label) lists."""
+    if task == "sst2":
+        def tsv(p):
+            with open(p, encoding="utf-8", newline="") as fh:
+                return [(r["sentence"], r["label"]) for r in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        train, test = tsv(data / "sst2/train.tsv"), tsv(data / "sst2/dev.tsv")
+    else:
+        def jl(p):
+            with open(p, encoding="utf-8") as fh:
+                return [(r["text"].replace("<br />", " "), str(r["label"])) for r in map(json.loads, fh)]
+        train, test = jl(data / "imdb/train.jsonl"), jl(data / "imdb/test.jsonl")
+    rng = random.Random(seed)
+    if train_subset:
+        train = rng.sample(train, train_subset)
+    if test_subset:
+        test = rng.sample(test, test_subset)
+    return train, test
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for text, label in rows:
+            fh.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+def tfidf_baseline(train, val, test) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    t0 = time.perf_counter()
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
+    xtr = vec.fit_transform([t for t, _ in train])
+    ytr = [y for _, y in train]
+    best = None
+    for c in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0):  # C chosen on the held-out validation part
+        clf = LogisticRegression(C=c, max_iter=3000).fit(xtr, ytr)
+        acc = accuracy_score([y for _, y in val], clf.predict(vec.transform([t for t, _ in val])))
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    pred = best[2].predict(vec.transform([t for t, _ in test]))
+    yte = [y for _, y in test]
+    return {"accuracy": accuracy_score(yte, pred), "f1_macro": f1_score(yte, pred, average="macro"),
+            "C": best[1], "val_accuracy": best[0], "seconds": round(time.perf_counter() - t0, 1),
+            "features": "tf-idf word 1-2 grams, sublinear tf"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=["sst2", "imdb"], default="sst2")
+    ap.add_argument("--data", default="/work/shared/data", help="folder with sst2/ and imdb/")
+    ap.add_argument("--work", default="/tmp/budgetlm-sentiment", help="scratch folder (datasets, runs, logs)")
+    ap.add_argument("--pretrain-budget", default="15m", help="masked LM pre-training budget")
+    ap.add_argument("--finetune-budget", default="8m", help="fine-tuning budget (each of the two models)")
+    ap.add_argument("--model", default="mini", help="preset or depth of the pre-trained model")
+    ap.add_argument("--seq-len", type=int, default=128, help="pre-training context")
+    ap.add_argument("--max-len", type=int, default=0, help="fine-tuning tokens per example (0: 64 sst2 / 128 imdb)")
+    ap.add_argument("--finetune-args", default="", help="extra flags for both finetune runs (quoted)")
+    ap.add_argument("--pretrain-args", default="", help="extra flags for `budgetlm train` (quoted)")
+    ap.add_argument("--unsup-mb", type=float, default=0, help="use only this many MB of the unlabelled reviews (0 = all)")
+    ap.add_argument("--val-size", type=int, default=2000, help="training examples held out for validation")
+    ap.add_argument("--train-subset", type=int, default=0, help="random subset of the training set (0 = all)")
+    ap.add_argument("--test-subset", type=int, default=0, help="random subset of the test set (0 = all)")
+    ap.add_argument("--reuse-pretrained", action="store_true", help="skip prepare+train if WORK/mlm exists")
+    ap.add_argument("--skip-scratch", action="store_true", help="skip the no-pre-training baseline")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    data, work = Path(args.data), Path(args.work)
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    max_len = args.max_len or (64 if args.task == "sst2" else 128)
+    results: dict = {"task": args.task, "machine": f"{os.cpu_count()} CPU cores (shared)", "args": vars(args),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+    train, test = read_task(args.task, data, args.train_subset, args.test_subset, args.seed)
+    rng = random.Random(args.seed)
+    rng.shuffle(train)
+    val, train = train[: args.val_size], train[args.val_size :]
+    f_train, f_val, f_test = (write_jsonl(work / f"{n}.jsonl", r) for n, r in (("train", train), ("val", val), ("test", test)))
+    results["sizes"] = {"train": len(train), "val": len(val), "test": len(test)}
+    print(f"{args.task}: {len(train)} train / {len(val)} val (held out) / {len(test)} test", file=sys.stderr)
+
+    results["tfidf_lr"] = tfidf_baseline(train, val, test)
+    print(f"  tf-idf + LR: accuracy {results['tfidf_lr']['accuracy']:.4f}", file=sys.stderr)
+
+    timings: dict[str, float] = {}
+    mlm = work / "mlm"
+    if not (args.reuse_pretrained and mlm.exists()):
+        unsup = data / "imdb/train_unsup.jsonl.gz"
+        prep_args = ["prepare", "--json", str(unsup), "--out", str(work / "unsup"), "--tokenizer", "wordpiece",
+                     "--vocab-size", "8192", "--tokenizer-train-mb", "20", "--clean", "html", "lowercase",
+                     "--val-fraction", "0.01", "--overwrite"]
+        results["prepare"], timings["prepare"] = sh(prep_args, logs / "prepare.log")
+        train_args = ["train", "--json", "--data", str(work / "unsup"), "--out", str(mlm), "--objective", "masked",
+                      "--budget", args.pretrain_budget, "--model", args.model, "--seq-len", str(args.seq_len),
+                      *args.pretrain_args.split()]
+        if mlm.exists():
+            import shutil
+
+            shutil.rmtree(mlm)
+        results["pretrain"], timings["pretrain"] = sh(train_args, logs / "train.log")
+
+    ft_common = ["--train", str(f_train), "--val", str(f_val), "--budget", args.finetune_budget,
+                 "--max-len", str(max_len), "--seed", str(args.seed), "--overwrite", *args.finetune_args.split()]
+    variants = [("pretrained", [])] + ([] if args.skip_scratch else [("scratch", ["--from-scratch"])])
+    for name, extra in variants:
+        out = work / f"clf-{name}"
+        ft, dt = sh(["finetune", "--json", "--model", str(mlm), "--out", str(out), *ft_common, *extra],
+                    logs / f"finetune-{name}.log")
+        ev, dt_eval = sh(["eval", "--json", "--model", str(out), "--text", str(f_test)], logs / f"eval-{name}.log")
+        results[name] = {"finetune": {k: ft[k] for k in ("steps", "epochs", "best_step", "train_seconds",
+                                                         "accuracy", "f1_macro", "early_stopped")},
+                         "test": {k: ev[k] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro",
+                                                      "seconds")}}
+        if name == "pretrained":
+            timings["finetune"], timings["eval"] = dt, dt_eval
+            q, _ = sh(["eval", "--json", "--model", str(out), "--text", str(f_test), "--quantize", "int8"],
+                      logs / "eval-int8.log")
+            results[name]["test_int8"] = {k: q[k] for k in ("accuracy", "f1_macro", "seconds")}
+        else:
+            timings[f"finetune_{name}"] = dt
+    core = [k for k in ("prepare", "pretrain", "finetune", "eval") if k in timings]
+    results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    results["from_nothing_s"] = round(sum(timings[k] for k in core), 1)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+
+    rows = [("TF-IDF + logistic regression", results["tfidf_lr"]["accuracy"], results["tfidf_lr"]["f1_macro"])]
+    rows.append(("budgetlm, pre-trained (MLM) + fine-tuned", results["pretrained"]["test"]["accuracy"],
+                 results["pretrained"]["test"]["f1_macro"]))
+    rows.append(("  same, int8 dynamic quantization", results["pretrained"]["test_int8"]["accuracy"],
+                 results["pretrained"]["test_int8"]["f1_macro"]))
+    if "scratch" in results:
+        rows.append(("budgetlm, no pre-training", results["scratch"]["test"]["accuracy"],
+                     results["scratch"]["test"]["f1_macro"]))
+    print(f"| {args.task} ({results['sizes']['test']} test examples) | accuracy | F1 macro |")
+    print("|---|---|---|")
+    for name, acc, f1 in rows:
+        print(f"| {name} | {acc:.4f} | {f1:.4f} |")
+    fp, q8 = results["pretrained"]["test"]["seconds"], results["pretrained"]["test_int8"]["seconds"]
+    print(f"\nint8 eval {q8:.2f}s vs fp32 {fp:.2f}s (x{fp / max(q8, 1e-9):.2f}); "
+          f"from nothing: {results['from_nothing_s'] / 60:.1f} min ({results['timings_s']})")
+
+
+if __name__ == "__main__":
+    main()
