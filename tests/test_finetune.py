@@ -257,3 +257,22 @@ def test_readers_and_label_helpers(tmp_path):
     assert label_names(["b", "a", "b"]) == ["a", "b"]
     seq = build_inputs(list(range(10)), list(range(100, 104)), 10, [1], [2], [3])
     assert len(seq) == 10 and seq[0] == 1 and seq[-1] == 3 and 2 in seq
+
+
+def test_batches_cover_each_example_once_per_epoch_with_little_padding():
+    from budgetlm.finetune import Batches
+
+    rng = random.Random(0)
+    seqs = [[1] * rng.randint(1, 60) for _ in range(1000)]
+    labels = torch.arange(1000).numpy()  # label = example index, to see which examples came
+    b = Batches(seqs, labels, None, 0, 10, seed=0)
+    seen, padded, real = [], 0, 0
+    for _ in range(b.steps_per_epoch):
+        batch = b()
+        seen += batch["labels"].tolist()
+        padded += batch["idx"].numel()
+        real += int(batch["attention_mask"].sum())
+    assert sorted(seen) == list(range(1000))
+    assert padded < 1.1 * real  # random batches of this mix would pad ~1.8x
+    b()
+    assert b.epoch == 2

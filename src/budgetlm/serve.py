@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Protocol
+from typing import Iterator, Literal, Protocol
 
 from budgetlm import ui
 from budgetlm.config import BudgetError, add_dataclass_args, from_args
