@@ -39,6 +39,8 @@ def test_temperature_zero_and_top_k_one_are_greedy():
     g = torch.Generator().manual_seed(0)
     assert all(sample_next(logits, 1.5, top_k=1, generator=g) == best for _ in range(20))
     assert all(sample_next(logits, 1.0, top_p=1e-6, generator=g) == best for _ in range(20))
+    # a top_p that is 0 in float32 still keeps the most likely token
+    assert sample_next(logits, 1.0, top_p=1e-46, generator=g) == best
 
 
 def test_top_k_and_top_p_restrict_the_support():
