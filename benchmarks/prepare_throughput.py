@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_child(cmd: list[str]) -> tuple[dict, float, float]:
-    """Run `cmd`; return (its JSON stdout, wall seconds, peak RSS in MB)."""
+def _run_child(cmd: list[str]) -> tuple[dict, float, float, float]:
+    """Run `cmd`; return (its JSON stdout, wall seconds, peak RSS in MB, CPU seconds user+sys)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -43,7 +43,8 @@ def _run_child(cmd: list[str]) -> tuple[dict, float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"child failed ({proc.returncode}): {' '.join(cmd)}\n{err.decode()[-2000:]}")
-    return json.loads(out.decode().strip().splitlines()[-1]), wall, usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    return json.loads(out.decode().strip().splitlines()[-1]), wall, usage.ru_maxrss / 1024, cpu
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,12 +145,13 @@ def main() -> None:
         print(json.dumps(baseline_worker(args.data, args.vocab_size, Path(args.baseline_worker))))
         return
 
+    before_load = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
-        ours, ours_wall, ours_rss = _run_child(
+        ours, ours_wall, ours_rss, ours_cpu = _run_child(
             [sys.executable, "-m", "budgetlm", "prepare", *args.data, "--out", str(tmp / "ours"),
              "--tokenizer", "bpe", "--vocab-size", str(args.vocab_size), "--json"])
-        base, base_wall, base_rss = _run_child(
+        base, base_wall, base_rss, base_cpu = _run_child(
             [sys.executable, __file__, "--data", *args.data, "--vocab-size", str(args.vocab_size),
              "--baseline-worker", str(tmp / "base.bin")])
         variants = {} if args.skip_variants else encode_variants(tmp / "ours" / "tokenizer.json", args.data, 65536)
@@ -160,11 +162,15 @@ def main() -> None:
         "data": args.data,
         "cpus": os.cpu_count(),
         "text_mb": round(text_bytes / 1e6, 3),
-        "ours": {"wall_s": round(ours_wall, 2), "mb_per_s": round(text_bytes / 1e6 / ours_wall, 3),
+        "load_avg_before": before_load,
+        "load_avg_after": os.getloadavg(),
+        "ours": {"wall_s": round(ours_wall, 2), "cpu_s": round(ours_cpu, 2),
+                 "mb_per_s": round(text_bytes / 1e6 / ours_wall, 3),
                  "peak_rss_mb": round(ours_rss, 1), "tokens": ours_tokens,
                  "bytes_per_token": ours["bytes_per_token"],
                  "phases_s": {k: ours[k] for k in ("read_seconds", "tokenizer_seconds", "encode_seconds")}},
-        "baseline": {"wall_s": round(base_wall, 2), "mb_per_s": round(base["bytes"] / 1e6 / base_wall, 3),
+        "baseline": {"wall_s": round(base_wall, 2), "cpu_s": round(base_cpu, 2),
+                     "mb_per_s": round(base["bytes"] / 1e6 / base_wall, 3),
                      "peak_rss_mb": round(base_rss, 1), "tokens": base["tokens"],
                      "phases_s": {k: round(base[k], 3) for k in ("read_seconds", "tokenizer_seconds", "encode_seconds")}},
         "encode_variants": variants,
@@ -174,13 +180,14 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"data: {' '.join(args.data)} ({result['text_mb']} MB of text), {result['cpus']} CPUs")
-    print("| run | wall s | MB/s | peak RSS MB | read s | tokenizer s | encode s | tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"data: {' '.join(args.data)} ({result['text_mb']} MB of text), {result['cpus']} CPUs, "
+          f"load average before {before_load[0]:.2f}, after {result['load_avg_after'][0]:.2f}")
+    print("| run | wall s | CPU s | MB/s | peak RSS MB | read s | tokenizer s | encode s | tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in ("ours", "baseline"):
         r = result[name]
         ph = r["phases_s"]
-        print(f"| {name} | {r['wall_s']} | {r['mb_per_s']} | {r['peak_rss_mb']} | {ph['read_seconds']} | "
+        print(f"| {name} | {r['wall_s']} | {r['cpu_s']} | {r['mb_per_s']} | {r['peak_rss_mb']} | {ph['read_seconds']} | "
               f"{ph['tokenizer_seconds']} | {ph['encode_seconds']} | {r['tokens']:,} |")
     print(f"speed-up end to end: {result['speedup_end_to_end']}x; encode stage: {result['speedup_encode_stage']}x")
     if variants:
