@@ -246,6 +246,9 @@ def test_real_tiny_models_behind_the_api(tmp_path, capsys):
         # a top_p that underflows float32 once broke the sampler (schemathesis found it): must be 200
         tiny_p = client.post("/v1/completions", json={"prompt": "", "max_tokens": 2, "top_p": 5e-324})
         assert tiny_p.status_code == 200, tiny_p.text
+        tiny_t = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 2, "temperature": 1e-300})
+        assert tiny_t.status_code == 200 and tiny_t.json()["choices"][0]["text"] == client.post(
+            "/v1/completions", json={"prompt": "the", "max_tokens": 2, "temperature": 0}).json()["choices"][0]["text"]
         int8 = TestClient(create_app(load_service(str(tmp_path / "lm"), quantize="int8"), ServeConfig()))
         assert int8.post("/v1/completions", json={"prompt": "the", "max_tokens": 3}).status_code == 200
 

@@ -35,7 +35,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     Top-k keeps the k most likely tokens (Fan et al. 2018); top-p keeps the smallest set whose
     probability reaches p (nucleus sampling, Holtzman et al. 2020); both apply after temperature."""
     logits = logits.detach().float().cpu()  # sample on the CPU: one generator, same draws on any device
-    if temperature <= 0:
+    if temperature < 1e-4:  # 0 = greedy; tinier ones would overflow logits / temperature to inf
         return int(logits.argmax())
     logits = logits / temperature
     if top_k and top_k < logits.numel():
