@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=0, help="random subset of the training set (0 = all)")
     ap.add_argument("--test-subset", type=int, default=0, help="random subset of the test set (0 = all)")
     ap.add_argument("--reuse-pretrained", action="store_true", help="skip prepare+train if WORK/mlm exists")
+    ap.add_argument("--pretrained-from", default="", help="use the masked LM of another run of this script "
+                    "(its WORK folder); its prepare/train times count in this task's from-nothing time")
     ap.add_argument("--skip-scratch", action="store_true", help="skip the no-pre-training baseline")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -132,7 +134,14 @@ def main() -> None:
 
     timings: dict[str, float] = {}
     mlm = work / "mlm"
-    if not (args.reuse_pretrained and mlm.exists()):
+    if args.pretrained_from:
+        other = json.loads((Path(args.pretrained_from) / "results.json").read_text())
+        mlm = Path(args.pretrained_from) / "mlm"
+        for k in ("prepare", "pretrain"):
+            timings[k] = other["timings_s"][k]
+            results[k] = other.get(k)
+        results["pretrained_from"] = args.pretrained_from
+    elif not (args.reuse_pretrained and mlm.exists()):
         unsup = data / "imdb/train_unsup.jsonl.gz"
         prep_args = ["prepare", "--json", str(unsup), "--out", str(work / "unsup"), "--tokenizer", "wordpiece",
                      "--vocab-size", "8192", "--tokenizer-train-mb", "20", "--clean", "html", "lowercase",
