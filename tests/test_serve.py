@@ -110,7 +110,8 @@ def test_streaming_completion_is_sse_and_matches_non_streaming(lm_client):
         ({"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
         ({"prompt": "x", "temperature": -1}, 422, "temperature"),
         ({"max_tokens": 3}, 422, "prompt"),
-        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+        ({"prompt": "x", "stop": ""}, 422, "stop"),
         ({"prompt": " ".join(["w"] * 40)}, 400, "context"),
     ],
 )
@@ -136,8 +137,9 @@ def test_classify_endpoint_and_kind_mismatch(lm_client):
     assert [x["label"] for x in results] == ["pos", "neg"]
     assert results[0]["probs"]["pos"] == pytest.approx(0.8)
     assert client.post("/v1/classify", json={"input": "good"}).json()["results"][0]["label"] == "pos"
-    assert client.post("/v1/classify", json={"input": ["a"] * 4}).status_code == 400
-    assert client.post("/v1/classify", json={"input": []}).status_code == 400
+    assert client.post("/v1/classify", json={"input": ["a"] * 4}).status_code == 422
+    assert client.post("/v1/classify", json={"input": []}).status_code == 422
+    assert client.post("/v1/classify", json={"input": ["a", "y" * 20_000]}).status_code == 422
     r = client.post("/v1/completions", json={"prompt": "x"})
     assert r.status_code == 400 and "/v1/classify" in r.json()["detail"]
     r = lm_client.post("/v1/classify", json={"input": "x"})

@@ -234,7 +234,13 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
     """Build the FastAPI app around `service` (a loaded model or a test double)."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import PlainTextResponse, StreamingResponse
+    from typing import Annotated
+
     from pydantic import BaseModel, ConfigDict, Field
+
+    # limits live in the schema, so clients (and schema fuzzers) see them and violations answer 422
+    StopString = Annotated[str, Field(min_length=1, max_length=64)]
+    Text = Annotated[str, Field(max_length=cfg.max_prompt_chars)]
 
     cfg = cfg or ServeConfig()
     lock = threading.Lock()  # serialises model access: held for one forward pass at a time
@@ -247,7 +253,8 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
         max_tokens: int = Field(16, ge=1, le=cfg.max_tokens_limit, description="tokens to generate")
         temperature: float = Field(1.0, ge=0.0, le=5.0, description="0 = greedy")
         top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-        stop: str | list[str] | None = Field(None, description="up to 4 strings that end the completion")
+        stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = Field(
+            None, description="up to 4 strings (1-64 characters) that end the completion")
         seed: int | None = Field(None, ge=0, le=2**63 - 1, description="for reproducible sampling")
         stream: bool = Field(False, description="send the text as server-sent events")
 
@@ -271,7 +278,8 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
         usage: Usage | None = None
 
     class ClassifyRequest(BaseModel):
-        input: str | list[str] = Field(..., description="one text or a list of texts")
+        input: Text | Annotated[list[Text], Field(min_length=1, max_length=cfg.max_batch)] = Field(
+            ..., description="one text or a list of texts")
 
     class ClassifyResult(BaseModel):
         label: str
@@ -280,6 +288,16 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
     class ClassifyResponse(BaseModel):
         model: str
         results: list[ClassifyResult]
+
+    class ErrorDetail(BaseModel):
+        detail: str
+
+    errors = {
+        400: {"model": ErrorDetail, "description": "valid JSON the model cannot answer (wrong endpoint for "
+              "the model kind, prompt longer than the context)"},
+        401: {"model": ErrorDetail, "description": "missing or wrong API key (when the server has one)"},
+        413: {"model": ErrorDetail, "description": "request body over --max-body-bytes"},
+    }
 
     class Health(BaseModel):
         status: str
@@ -322,7 +340,8 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
     def health() -> Health:
         return Health(status="ok", model=service.name, kind=service.kind)
 
-    @app.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(check_key)])
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(check_key)],
+             responses={401: errors[401]})
     def prometheus() -> str:
         return metrics.render()
 
@@ -341,8 +360,6 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
         if service.kind != "causal":
             raise HTTPException(400, f"this server holds a {service.kind}; use /v1/classify")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
-            raise HTTPException(400, "stop: at most 4 non-empty strings of at most 64 characters")
         n_prompt = service.count_tokens(req.prompt)
         if n_prompt >= service.max_context:
             raise HTTPException(
@@ -354,7 +371,7 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
         "/v1/completions",
         response_model=CompletionResponse,
         dependencies=[Depends(check_key)],
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses={200: {"content": {"text/event-stream": {}}}, **errors},
     )
     def completions(req: CompletionRequest):
         stops, n_prompt = prepare(req)
@@ -400,15 +417,12 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
             usage=Usage(prompt_tokens=n_prompt, completion_tokens=n, total_tokens=n_prompt + n),
         )
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(check_key)])
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(check_key)],
+              responses=errors)
     def classify(req: ClassifyRequest) -> ClassifyResponse:
         if service.kind != "classifier":
             raise HTTPException(400, f"this server holds a {service.kind} model; use /v1/completions")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        if not texts or len(texts) > cfg.max_batch:
-            raise HTTPException(400, f"input: give 1 to {cfg.max_batch} texts")
-        if any(len(t) > cfg.max_prompt_chars for t in texts):
-            raise HTTPException(400, f"input: each text must be at most {cfg.max_prompt_chars} characters")
         with lock:
             results = service.classify(texts)
         metrics.add("texts_classified", len(texts))
