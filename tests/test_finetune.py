@@ -276,3 +276,22 @@ def test_batches_cover_each_example_once_per_epoch_with_little_padding():
     assert padded < 1.1 * real  # random batches of this mix would pad ~1.8x
     b()
     assert b.epoch == 2
+
+
+def test_hf_dataset_folder_with_classlabel_names(runs, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+
+    def split(n, seed):
+        rows = synth(n, seed)
+        return datasets.Dataset.from_dict(
+            {"sentence": [r["text"] for r in rows], "label": [int(r["label"] == "pos") for r in rows]},
+            features=features)
+
+    folder = tmp_path / "hfds"
+    datasets.DatasetDict({"train": split(120, 1), "validation": split(40, 2)}).save_to_disk(str(folder))
+    code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--hf-dataset", str(folder),
+                              "--text-column", "sentence", "--out", str(tmp_path / "o"), "--epochs", "1", *FAST)
+    assert code == 0, err
+    assert res["labels"] == ["negative", "positive"] and res["val_examples"] == 40
