@@ -82,9 +82,11 @@ def main() -> None:
     args = ap.parse_args()
 
     device, info = local_device(load_catalog())
+    measured_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.from_json:
         saved = json.loads(open(args.from_json).read())
         rows, info = saved["rows"], saved["machine"]
+        measured_at = saved.get("measured_at", "see the file's date")
     else:
         rows = measure_all(args)
     # calibrate on a subset, predict the rest
@@ -106,7 +108,7 @@ def main() -> None:
         return f"{100 * (a - b) / b:+.1f}%"
 
     print(f"\n{info['name']} ({info['cores']} cores), torch {torch.__version__}, python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.objective}, vocab {args.vocab_size}, "
+          f"measured {measured_at}; {args.objective}, vocab {args.vocab_size}, "
           f"{args.tokens_per_step} tokens per step, AdamW\n")
     print("| precision | seq | depth | params (plan = real) | weights+grads+optimizer (plan = real) | "
           "saved activations: measured | plan | error | step: measured | plan | error | held out |")
@@ -136,7 +138,7 @@ def main() -> None:
           f"{within}/{len(held)} (worst {100 * worst_time:.1f}%)")
     if args.out and not args.from_json:
         with open(args.out, "w") as fh:
-            json.dump({"machine": info, "args": vars(args), "rows": rows}, fh, indent=1, default=str)
+            json.dump({"machine": info, "measured_at": measured_at, "args": vars(args), "rows": rows}, fh, indent=1, default=str)
 
 
 if __name__ == "__main__":
