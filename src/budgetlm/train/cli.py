@@ -48,8 +48,8 @@ class TrainConfig:
     seq_len: int = 0  # context length in tokens (0 = auto)
     batch_size: int = 0  # global batch in sequences per optimizer step (0 = auto)
     micro_batch: int = 0  # sequences per forward pass on each device (0 = the whole batch)
-    optimizer: Literal["adamw", "muon"] = "adamw"  # optimizer (see docs/training.md for the benchmark)
-    lr: float = 0.0  # peak learning rate (0 = auto for the model width)
+    optimizer: Literal["adamw", "muon"] = "muon"  # muon (hidden matrices) + AdamW (the rest), or plain adamw
+    lr: float = 0.0  # peak learning rate (0 = auto: 1e-2 with muon, 3e-3 with adamw)
     weight_decay: float = 0.1  # decoupled weight decay on matrices
     warmup: float = 0.02  # fraction of the budget spent on linear LR warm-up
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
@@ -88,15 +88,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class AutoChoice:
     model: ModelConfig
     batch_size: int  # global sequences per step
-    lr: float
     reason: str
+
+
+# Peak LR per optimizer, tuned on Tiny Shakespeare (4 layers x 256, 4,096-token batches): muon at 1e-2
+# beat 3e-3 (docs/bench/training.md); AdamW's 3e-3 is the usual choice for models this small.
+AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
+AUTO_MFU = 0.4  # model-FLOPs utilisation assumed when sizing (measured 0.40-0.50 on this project's CPU)
+# Training tokens the budget must afford per non-embedding parameter. Chinchilla's ~20 (Hoffmann et al.
+# 2022) is for large models trained on fresh data; at CPU budgets of minutes on a ~1 MB corpus a much
+# larger model per token wins (Tiny Shakespeare, 2 minutes: 4 layers x 256 with ~0.8M tokens). This
+# constant was calibrated there; `budgetlm plan` (issue 4) replaces the whole rule when wired in.
+TOKENS_PER_PARAM = 0.2
+MAX_AUTO_DEPTH = 16
 
 
 def choose_model(objective: str, vocab_size: int, budget_s: float | None, train_tokens: int,
                  flops_per_s: float, seq_len: int = 0) -> AutoChoice:
-    """Size a model for the budget: the largest depth whose Chinchilla-style token need
-    (~TOKENS_PER_PARAM x non-embedding params) the budget can still pay for at the expected
-    throughput. Isolated here so that `budgetlm.plan` can replace it (issue 4, item 5)."""
+    """Size a model for the budget: the deepest model (nanochat's depth dial) for which the budget
+    still affords TOKENS_PER_PARAM training tokens per non-embedding parameter at AUTO_MFU of the
+    device's peak. Isolated here so that `budgetlm.plan` can replace it (issue 4, item 5)."""
     from budgetlm.models.presets import flops_per_token, model_config, num_params
 
     causal = objective == "causal"
@@ -104,23 +115,17 @@ def choose_model(objective: str, vocab_size: int, budget_s: float | None, train_
     budget_s = budget_s or 600.0
     compute = budget_s * flops_per_s * AUTO_MFU
     best = None
-    for depth in range(1, 13):
+    for depth in range(1, MAX_AUTO_DEPTH + 1):
         cfg = model_config(depth, vocab_size, causal=causal, max_seq_len=T)
         n = num_params(cfg, embeddings=False)
-        tokens_affordable = compute / flops_per_token(cfg, T)
-        if best is None or tokens_affordable >= TOKENS_PER_PARAM * n:
-            best = (cfg, tokens_affordable, n)
+        tokens = compute / flops_per_token(cfg, T)
+        if best is None or tokens >= TOKENS_PER_PARAM * n:
+            best = (cfg, tokens, n)
     cfg, tokens, n = best
-    batch = 16 if causal else 64
-    lr = 3e-3 if cfg.n_embd <= 256 else 1.5e-3
     reason = (f"depth {cfg.n_layer} ({n / 1e6:.2f}M non-embedding params): the budget affords "
               f"~{tokens / 1e6:.1f}M tokens ({tokens / max(train_tokens, 1):.1f} epochs) at "
               f"{AUTO_MFU:.0%} of {flops_per_s / 1e9:.0f} GFLOP/s")
-    return AutoChoice(cfg, batch, lr, reason)
-
-
-AUTO_MFU = 0.4  # assumed model-FLOPs utilisation when sizing (measured 0.4-0.6 on CPU; see docs)
-TOKENS_PER_PARAM = 20  # Chinchilla (Hoffmann et al. 2022): ~20 training tokens per parameter
+    return AutoChoice(cfg, 16 if causal else 64, reason)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,20 +173,20 @@ def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int
         if not math.isfinite(peak):
             peak = 1e14
         choice = choose_model(cfg.objective, vocab_size, budget_s, train_tokens, peak * rt.world_size, cfg.seq_len)
-        mcfg, batch, lr, reason = choice.model, choice.batch_size, choice.lr, "auto: " + choice.reason
+        mcfg, batch, reason = choice.model, choice.batch_size, "auto: " + choice.reason
     else:
         try:
             mcfg = model_config(cfg.model, vocab_size, causal=causal, max_seq_len=cfg.seq_len or (256 if causal else 128))
         except ValueError as e:
             raise BudgetError(str(e)) from None
-        batch, lr, reason = 16 if causal else 64, (3e-3 if mcfg.n_embd <= 256 else 1.5e-3), f"--model {cfg.model}"
+        batch, reason = 16 if causal else 64, f"--model {cfg.model}"
     if cfg.n_embd:
         heads = max(1, cfg.n_embd // 64) if cfg.n_embd % 64 == 0 else max(1, cfg.n_embd // 32)
         mcfg = dataclasses.replace(mcfg, n_embd=cfg.n_embd, n_head=heads)
     if cfg.seq_len:
         mcfg = dataclasses.replace(mcfg, max_seq_len=cfg.seq_len)
     mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
-    return mcfg, (cfg.batch_size or batch), (cfg.lr or lr), reason
+    return mcfg, (cfg.batch_size or batch), (cfg.lr or AUTO_LR[cfg.optimizer]), reason
 
 
 def _check_tokenizer_matches(data_dir: Path, ckpt: Path, vocab: int, model_vocab: int) -> None:
