@@ -272,3 +272,53 @@ def test_real_tiny_models_behind_the_api(tmp_path, capsys):
             assert res["label"] in ("neg", "pos") and sum(res["probs"].values()) == pytest.approx(1, abs=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(tmp_path):
+    """A real `budgetlm serve` process: SIGTERM mid-stream, the stream still ends with [DONE], exit 0."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    torch = pytest.importorskip("torch")
+    from budgetlm.config import to_dict
+    from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import build_model
+    from budgetlm.train.checkpoint import save_checkpoint
+
+    tok = train_tokenizer("byte", None)
+    save_tokenizer(tok, tmp_path / "tok.json")
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=64)
+    save_checkpoint(tmp_path / "lm", 1, build_model(cfg), {"model_config": to_dict(cfg)}, tokenizer_path=tmp_path / "tok.json")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "budgetlm", "serve", "--model", str(tmp_path / "lm"),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        chunks = []
+        body = {"prompt": "a", "max_tokens": 150, "temperature": 1.0, "seed": 1, "stream": True}
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as r:
+            for i, line in enumerate(r.iter_lines()):
+                if i == 0:
+                    proc.send_signal(signal.SIGTERM)  # shut down while the stream is in flight
+                if line:
+                    chunks.append(line)
+        assert chunks[-1] == "data: [DONE]"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

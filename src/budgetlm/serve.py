@@ -551,11 +551,22 @@ def run(args: argparse.Namespace) -> dict | None:
     )
     if key:
         ui.info("API key required: send 'Authorization: Bearer <key>'")
-    uvicorn.run(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        log_level="warning",
-        timeout_graceful_shutdown=cfg.graceful_timeout,
-    )
+    # uvicorn catches SIGINT/SIGTERM, drains in-flight requests, then re-raises the signal against the
+    # handlers that were installed before it. No-op handlers here turn that into a normal return, so a
+    # graceful shutdown exits 0 instead of dying of the re-raised signal.
+    import signal
+
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="warning",
+            timeout_graceful_shutdown=cfg.graceful_timeout,
+        )
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    ui.info("server stopped")
     return None
