@@ -3,8 +3,8 @@
 On Tiny Shakespeare, for each budget: ask the planner (`budgetlm.bench.auto_configure`: calibrate
 this device, then `plan.auto_plan`) for the model, then train that model, the model with about half
 its parameters and the one with about twice, each for the same wall-clock budget and the same batch,
-and compare validation bits per byte. Each training run is a separate `budgetlm train` process,
-wrapped in `flock` so that other benchmarks on a shared machine do not overlap it.
+and compare validation bits per byte. Each training run is a separate `budgetlm train` process; the
+shared benchmark lock (the file `flock` uses) is held for each budget's calibration and three runs.
 
     .venv/bin/python benchmarks/auto_size_sweep.py --text ../shared/data/tinyshakespeare/input.txt \\
         --work /tmp/sweep --budgets 2m 10m --out docs/bench/auto_size_sweep.json
@@ -93,8 +93,11 @@ def main() -> None:
     train_tokens = int(manifest["splits"]["train"]["tokens"])
     results = []
     for budget in args.budgets:
-        with locked(args.lock):  # calibration is timed: keep other benchmarks off the cores
-            plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
+        # One lock for the whole budget (calibration and its three runs): the runs are compared with
+        # each other, so they should see the same machine, back to back.
+        lock = locked(args.lock)
+        lock.__enter__()
+        plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
         d0 = plan.depth
         sizes = {d: num_params(model_config(d, vocab, max_seq_len=args.seq_len)) for d in range(1, 33)}
         others = [d for d in sizes if d != d0]
@@ -110,12 +113,13 @@ def main() -> None:
                 import shutil
 
                 shutil.rmtree(out)
-            s = train(data, out, budget, depth, args.seq_len, batch, plan.micro_batch, args.lock or None)
+            s = train(data, out, budget, depth, args.seq_len, batch, plan.micro_batch, None)
             row = {"budget": budget, "role": role, "depth": depth, "params": sizes[depth],
                    "val_bpb": s.get("val_bpb"), "tokens": s.get("tokens"), "summary": s}
             results.append(row)
             print(f"  {role:8s} depth {depth:2d} {sizes[depth] / 1e6:6.2f}M params: val bpb {row['val_bpb']}, "
                   f"tokens {row['tokens']}", flush=True)
+        lock.__exit__(None, None, None)
         results.append({"budget": budget, "plan": plan.to_json()})
     print("\n| budget | model | depth | params | tokens trained | val bits/byte |")
     print("|---|---|---|---|---|---|")
