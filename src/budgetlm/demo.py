@@ -57,11 +57,12 @@ def _prepare(out: Path, max_mb: float) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from budgetlm.train import cli as train_cli  # first: it sets the OpenMP policy before torch loads
+
     import torch
 
-    from budgetlm.generate import TextStream, generate_tokens
     from budgetlm.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
-    from budgetlm.train import cli as train_cli
+    from budgetlm.generate import TextStream, generate_tokens
     from budgetlm.train.checkpoint import load_model
 
     parse_duration(args.budget)
