@@ -276,3 +276,13 @@ def test_calibration_drives_mfu():
     assert src == "calibration" and mfu * dev.peak_flops["bf16"] == pytest.approx(2e11)
     assert P.mfu_for(dev, "fp32", cfg, 128, cal)[1] == "default"
     assert math.isclose(P.mfu_for(dev, "bf16", model_config(8, 8192), 128, cal)[0] * dev.peak_flops["bf16"], 3e11)
+
+
+def test_checkpointing_only_when_allowed_and_flagged():
+    dev = get_device("nvidia-rtx-3080", CATALOG)
+    cfg = model_config(16, 32000, max_seq_len=4096)
+    with_ckpt = P.estimate(cfg, dev, 1e9, 4096)
+    assert with_ckpt.fits and with_ckpt.activation_checkpointing
+    assert any("checkpointing" in n for n in with_ckpt.notes) != P.TRAINER_CHECKPOINTING
+    without = P.estimate(cfg, dev, 1e9, 4096, allow_checkpointing=False)
+    assert not without.fits

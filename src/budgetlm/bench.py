@@ -314,7 +314,8 @@ def auto_configure(budget_s: float, tokens_available: int | None, seq_len: int, 
                           rounds=3)
     return P.auto_plan(device, budget_s, tokens_available, seq_len, objective, vocab_size, entry,
                        num_devices, optimizer, precisions=(precision,),
-                       pred_fraction=None if objective == "causal" else 0.25)
+                       pred_fraction=None if objective == "causal" else 0.25,
+                       allow_checkpointing=P.TRAINER_CHECKPOINTING)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -246,6 +246,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, pred_fraction: float | None 
 DEFAULT_MFU = {"gpu": 0.40, "tpu": 0.40, "cpu": 0.30}
 TINY_WIDTH = 512  # below this width matmuls are too small to fill an accelerator
 TINY_MFU_FACTOR = 0.6  # 0.4 -> 0.24, inside hardware-notes' 0.2-0.3 for tiny models
+TRAINER_CHECKPOINTING = False  # budgetlm.train has no activation checkpointing yet (auto_configure avoids it)
 RECOMPUTE_FACTOR = 8.0 / 6.0  # full recompute adds one forward pass (2N of 6N FLOPs per token)
 
 
@@ -349,7 +350,7 @@ MAX_MICRO_TOKENS = {"cpu": 2048}
 def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: int = 1,
                    optimizer: str = "adamw", tokens_hint: float = 1e9, precisions: tuple[str, ...] | None = None,
                    calibration: dict | None = None, pred_fraction: float | None = None,
-                   max_micro_batch: int = 1024) -> list[Choice]:
+                   max_micro_batch: int = 1024, allow_checkpointing: bool = True) -> list[Choice]:
     """Every (precision, checkpointing, micro-batch) that fits, fastest first.
 
     Bigger micro-batches fill the device better, so among equally fast options the largest micro-batch
@@ -365,7 +366,7 @@ def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: 
         if not peak:
             continue
         mfu, source = mfu_for(device, precision, cfg, seq_len, calibration)
-        for ckpt in (False, True):
+        for ckpt in (False, True) if allow_checkpointing else (False,):
             mb = 1
             while mb <= min(max_micro_batch, per_device_seqs):
                 mem = memory_breakdown(cfg, device, mb, seq_len, precision, ckpt, optimizer, num_devices, pred_fraction)
@@ -415,18 +416,18 @@ def _storage(cfg: ModelConfig, tokens_per_second: float, data_tokens: int | None
 def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_devices: int = 1,
              optimizer: str = "adamw", calibration: dict | None = None, data_tokens: int | None = None,
              pred_fraction: float | None = None, precisions: tuple[str, ...] | None = None,
-             budget_s: float | None = None) -> Plan:
+             budget_s: float | None = None, allow_checkpointing: bool = True) -> Plan:
     """Plan a fixed model: the fastest configuration that fits, and time/cost for `tokens`.
     With budget_s, tokens become what the budget buys."""
     if seq_len > cfg.max_seq_len:
         cfg = replace(cfg, max_seq_len=seq_len)
     choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens or 1e12, precisions,
-                             calibration, pred_fraction)
+                             calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
     if budget_s is not None and choices:
         # The global batch depends on the tokens the run will see, which the budget buys.
         tokens = choices[0].tokens_per_second * budget_s
         choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens, precisions,
-                                 calibration, pred_fraction)
+                                 calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
     notes: list[str] = []
     fpt = flops_per_token(cfg, seq_len, pred_fraction)
     if choices:
@@ -446,6 +447,9 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
     seconds = tokens / c.tokens_per_second if c.tokens_per_second else float("inf")
     price = device.price_usd_per_hour
     epochs = tokens / data_tokens if data_tokens else None
+    if fits and c.checkpointing and not TRAINER_CHECKPOINTING:
+        notes.append("needs activation checkpointing, which `budgetlm train` does not implement yet: "
+                     "use a shorter --seq-len or a smaller model to train it with budgetlm")
     if epochs and epochs > 4:
         notes.append(f"{epochs:.1f} epochs over the data: repeating beyond ~4 epochs adds little "
                      "(Muennighoff et al. 2023); more data would help more than more time")
@@ -512,7 +516,8 @@ def scaling_params(cfg: ModelConfig) -> int:
 def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq_len: int,
               objective: str = "causal", vocab_size: int = 8192, calibration: dict | None = None,
               num_devices: int = 1, optimizer: str = "adamw", max_depth: int = 48,
-              precisions: tuple[str, ...] | None = None, pred_fraction: float | None = None) -> Plan:
+              precisions: tuple[str, ...] | None = None, pred_fraction: float | None = None,
+              allow_checkpointing: bool = True) -> Plan:
     """Choose the model (on the depth dial of budgetlm.models.presets) that the Besiroglu-refit
     Chinchilla law predicts reaches the lowest loss in `budget_s` on this device, given the data
     (repeats discounted). Returns the full plan; `plan.model` are ModelConfig kwargs for the trainer."""
@@ -523,7 +528,7 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
     for depth in range(1, max_depth + 1):
         cfg = model_config(depth, vocab_size, causal=causal, max_seq_len=seq_len)
         p = estimate(cfg, device, 0, seq_len, num_devices, optimizer, calibration, tokens_available,
-                     pred_fraction, precisions, budget_s=budget_s)
+                     pred_fraction, precisions, budget_s=budget_s, allow_checkpointing=allow_checkpointing)
         if not p.fits:
             break  # deeper models are bigger still
         d_eff = effective_tokens(p.tokens, tokens_available)
