@@ -114,3 +114,19 @@ def test_bad_catalog_file_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not valid JSON" in err[0]
     assert cli.main(["hardware", "--catalog", "--catalog-file", str(tmp_path / "missing.json")]) == 2
+
+
+def test_cuda_devices_with_torch_cuda_mocked(monkeypatch):
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA GeForce RTX 3090", total_memory=24 * 2**30, major=8, minor=6,
+                                  multi_processor_count=82)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    (d,) = hardware.cuda_devices()
+    assert d["catalog_id"] == "nvidia-rtx-3090" and d["compute_capability"] == "8.6"
+    assert d["precisions"] == ["fp32", "tf32", "fp16", "bf16"]  # no fp8 below compute capability 8.9
+    props.major, props.minor, props.name = 7, 5, "Tesla T4"
+    (t4,) = hardware.cuda_devices()
+    assert t4["precisions"] == ["fp32", "fp16"] and t4["catalog_id"] == "nvidia-t4"
