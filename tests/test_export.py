@@ -196,3 +196,20 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, tokenizer_fil
     with pytest.raises(BudgetError, match="differ"):
         export.export_hf(m, tmp_path / "hf", tokenizer_file)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_classifier_finetuned_from_a_transformers_model_exports(tmp_path):
+    """finetune --model HF_FOLDER wraps a transformers model; export writes it back as it is."""
+    from budgetlm.export import export_hf
+    from budgetlm.finetune import HFClassifier
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    torch.manual_seed(0)
+    model = HFClassifier(transformers.AutoModelForSequenceClassification.from_config(config)).eval()
+    res = export_hf(model, tmp_path / "hf")
+    assert res["architecture"] == "BertForSequenceClassification" and res["max_abs_logit_diff"] < 1e-4
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, model(ids)[0], atol=1e-5)
