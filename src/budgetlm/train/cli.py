@@ -103,9 +103,10 @@ AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
 AUTO_MFU = 0.4  # model-FLOPs utilisation assumed when sizing (measured 0.40-0.50 on this project's CPU)
 # Training tokens the budget must afford per non-embedding parameter. Chinchilla's ~20 (Hoffmann et al.
 # 2022) is for large models trained on fresh data; at CPU budgets of minutes on a ~1 MB corpus a much
-# larger model per token wins (Tiny Shakespeare, 2 minutes: 4 layers x 256 with ~0.8M tokens). This
-# constant was calibrated there; `budgetlm plan` (issue 4) replaces the whole rule when wired in.
-TOKENS_PER_PARAM = 0.2
+# larger model per token wins. Calibrated on Tiny Shakespeare at the compute of 2 CPU minutes: depth 3
+# with 1.3M tokens (~1 token/param) beat depth 4 with 0.6M (0.19/param), bits/byte 2.33 vs 2.42
+# (docs/bench/training.md). `budgetlm plan` (issue 4) replaces this whole rule when wired in.
+TOKENS_PER_PARAM = 0.5
 MAX_AUTO_DEPTH = 16
 
 
