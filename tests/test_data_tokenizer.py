@@ -90,3 +90,10 @@ def test_load_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(BudgetError, match="cannot read tokenizer"):
         toklib.load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(toklib.TOKENIZERS))
+def test_training_is_deterministic(kind):
+    # the raw WordPiece trainer numbers its vocabulary in hash-map order; ours must not
+    runs = {toklib.train_tokenizer(kind, iter(TEXTS), 300 if kind != "byte" else 0).to_str() for _ in range(3)}
+    assert len(runs) == 1

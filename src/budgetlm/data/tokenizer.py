@@ -103,7 +103,24 @@ def _train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         continuing_subword_prefix="##",
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return _canonical_ids(tok)
+
+
+def _canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """The WordPiece trainer (tokenizers 0.2x) hands out ids in hash-map order, so the same text
+    gives a different id permutation on every run. WordPiece segments by greedy longest match on the
+    vocabulary, so ids do not change the segmentation: renumber them in a fixed order (specials
+    first, then by length without the `##` prefix, then by text) to make datasets reproducible."""
+    data = json.loads(tok.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    specials = [t for t in _SPECIAL_LIST if t in vocab]
+    rest = sorted((t for t in vocab if t not in specials),
+                  key=lambda t: (len(t[2:]) if t.startswith("##") else len(t), t))
+    new = {t: i for i, t in enumerate(specials + rest)}
+    data["model"]["vocab"] = new
+    for added in data.get("added_tokens", []):
+        added["id"] = new[added["content"]]
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def _build_byte(texts: Iterable[str] | None, vocab_size: int) -> Tokenizer:
