@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_child(cmd: list[str]) -> tuple[dict, float, float, float]:
-    """Run `cmd`; return (its JSON stdout, wall seconds, peak RSS in MB, CPU seconds user+sys)."""
+    """Run `cmd`; return (its JSON stdout, wall seconds, peak RSS in MiB, CPU seconds user+sys)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -166,12 +166,12 @@ def main() -> None:
         "load_avg_after": os.getloadavg(),
         "ours": {"wall_s": round(ours_wall, 2), "cpu_s": round(ours_cpu, 2),
                  "mb_per_s": round(text_bytes / 1e6 / ours_wall, 3),
-                 "peak_rss_mb": round(ours_rss, 1), "tokens": ours_tokens,
+                 "peak_rss_mib": round(ours_rss, 1), "tokens": ours_tokens,
                  "bytes_per_token": ours["bytes_per_token"],
                  "phases_s": {k: ours[k] for k in ("read_seconds", "tokenizer_seconds", "encode_seconds")}},
         "baseline": {"wall_s": round(base_wall, 2), "cpu_s": round(base_cpu, 2),
                      "mb_per_s": round(base["bytes"] / 1e6 / base_wall, 3),
-                     "peak_rss_mb": round(base_rss, 1), "tokens": base["tokens"],
+                     "peak_rss_mib": round(base_rss, 1), "tokens": base["tokens"],
                      "phases_s": {k: round(base[k], 3) for k in ("read_seconds", "tokenizer_seconds", "encode_seconds")}},
         "encode_variants": variants,
     }
@@ -182,12 +182,12 @@ def main() -> None:
         return
     print(f"data: {' '.join(args.data)} ({result['text_mb']} MB of text), {result['cpus']} CPUs, "
           f"load average before {before_load[0]:.2f}, after {result['load_avg_after'][0]:.2f}")
-    print("| run | wall s | CPU s | MB/s | peak RSS MB | read s | tokenizer s | encode s | tokens |")
+    print("| run | wall s | CPU s | MB/s | peak RSS MiB | read s | tokenizer s | encode s | tokens |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ("ours", "baseline"):
         r = result[name]
         ph = r["phases_s"]
-        print(f"| {name} | {r['wall_s']} | {r['cpu_s']} | {r['mb_per_s']} | {r['peak_rss_mb']} | {ph['read_seconds']} | "
+        print(f"| {name} | {r['wall_s']} | {r['cpu_s']} | {r['mb_per_s']} | {r['peak_rss_mib']} | {ph['read_seconds']} | "
               f"{ph['tokenizer_seconds']} | {ph['encode_seconds']} | {r['tokens']:,} |")
     print(f"speed-up end to end: {result['speedup_end_to_end']}x; encode stage: {result['speedup_encode_stage']}x")
     if variants:
