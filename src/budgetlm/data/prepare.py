@@ -342,7 +342,7 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     # fail before reading anything: a bad vocabulary size or an unreadable --tokenizer-from
     reused = toklib.load_tokenizer(cfg.tokenizer_from) if cfg.tokenizer_from else None
     if reused is None:
-        toklib._check_vocab(cfg.tokenizer, cfg.vocab_size)
+        toklib.check_vocab(cfg.tokenizer, cfg.vocab_size)
     cleaner_args = dict(min_chars=cfg.min_chars, min_compression=cfg.min_compression,
                         max_compression=cfg.max_compression)
     train_cleaner = clean.build_cleaner(names, **cleaner_args)

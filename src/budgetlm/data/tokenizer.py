@@ -62,7 +62,7 @@ def min_vocab(kind: str) -> int:
             "byte": DEFAULT_VOCAB["byte"]}[kind]
 
 
-def _check_vocab(kind: str, vocab_size: int) -> int:
+def check_vocab(kind: str, vocab_size: int) -> int:
     vocab_size = vocab_size or DEFAULT_VOCAB[kind]
     if vocab_size < min_vocab(kind):
         raise BudgetError(
@@ -158,7 +158,7 @@ def train_tokenizer(kind: str, texts_iterator: Iterable[str] | None, vocab_size:
     The iterator is consumed once, in a streaming way (`train_from_iterator`), so the corpus never
     has to fit in memory. `vocab_size` 0 means the kind's default."""
     needs_training(kind)
-    vocab_size = _check_vocab(kind, vocab_size)
+    vocab_size = check_vocab(kind, vocab_size)
     build, needs_text = TOKENIZERS[kind]
     texts: Iterable[str] | None = texts_iterator
     if needs_text:
