@@ -17,6 +17,7 @@ file format: `transformers.PreTrainedTokenizerFast(tokenizer_file=...)` loads it
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -34,6 +35,7 @@ SPECIAL_TOKENS: dict[str, str] = {
     "unk": "<|unk|>",
 }
 _SPECIAL_LIST = list(SPECIAL_TOKENS.values())
+_SPECIAL_SET = frozenset(_SPECIAL_LIST)
 
 # vocabulary used when --vocab-size is 0
 DEFAULT_VOCAB = {"bpe": 8192, "wordpiece": 8192, "byte": 256 + len(SPECIAL_TOKENS)}
@@ -93,34 +95,52 @@ def _train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
+# Continuation characters are moved into Unicode's private-use plane 15 while the WordPiece
+# vocabulary is learned (see _train_wordpiece); characters above U+FFFD stay as they are.
+_PUA = 0xF0000
+_TO_PUA = {c: _PUA + c for c in range(0xFFFE)}
+_WORD = re.compile(r"\w+")
+
+
+def _mark_continuations(text: str) -> str:
+    """'playing' -> 'p' + 'laying' shifted into the private-use plane: every non-initial character
+    of a word becomes its own symbol, which is what WordPiece's '##' does."""
+    return _WORD.sub(lambda m: m.group()[0] + m.group()[1:].translate(_TO_PUA), text)
+
+
+def _unmark(token: str) -> str:
+    if token in _SPECIAL_SET:
+        return token
+    head = "##" if _PUA <= ord(token[0]) < _PUA + 0xFFFE else ""
+    return head + "".join(chr(ord(c) - _PUA) if _PUA <= ord(c) < _PUA + 0xFFFE else c for c in token)
+
+
 def _train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
+    """BERT's WordPiece vocabulary, learned reproducibly.
+
+    tokenizers' own WordPieceTrainer creates its '##x' symbols in hash-map order, and merges of
+    equal frequency are then picked in that order, so every run learns a slightly different
+    vocabulary. Plain BPE training is deterministic (its alphabet is sorted), so the vocabulary is
+    learned by BPE on text whose word-continuation characters are distinct symbols
+    (`_mark_continuations`), then mapped back to 'x' / '##x' strings; WordPiece then segments by
+    greedy longest match, as in BERT. Words are found with `\\w+` for this marking, which can
+    differ from BertPreTokenizer on rare characters (combining marks, '_'): that only changes which
+    strings are learned, never how text is encoded."""
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.normalizer = normalizers.NFC()
+    trainer_tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_SPECIAL_LIST, show_progress=False)
+    trainer_tok.train_from_iterator((_mark_continuations(t) for t in texts), trainer=trainer)
+    learned = sorted(trainer_tok.get_vocab().items(), key=lambda kv: kv[1])
+    vocab: dict[str, int] = {}
+    for token, _ in learned:
+        vocab.setdefault(_unmark(token), len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=_SPECIAL_LIST, show_progress=False,
-        continuing_subword_prefix="##",
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return _canonical_ids(tok)
-
-
-def _canonical_ids(tok: Tokenizer) -> Tokenizer:
-    """The WordPiece trainer (tokenizers 0.2x) hands out ids in hash-map order, so the same text
-    gives a different id permutation on every run. WordPiece segments by greedy longest match on the
-    vocabulary, so ids do not change the segmentation: renumber them in a fixed order (specials
-    first, then by length without the `##` prefix, then by text) to make datasets reproducible."""
-    data = json.loads(tok.to_str())
-    vocab: dict[str, int] = data["model"]["vocab"]
-    specials = [t for t in _SPECIAL_LIST if t in vocab]
-    rest = sorted((t for t in vocab if t not in specials),
-                  key=lambda t: (len(t[2:]) if t.startswith("##") else len(t), t))
-    new = {t: i for i, t in enumerate(specials + rest)}
-    data["model"]["vocab"] = new
-    for added in data.get("added_tokens", []):
-        added["id"] = new[added["content"]]
-    return Tokenizer.from_str(json.dumps(data))
+    tok.add_special_tokens(_SPECIAL_LIST)  # already in the vocabulary: marks them special
+    return tok
 
 
 def _build_byte(texts: Iterable[str] | None, vocab_size: int) -> Tokenizer:
