@@ -99,7 +99,7 @@ def _train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 # vocabulary is learned (see _train_wordpiece); characters above U+FFFD stay as they are.
 _PUA = 0xF0000
 _TO_PUA = {c: _PUA + c for c in range(0xFFFE)}
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: BERT splits "_" off as punctuation
 
 
 def _mark_continuations(text: str) -> str:
@@ -123,8 +123,8 @@ def _train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     vocabulary. Plain BPE training is deterministic (its alphabet is sorted), so the vocabulary is
     learned by BPE on text whose word-continuation characters are distinct symbols
     (`_mark_continuations`), then mapped back to 'x' / '##x' strings; WordPiece then segments by
-    greedy longest match, as in BERT. Words are found with `\\w+` for this marking, which can
-    differ from BertPreTokenizer on rare characters (combining marks, '_'): that only changes which
+    greedy longest match, as in BERT. Words are found with `[^\\W_]+` for this marking, which can
+    differ from BertPreTokenizer on rare characters (combining marks): that only changes which
     strings are learned, never how text is encoded."""
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.normalizer = normalizers.NFC()
