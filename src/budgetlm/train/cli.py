@@ -102,11 +102,13 @@ class AutoChoice:
 AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
 AUTO_MFU = 0.4  # model-FLOPs utilisation assumed when sizing (measured 0.40-0.50 on this project's CPU)
 # Training tokens the budget must afford per non-embedding parameter. Chinchilla's ~20 (Hoffmann et al.
-# 2022) is for large models trained on fresh data; at CPU budgets of minutes on a ~1 MB corpus a much
-# larger model per token wins. Calibrated on Tiny Shakespeare at the compute of 2 CPU minutes: depth 3
-# with 1.3M tokens (~1 token/param) beat depth 4 with 0.6M (0.19/param), bits/byte 2.33 vs 2.42
-# (docs/bench/training.md). `budgetlm plan` (issue 4) replaces this whole rule when wired in.
-TOKENS_PER_PARAM = 0.5
+# 2022) is for large models trained on fresh data; at CPU budgets of minutes on a ~1 MB corpus the
+# optimum sits lower. Calibrated on Tiny Shakespeare at the compute of 2 CPU minutes (equal FLOPs):
+# depth 2 with 3.5M tokens (8 tokens/param) 2.17 bits/byte, depth 3 with 1.3M (1/param) 2.24, depth 4
+# with 0.6M (0.19/param) 2.42 (docs/bench/training.md). 2 sits between the winner and the runner-up
+# and gives the same choice for any measured peak between 200 and 400 GFLOP/s. `budgetlm plan`
+# (issue 4) replaces this whole rule when wired in.
+TOKENS_PER_PARAM = 2.0
 MAX_AUTO_DEPTH = 16
 
 
