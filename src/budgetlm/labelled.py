@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -224,9 +224,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-
-def describe(data: Labelled) -> dict[str, Any]:
-    return {"rows": len(data.texts), "pairs": data.pairs is not None, "source": data.source}
 
 
 # --------------------------------------------------------------------------------------------------
