@@ -100,14 +100,18 @@ def main() -> None:
         plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
         d0 = plan.depth
         sizes = {d: num_params(model_config(d, vocab, max_seq_len=args.seq_len)) for d in range(1, 33)}
-        others = [d for d in sizes if d != d0]
-        half = min(others, key=lambda d: abs(sizes[d] / sizes[d0] - 0.5))
-        double = min(others, key=lambda d: abs(sizes[d] / sizes[d0] - 2.0))
+        smaller, larger = [d for d in sizes if d < d0], [d for d in sizes if d > d0]
+        # depth 1 has no smaller neighbour on the dial: then "half" is skipped (reported as such)
+        half = min(smaller, key=lambda d: abs(sizes[d] / sizes[d0] - 0.5)) if smaller else None
+        double = min(larger, key=lambda d: abs(sizes[d] / sizes[d0] - 2.0))
         batch = plan.micro_batch * plan.grad_accum
-        print(f"budget {budget}: planner depth {d0} ({sizes[d0] / 1e6:.2f}M), half depth {half} "
-              f"({sizes[half] / 1e6:.2f}M), double depth {double} ({sizes[double] / 1e6:.2f}M); "
+        half_text = f"half depth {half} ({sizes[half] / 1e6:.2f}M)" if half else "no smaller depth"
+        print(f"budget {budget}: planner depth {d0} ({sizes[d0] / 1e6:.2f}M), {half_text}, "
+              f"double depth {double} ({sizes[double] / 1e6:.2f}M); "
               f"batch {batch} x {args.seq_len} (micro {plan.micro_batch}), {plan.precision}", flush=True)
         for role, depth in (("planner", d0), ("half", half), ("double", double)):
+            if depth is None:
+                continue
             out = work / f"run-{budget}-{role}-d{depth}"
             if out.exists():
                 import shutil
