@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from budgetlm.models.config import ModelConfig
@@ -232,6 +233,9 @@ class Transformer(nn.Module):
         untied = lm_head and not cfg.tie_embeddings
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False) if untied else None
         self.has_lm_head = lm_head
+        # Activation checkpointing (Chen et al. 2016): keep only each block's input and recompute
+        # the block in backward. A runtime choice the trainer sets, not part of the model's shape.
+        self.activation_checkpointing = False
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -283,8 +287,12 @@ class Transformer(nn.Module):
             x = self.embed_norm(x)
         x = self.embed_drop(x)
         mask = self._attn_mask(attention_mask, T)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cos, sin, mask, kv_cache)
+            if recompute and kv_cache is None:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, None, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.final_norm(x)
