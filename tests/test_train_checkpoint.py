@@ -101,5 +101,6 @@ def test_mismatched_weights_are_refused(tmp_path):
 
 
 def test_registered_model_kinds_build():
-    for kind, builder in ck.MODEL_KINDS.items():
-        assert isinstance(builder({"model_config": CFG.__dict__}), torch.nn.Module), kind
+    # "lm" is ours; other modules (finetune) register kinds with their own meta fields.
+    assert isinstance(ck.MODEL_KINDS["lm"]({"model_config": CFG.__dict__}), torch.nn.Module)
+    assert all(callable(b) for b in ck.MODEL_KINDS.values())
