@@ -109,3 +109,17 @@ def test_unknown_preset(data, tmp_path, capsys):
     rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "2",
                        "--model", "gigantic")
     assert rc == 2 and "unknown model size" in err
+
+
+def test_activation_checkpointing_trains_the_same_losses(data, tmp_path, capsys):
+    """--activation-checkpointing recomputes blocks in backward: same fp32 losses as without it."""
+    losses = []
+    for flag, name in (("--no-activation-checkpointing", "plain"), ("--activation-checkpointing", "ckpt")):
+        run = tmp_path / name
+        rc, res, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "3",
+                             flag, *TINY)
+        assert rc == 0, err
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        losses.append([x["loss"] for x in lines if "loss" in x])
+    assert len(losses[0]) == 3
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

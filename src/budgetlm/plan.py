@@ -246,7 +246,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, pred_fraction: float | None 
 DEFAULT_MFU = {"gpu": 0.40, "tpu": 0.40, "cpu": 0.30}
 TINY_WIDTH = 512  # below this width matmuls are too small to fill an accelerator
 TINY_MFU_FACTOR = 0.6  # 0.4 -> 0.24, inside hardware-notes' 0.2-0.3 for tiny models
-TRAINER_CHECKPOINTING = False  # budgetlm.train has no activation checkpointing yet (auto_configure avoids it)
+TRAINER_CHECKPOINTING = True  # budgetlm.train --activation-checkpointing recomputes each block in backward
 RECOMPUTE_FACTOR = 8.0 / 6.0  # full recompute adds one forward pass (2N of 6N FLOPs per token)
 
 

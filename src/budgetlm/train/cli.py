@@ -67,6 +67,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps | xla
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto measures bf16 speed on CPU)
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile (auto: on for CUDA only)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     seed: int = 0  # random seed (weights, data order, masking)
     eval_every: float = 0.25  # evaluate every this fraction of the budget (0 = only at the end)
     eval_tokens: int = 65536  # val tokens used by the periodic evaluations (the final one uses all)
@@ -79,6 +80,7 @@ class TrainConfig:
 
 # Flags whose new value wins over the saved run config on --resume.
 RESUME_OVERRIDES = ("budget", "max_steps", "max_tokens", "data", "device", "precision", "compile",
+                    "activation_checkpointing",
                     "checkpoint_every", "checkpoint_every_steps", "keep_last", "log_every", "eval_every")
 
 
@@ -283,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     accum = per_rank // micro
 
     model = build_model(mcfg).to(rt.device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     optimizer = build_optimizer(cfg.optimizer, model, OptimConfig(lr=lr, weight_decay=cfg.weight_decay))
     collator = None
     if not mcfg.causal:
