@@ -175,3 +175,19 @@ def test_stop_flag_interrupts_and_checkpoints_are_called():
 def test_loop_config_needs_a_budget():
     with pytest.raises(BudgetError):
         LoopConfig()
+
+
+def test_eval_every_steps_and_early_stop_from_the_eval_result():
+    """Evaluations every N steps; a result with "stop": True ends the run (not as an interruption)."""
+    m, opt = make()
+    seen = []
+
+    def evaluate(model):
+        seen.append(model.calls)
+        return {"val_loss": 1.0, "stop": len(seen) == 3}
+
+    res = train_loop(m, batches(), opt, rt_cpu(), LoopConfig(max_steps=50, eval_every=0.0, eval_every_steps=4),
+                     ScheduleConfig(), evaluate=evaluate, show_progress=False)
+    assert seen == [4, 8, 12]  # one micro-batch per step: the model was called 4, 8, 12 times
+    assert res.stopped_early and not res.interrupted
+    assert res.state.step == 12

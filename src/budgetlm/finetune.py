@@ -15,14 +15,11 @@ dropout in the head and backbone. Validation runs every epoch (or every `--eval-
 checkpoint on `--metric` is the only one kept; `--patience` evaluations without improvement stop the
 run early. Results: RUN/metrics.json, RUN/metrics.jsonl (history), RUN/report.md + RUN/val_metric.png.
 
-What this needs from the shared loop, and how it is done today (no loop change was required):
-- early stopping: the loop stops when its `StopFlag` is set; the evaluate callback sets it when the
-  patience runs out (the loop then reports `interrupted=True`; we record `early_stopped` ourselves).
-  A `{"stop": True}` field in the evaluate result would say this more directly.
-- evaluation every N steps: the loop evaluates at fractions of progress, so N steps becomes
-  N / max_steps, which needs a step count (`--epochs`). With `--budget` alone the step count is not
-  known in advance and we evaluate at every tenth of the budget. An `eval_every_steps` field in
-  LoopConfig would make N steps exact under a time budget too.
+How the shared loop serves fine-tuning:
+- early stopping: the evaluate callback returns `{"stop": True}` once `--patience` validations
+  brought no gain; the loop then ends the run (`LoopResult.stopped_early`).
+- evaluation every N steps: `LoopConfig.eval_every_steps` (N = `--eval-every`, or one epoch), exact
+  under a time budget too.
 - best checkpoint on a metric: saved from the evaluate callback (checkpoint.save_checkpoint,
   keep_last=1, saved only on improvement, so the latest checkpoint is the best one).
 """
@@ -372,11 +369,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     batches = Batches(tr_seqs, y_train, tr_tt, encoder.pad_id, cfg.batch_size, cfg.seed)
     max_steps = math.ceil(epochs * batches.steps_per_epoch) if epochs else None
-    if max_steps:
-        every = cfg.eval_every or batches.steps_per_epoch
-        eval_frac = every / max_steps if every < max_steps else 0.0
-    else:
-        eval_frac = 0.1  # time budget alone: the step count is unknown, validate every tenth
+    eval_steps = cfg.eval_every or batches.steps_per_epoch
+    # Under a time budget with no --eval-every the number of steps is unknown in advance: validate
+    # every tenth of the budget as well, so a short budget on a large set still gets validations.
+    eval_frac = 0.1 if (not max_steps and not cfg.eval_every) else 0.0
 
     from budgetlm.train.loop import LoopConfig, MetricsLogger, graceful_stop, train_loop
     from budgetlm.train.optim import OptimConfig, build_optimizer
@@ -386,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "adamw", model, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, beta1=0.9, beta2=0.999)
     )
     loop_cfg = LoopConfig(
-        budget_s=budget_s, max_steps=max_steps, grad_clip=1.0, eval_every=eval_frac,
+        budget_s=budget_s, max_steps=max_steps, grad_clip=1.0, eval_every=eval_frac, eval_every_steps=eval_steps,
         checkpoint_every_s=0, log_every=max(1, min(50, batches.steps_per_epoch // 4)),
     )
     schedule = ScheduleConfig(warmup=cfg.warmup, decay="linear")
@@ -395,7 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     evals: list[dict[str, Any]] = []
     current = {"step": 0}
 
-    def evaluate(m: nn.Module, stop_flag=None) -> dict[str, Any]:
+    def evaluate(m: nn.Module) -> dict[str, Any]:
         probs = _predict(m, va_seqs, va_tt, encoder.pad_id, rt.device)
         met = classification_metrics(y_val, probs.argmax(-1), names)
         val_loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
@@ -416,10 +412,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"step {step}: val {cfg.metric} {score:.4f} (loss {val_loss:.4f})"
             + ("  [best, saved]" if improved else f"  [no gain {best['bad_evals']}/{cfg.patience or '-'}]")
         )
-        if cfg.patience and best["bad_evals"] >= cfg.patience and stop_flag is not None:
-            stop_flag.set(0)  # early stopping through the loop's stop flag (see the module docstring)
-            best["early_stopped"] = True
-        return {"val_loss": val_loss, f"val_{cfg.metric}": score}
+        stop = bool(cfg.patience) and best["bad_evals"] >= cfg.patience
+        return {"val_loss": val_loss, f"val_{cfg.metric}": score, "stop": stop}
 
     t0 = time.perf_counter()
     with graceful_stop() as stop:
@@ -430,14 +424,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         result = train_loop(
             model, batches, optimizer, rt, loop_cfg, schedule,
-            forward=forward, evaluate=lambda m: evaluate(m, stop), metrics=logger, stop=stop,
+            forward=forward, evaluate=evaluate, metrics=logger, stop=stop,
         )
     logger.close()
     current["step"] = result.state.step
-    signalled = bool(stop) and not best.get("early_stopped")
+    signalled = result.interrupted
     if not evals or evals[-1]["step"] != result.state.step:
         model.eval()
-        evaluate(model, None)  # the final state always gets a validation
+        evaluate(model)  # the final state always gets a validation
     elapsed = time.perf_counter() - t0
     if best["metrics"] is None:
         raise BudgetError("no validation ran: the budget ended before the first step")
@@ -452,7 +446,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps": result.state.step,
         "epochs": round(result.state.step / batches.steps_per_epoch, 3),
         "best_step": best["step"],
-        "early_stopped": bool(best.get("early_stopped")),
+        "early_stopped": result.stopped_early,
         "interrupted": signalled,
         "train_seconds": round(result.state.elapsed_s, 2),
         "wall_seconds": round(elapsed, 2),

@@ -9,6 +9,7 @@ It knows nothing about objectives or data formats. It receives
     cfg         LoopConfig (budget, accumulation, clipping, intervals)
     schedule    ScheduleConfig (LR as a function of progress through the budget)
     hooks       evaluate(model) -> dict, checkpoint(state, metrics), rollback() -> LoopState | None
+            (an evaluation result with "stop": True ends the run early, e.g. on patience)
 
 and runs optimizer steps until the budget (wall-clock seconds, steps or tokens) is spent or a stop
 signal arrives. The budget clock counts only training: evaluation and checkpoint time are excluded
@@ -47,6 +48,7 @@ class LoopConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     eval_every: float = 0.25  # evaluate every this fraction of the budget (0 = only at the end)
+    eval_every_steps: int = 0  # also evaluate every N optimizer steps (0 = off); exact under a time budget
     checkpoint_every_s: float = 600.0  # real seconds between periodic checkpoints (0 = only at the end)
     checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
     log_every: int = 10  # optimizer steps between metric lines
@@ -85,6 +87,7 @@ class LoopResult:
     state: LoopState
     train_loss: float  # mean loss of the last logged window
     interrupted: bool  # stopped by SIGTERM/SIGINT
+    stopped_early: bool = False  # an evaluation returned {"stop": True} (early stopping)
     history: list[dict[str, Any]] = field(default_factory=list)  # the metric lines
     last_eval: dict[str, Any] | None = None
 
@@ -221,6 +224,7 @@ def train_loop(
     last_ckpt_wall = time.perf_counter()
     bad_in_a_row = 0
     interrupted = False
+    stopped_early = False
     train_loss = float("nan")
 
     def prog() -> float:
@@ -355,9 +359,15 @@ def train_loop(
                     bar.update(bar.task_ids[0], completed=int(1000 * prog()), status=status)
 
             # ---- periodic evaluation and checkpoints (both off the budget clock)
-            if cfg.eval_every > 0 and prog() >= (state.evals_done + 1) * cfg.eval_every and prog() < 1.0:
-                state.evals_done += 1
-                run_eval()
+            by_fraction = cfg.eval_every > 0 and prog() >= (state.evals_done + 1) * cfg.eval_every
+            by_steps = cfg.eval_every_steps > 0 and state.step % cfg.eval_every_steps == 0
+            if (by_fraction or by_steps) and prog() < 1.0:
+                if by_fraction:
+                    state.evals_done += 1
+                result = run_eval()
+                if result is not None and result.get("stop"):
+                    stopped_early = True
+                    break
             by_time = cfg.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt_wall >= cfg.checkpoint_every_s
             by_step = cfg.checkpoint_every_steps > 0 and state.step % cfg.checkpoint_every_steps == 0
             if checkpoint is not None and (by_time or by_step):
@@ -369,4 +379,4 @@ def train_loop(
     if loss_window:
         train_loss = sum(loss_window) / len(loss_window)
     return LoopResult(state=state, train_loss=train_loss, interrupted=interrupted,
-                      history=history, last_eval=last_eval)
+                      stopped_early=stopped_early, history=history, last_eval=last_eval)
