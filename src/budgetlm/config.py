@@ -205,6 +205,22 @@ def from_dict(cls: type, data: dict[str, Any]):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
     import os

@@ -33,7 +33,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from budgetlm import __version__, ui
-from budgetlm.config import BudgetError, add_dataclass_args, from_args, to_dict, write_json_atomic
+from budgetlm.config import BudgetError, add_dataclass_args, from_args, fsync_dir, to_dict, write_json_atomic
 from budgetlm.data import builtin, clean, shards, sources
 from budgetlm.data import tokenizer as toklib
 
@@ -286,29 +286,16 @@ def _remove_stale_temps(out: Path) -> None:
             continue
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the complete temp folder into place; an old dataset is moved aside first and removed
     only after the new one is in place."""
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

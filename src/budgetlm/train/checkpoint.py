@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_model as _st_load_model
 from safetensors.torch import save_model as _st_save_model
 
-from budgetlm.config import BudgetError, to_dict, write_json_atomic
+from budgetlm.config import BudgetError, fsync_dir, to_dict, write_json_atomic
 
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -64,19 +64,6 @@ def register_model_kind(name: str, builder: Callable[[dict[str, Any]], torch.nn.
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -113,7 +100,7 @@ def save_checkpoint(
         json.dump(full_meta, fh, indent=2)
     for f in tmp.iterdir():
         _fsync_file(f)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
         old = root / f".old-step_{step:06d}-{os.getpid()}"
         os.rename(final, old)
@@ -121,7 +108,7 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     if val_loss is not None:
         best = read_best(run_dir)
         if best is None or val_loss <= best["val_loss"]:
