@@ -13,59 +13,28 @@ shared benchmark lock (the file `flock` uses) is held for each budget's calibrat
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from shakespeare_time_to_quality import locked, prepare_split, train_run
 
 from budgetlm.config import parse_duration
 
 
-@contextlib.contextmanager
-def locked(path: str | None):
-    """Hold the shared benchmark lock (the same file `flock` uses) while timing in-process."""
-    if not path:
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def prepare(text: Path, work: Path, vocab: int) -> Path:
-    """First 90% of the characters for training, the last 10% for validation (the usual split)."""
+    """The usual 90/10 character split, prepared once per work folder (reused when present)."""
     data = work / "data"
     if (data / "manifest.json").is_file():
         return data
-    raw = text.read_text(encoding="utf-8")
-    cut = int(len(raw) * 0.9)
-    (work / "train.txt").write_text(raw[:cut], encoding="utf-8")
-    (work / "val.txt").write_text(raw[cut:], encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "budgetlm", "prepare", str(work / "train.txt"), "--val", str(work / "val.txt"),
-                    "--out", str(data), "--vocab-size", str(vocab), "--txt-documents", "file"], check=True)
+    data, _ = prepare_split(text, work, "--vocab-size", str(vocab), "--txt-documents", "file")
     return data
 
 
-def train(data: Path, out: Path, budget: str, depth: int, seq_len: int, batch: int, micro: int,
-          lock: str | None) -> dict:
-    cmd = [sys.executable, "-m", "budgetlm", "train", "--data", str(data), "--out", str(out), "--budget", budget,
-           "--model", str(depth), "--seq-len", str(seq_len), "--batch-size", str(batch),
-           "--micro-batch", str(micro), "--json"]
-    if lock:
-        cmd = ["flock", lock, *cmd]
-    t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"train failed ({res.returncode}): {res.stderr[-2000:]}")
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
-    summary["wall_seconds"] = time.time() - t0
+def train(data: Path, out: Path, budget: str, depth: int, seq_len: int, batch: int, micro: int) -> dict:
+    summary, wall = train_run(data, out, "--budget", budget, "--model", str(depth), "--seq-len", str(seq_len),
+                              "--batch-size", str(batch), "--micro-batch", str(micro))
+    summary["wall_seconds"] = wall
     return summary
 
 
@@ -95,35 +64,29 @@ def main() -> None:
     for budget in args.budgets:
         # One lock for the whole budget (calibration and its three runs): the runs are compared with
         # each other, so they should see the same machine, back to back.
-        lock = locked(args.lock)
-        lock.__enter__()
-        plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
-        d0 = plan.depth
-        sizes = {d: num_params(model_config(d, vocab, max_seq_len=args.seq_len)) for d in range(1, 33)}
-        smaller, larger = [d for d in sizes if d < d0], [d for d in sizes if d > d0]
-        # depth 1 has no smaller neighbour on the dial: then "half" is skipped (reported as such)
-        half = min(smaller, key=lambda d: abs(sizes[d] / sizes[d0] - 0.5)) if smaller else None
-        double = min(larger, key=lambda d: abs(sizes[d] / sizes[d0] - 2.0))
-        batch = plan.micro_batch * plan.grad_accum
-        half_text = f"half depth {half} ({sizes[half] / 1e6:.2f}M)" if half else "no smaller depth"
-        print(f"budget {budget}: planner depth {d0} ({sizes[d0] / 1e6:.2f}M), {half_text}, "
-              f"double depth {double} ({sizes[double] / 1e6:.2f}M); "
-              f"batch {batch} x {args.seq_len} (micro {plan.micro_batch}), {plan.precision}", flush=True)
-        for role, depth in (("planner", d0), ("half", half), ("double", double)):
-            if depth is None:
-                continue
-            out = work / f"run-{budget}-{role}-d{depth}"
-            if out.exists():
-                import shutil
-
-                shutil.rmtree(out)
-            s = train(data, out, budget, depth, args.seq_len, batch, plan.micro_batch, None)
-            row = {"budget": budget, "role": role, "depth": depth, "params": sizes[depth],
-                   "val_bpb": s.get("val_bpb"), "tokens": s.get("tokens"), "summary": s}
-            results.append(row)
-            print(f"  {role:8s} depth {depth:2d} {sizes[depth] / 1e6:6.2f}M params: val bpb {row['val_bpb']}, "
-                  f"tokens {row['tokens']}", flush=True)
-        lock.__exit__(None, None, None)
+        with locked(args.lock):
+            plan = auto_configure(parse_duration(budget), train_tokens, args.seq_len, "causal", vocab)
+            d0 = plan.depth
+            sizes = {d: num_params(model_config(d, vocab, max_seq_len=args.seq_len)) for d in range(1, 33)}
+            smaller, larger = [d for d in sizes if d < d0], [d for d in sizes if d > d0]
+            # depth 1 has no smaller neighbour on the dial: then "half" is skipped (reported as such)
+            half = min(smaller, key=lambda d: abs(sizes[d] / sizes[d0] - 0.5)) if smaller else None
+            double = min(larger, key=lambda d: abs(sizes[d] / sizes[d0] - 2.0))
+            batch = plan.micro_batch * plan.grad_accum
+            half_text = f"half depth {half} ({sizes[half] / 1e6:.2f}M)" if half else "no smaller depth"
+            print(f"budget {budget}: planner depth {d0} ({sizes[d0] / 1e6:.2f}M), {half_text}, "
+                  f"double depth {double} ({sizes[double] / 1e6:.2f}M); "
+                  f"batch {batch} x {args.seq_len} (micro {plan.micro_batch}), {plan.precision}", flush=True)
+            for role, depth in (("planner", d0), ("half", half), ("double", double)):
+                if depth is None:
+                    continue
+                s = train(data, work / f"run-{budget}-{role}-d{depth}", budget, depth, args.seq_len, batch,
+                          plan.micro_batch)
+                row = {"budget": budget, "role": role, "depth": depth, "params": sizes[depth],
+                       "val_bpb": s.get("val_bpb"), "tokens": s.get("tokens"), "summary": s}
+                results.append(row)
+                print(f"  {role:8s} depth {depth:2d} {sizes[depth] / 1e6:6.2f}M params: val bpb {row['val_bpb']}, "
+                      f"tokens {row['tokens']}", flush=True)
         results.append({"budget": budget, "plan": plan.to_json()})
     print("\n| budget | model | depth | params | tokens trained | val bits/byte |")
     print("|---|---|---|---|---|---|")

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
 
-from shakespeare_time_to_quality import budgetlm, locked, split
+from shakespeare_time_to_quality import locked, prepare_split, train_run, write_json
 
 
 def main() -> None:
@@ -35,35 +34,21 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.work)
-    tr, va = split(Path(args.input), work)
-    data = work / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    budgetlm("prepare", str(tr), "--val", str(va), "--out", str(data), *args.prepare_args.split())
+    data, _ = prepare_split(Path(args.input), work, *args.prepare_args.split())
     rows = []
     for seed in args.seeds:
         for opt in args.optimizers:
-            out = work / f"run-{opt}-{seed}"
-            if out.exists():
-                shutil.rmtree(out)
-            lock = locked(args.lock)
-            try:
-                res = budgetlm("train", "--data", str(data), "--out", str(out), "--budget", args.budget,
-                               "--optimizer", opt, "--seed", str(seed), *args.train_args.split())
-            finally:
-                lock.close()
+            with locked(args.lock):
+                res, _ = train_run(data, work / f"run-{opt}-{seed}", "--budget", args.budget,
+                                   "--optimizer", opt, "--seed", str(seed), *args.train_args.split())
             row = {"optimizer": opt, "seed": seed, "val_bpb": round(res["val_bpb"], 4), "steps": res["steps"],
                    "tokens": res["tokens"], "tokens_per_s": res["tokens_per_s"], "model": res["model"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {opt: round(statistics.mean(r["val_bpb"] for r in rows if r["optimizer"] == opt), 4)
                for opt in args.optimizers}
-    out = {"budget": args.budget, "runs": rows, "mean_val_bpb": summary,
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
-
+    write_json(args.json_out, {"budget": args.budget, "runs": rows, "mean_val_bpb": summary,
+                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ Each training run holds /tmp/budgetlm-bench.lock (flock) so that benchmarks do n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import platform
@@ -31,6 +32,7 @@ TARGET = {"2m": 2.45, "10m": 2.10}
 
 
 def split(input_path: Path, work: Path) -> tuple[Path, Path]:
+    """First 90% of the characters for training, the last 10% for validation."""
     text = input_path.read_text(encoding="utf-8")
     n = int(len(text) * 0.9)
     work.mkdir(parents=True, exist_ok=True)
@@ -41,16 +43,49 @@ def split(input_path: Path, work: Path) -> tuple[Path, Path]:
 
 
 def budgetlm(*args: str) -> dict:
+    """Run one `budgetlm` command in its own process and return its --json object."""
     proc = subprocess.run([sys.executable, "-m", "budgetlm", *args, "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"budgetlm {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def locked(lock_path: str):
-    fh = open(lock_path, "a")
-    fcntl.flock(fh, fcntl.LOCK_EX)
-    return fh
+@contextlib.contextmanager
+def locked(lock_path: str | None):
+    """Hold the shared benchmark lock (the file `flock` uses); '' or None = no lock."""
+    if not lock_path:
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_split(input_path: Path, work: Path, *flags: str) -> tuple[Path, dict]:
+    """Split the text 90/10 into `work` and prepare it (from scratch) as `work/data`."""
+    tr, va = split(input_path, work)
+    data = work / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    return data, budgetlm("prepare", str(tr), "--val", str(va), "--out", str(data), *flags)
+
+
+def train_run(data: Path, out: Path, *flags: str) -> tuple[dict, float]:
+    """`budgetlm train` into a fresh `out`; returns its summary and the wall seconds."""
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    res = budgetlm("train", "--data", str(data), "--out", str(out), *flags)
+    return res, time.perf_counter() - t0
+
+
+def write_json(path: str, obj: dict) -> None:
+    print(json.dumps(obj, indent=2))
+    if path:
+        Path(path).write_text(json.dumps(obj, indent=2, default=str))
 
 
 def main() -> None:
@@ -65,26 +100,13 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.work)
-    tr, va = split(Path(args.input), work)
-    data = work / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    prep = budgetlm("prepare", str(tr), "--val", str(va), "--out", str(data), *args.prepare_args.split())
+    data, prep = prepare_split(Path(args.input), work, *args.prepare_args.split())
     print(f"prepared: {prep['tokenizer']} vocab {prep['vocab_size']}, {prep['tokens']} tokens, "
           f"{prep['bytes_per_token']:.2f} bytes/token", flush=True)
     results = []
     for budget in args.budgets:
-        out = work / f"run-{budget}"
-        if out.exists():
-            shutil.rmtree(out)
-        lock = locked(args.lock)
-        try:
-            t0 = time.perf_counter()
-            res = budgetlm("train", "--data", str(data), "--out", str(out), "--budget", budget,
-                           *args.train_args.split())
-            wall = time.perf_counter() - t0
-        finally:
-            lock.close()
+        with locked(args.lock):
+            res, wall = train_run(data, work / f"run-{budget}", "--budget", budget, *args.train_args.split())
         row = {"budget": budget, "val_bpb": round(res["val_bpb"], 4), "val_loss": round(res["val_loss"], 4),
                "steps": res["steps"], "tokens": res["tokens"], "train_s": res["elapsed_s"],
                "wall_s": round(wall, 1), "model": res["model"], "precision": res["precision"],
@@ -92,13 +114,10 @@ def main() -> None:
                "reference_bpb": REFERENCE.get(budget), "target_bpb": TARGET.get(budget)}
         results.append(row)
         print(json.dumps(row), flush=True)
-    out = {"tokenizer": prep["tokenizer"], "vocab_size": prep["vocab_size"], "prepare_args": args.prepare_args,
-           "train_args": args.train_args, "results": results, "machine": platform.machine(),
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
-
+    write_json(args.json_out, {
+        "tokenizer": prep["tokenizer"], "vocab_size": prep["vocab_size"], "prepare_args": args.prepare_args,
+        "train_args": args.train_args, "results": results, "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 if __name__ == "__main__":
     main()
