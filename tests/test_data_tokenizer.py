@@ -109,3 +109,15 @@ def test_wordpiece_learns_continuation_pieces():
     pieces = tok.encode("riverstone").tokens
     assert pieces[0] == "river" and all(p.startswith("##") for p in pieces[1:])
     assert tok.encode("Qzx€").tokens == ["<|unk|>"]  # characters never seen: unknown
+
+
+@pytest.mark.parametrize("kind, train_bytes, want", [
+    ("bpe", None, 8192),  # corpus size unknown: the largest auto choice
+    ("bpe", 10_000, 1024),  # tiny corpus: the floor
+    ("bpe", 1_003_854, 2048),  # Tiny Shakespeare's 90% split
+    ("wordpiece", 2_100_000, 4096),  # the built-in python-docs corpus
+    ("bpe", 50_800_000, 8192),  # Gutenberg: capped
+    ("byte", 50_800_000, 262),  # the byte kind has one fixed size
+])
+def test_auto_vocab_is_sized_to_the_corpus(kind, train_bytes, want):
+    assert toklib.auto_vocab(kind, train_bytes) == want

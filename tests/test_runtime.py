@@ -122,3 +122,22 @@ def test_xla_dispatch_with_mocked_torch_xla(monkeypatch):
     runtime.optimizer_step(rt, opt)
     runtime.mark_step(rt)
     assert calls == ["optimizer_step", "mark_step"]
+
+
+def test_compile_wanted_registry_of_cases(monkeypatch):
+    """auto compiles on CUDA, and on CPU only for long budgets with a C++ compiler; flags win."""
+    from types import SimpleNamespace
+
+    from budgetlm.runtime import CPU_COMPILE_MIN_BUDGET_S, compile_wanted
+
+    cpu, cuda, mps = (SimpleNamespace(device_type=t) for t in ("cpu", "cuda", "mps"))
+    monkeypatch.setattr("budgetlm.runtime._have_cxx", lambda: True)
+    assert compile_wanted(cuda, "auto", None)[0]
+    assert not compile_wanted(cpu, "auto", None)[0]
+    assert not compile_wanted(cpu, "auto", CPU_COMPILE_MIN_BUDGET_S - 1)[0]
+    assert compile_wanted(cpu, "auto", CPU_COMPILE_MIN_BUDGET_S)[0]
+    assert not compile_wanted(mps, "auto", 1e6)[0]
+    assert compile_wanted(cpu, "on", 1)[0] and not compile_wanted(cuda, "off", 1e6)[0]
+    monkeypatch.setattr("budgetlm.runtime._have_cxx", lambda: False)
+    ok, why = compile_wanted(cpu, "auto", 1e6)
+    assert not ok and "C++" in why

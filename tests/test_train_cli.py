@@ -123,3 +123,39 @@ def test_activation_checkpointing_trains_the_same_losses(data, tmp_path, capsys)
         losses.append([x["loss"] for x in lines if "loss" in x])
     assert len(losses[0]) == 3
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
+    """No --model: calibrate (cached), plan for the budget and the data, print the plan, train it."""
+    run = tmp_path / "auto"
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", "--seq-len", "32",
+                         "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256")
+    assert rc == 0, err
+    assert "plan on" in err and "planned: depth" in err  # the plan is shown before training
+    cal = json.loads((budgetlm_home / "calibration.json").read_text())
+    (entry,) = cal["devices"].values()
+    assert {p["seq_len"] for p in entry["precisions"]["fp32"]} == {32}
+    cfg = json.loads((run / "config.json").read_text())
+    meta = json.loads(sorted((run / "checkpoints").glob("step_*"))[-1].joinpath("meta.json").read_text())
+    from budgetlm.bench import auto_configure
+    from budgetlm.data.shards import open_tokens
+    from budgetlm.train.cli import PLAN_BUDGET_WITHOUT_CLOCK_S
+
+    plan = auto_configure(PLAN_BUDGET_WITHOUT_CLOCK_S, len(open_tokens(data, "train")), 32, "causal",
+                          meta["vocab_size"], "fp32", 1, "muon")
+    # planning again reuses the cached calibration (nothing re-measured) and gives the trained plan
+    assert json.loads((budgetlm_home / "calibration.json").read_text()) == cal
+    assert meta["model_config"]["n_layer"] == plan.depth
+    assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
+
+
+def test_final_evaluation_runs_without_dropout(data, tmp_path, capsys):
+    """The summary's val loss is the saved model's loss in eval mode (dropout off), as `eval` says."""
+    run = tmp_path / "drop"
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "4", "--dropout", "0.5",
+                         *TINY)
+    assert rc == 0, err
+    assert main(["eval", "--model", str(run), "--data", str(data), "--precision", "fp32", "--device", "cpu",
+                 "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert res["val_loss"] == pytest.approx(ev["loss"], rel=1e-6)

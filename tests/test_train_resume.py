@@ -82,9 +82,11 @@ def test_ddp_gloo_two_processes_match_one(data, tmp_path):
     ddp = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm",
-           *train_cmd(data, ddp, *flags)[3:]]
+           *train_cmd(data, ddp, *flags)[3:], "--json"]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
+    (line,) = proc.stdout.decode().strip().splitlines()  # one JSON answer (rank 0's), not one per rank
+    assert json.loads(line)["world_size"] == 2
     a, b = step_losses(single), step_losses(ddp)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for s in a:

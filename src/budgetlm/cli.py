@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         ui.set_json_mode(json_mode)
         module = importlib.import_module(args._module)
         result = module.run(args)
-        if json_mode:
+        # under torchrun every rank runs this; one JSON object (rank 0's) is the command's answer
+        if json_mode and os.environ.get("RANK", "0") == "0":
             sys.stdout.write(json.dumps(result if result is not None else {}, default=str) + "\n")
             sys.stdout.flush()
         return 0

@@ -18,9 +18,6 @@ from typing import Any
 from budgetlm import ui
 from budgetlm.config import BudgetError, parse_duration
 
-DEMO_VOCAB = 4096  # BPE vocabulary for the ~2 MB corpus (3.5 bytes/token; see docs/training.md)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", default="3m", help="training budget, e.g. 30s, 3m, 1h (default: 3m)")
     parser.add_argument("--out", default="runs/demo", help="folder for the dataset and the run (default: runs/demo)")
@@ -49,10 +46,8 @@ def _prepare(out: Path, max_mb: float) -> Path:
         ui.info(f"[bold]1/4 data[/] reusing {data}")
         return data
     ui.info("[bold]1/4 data[/] preparing the built-in python-docs corpus")
-    # A cut-down corpus (--max-mb < 1) is too small to learn 4,096 tokens well: use 1,024 there.
-    vocab = DEMO_VOCAB if not max_mb or max_mb >= 1 else 1024
-    prepare_dataset([], str(data), PrepareConfig(builtin="python-docs", tokenizer="bpe", vocab_size=vocab,
-                                                 max_mb=max_mb))
+    # the vocabulary is sized to the corpus by prepare (4,096 for the whole corpus, 1,024 for --max-mb < 1)
+    prepare_dataset([], str(data), PrepareConfig(builtin="python-docs", tokenizer="bpe", max_mb=max_mb))
     return data
 
 

@@ -259,17 +259,49 @@ def synchronize(rt: Runtime) -> None:
 # model wrapping
 
 
-def maybe_compile(model: torch.nn.Module, rt: Runtime, mode: str = "auto") -> torch.nn.Module:
-    """torch.compile on GPUs by default; off on CPU unless asked for ("on").
+# torch.compile on CPU pays tens of seconds of compile time (measured ~20 s for the 6.9M benchmark
+# model on 2 cores) for ~14% more tokens/s there (docs/bench/training.md): worth it only when the
+# budget is long enough to win that time back several times over.
+CPU_COMPILE_MIN_BUDGET_S = 300.0
 
-    On this project's 2-core CPU, compiling the benchmark model gained ~5% and cost tens of seconds of
-    compile time out of a minutes-long budget, so `auto` leaves CPU models eager. A failed compile
-    falls back to the eager model with a warning instead of killing the run.
+
+def _have_cxx() -> bool:
+    """Inductor's CPU backend compiles C++: without a compiler it cannot work."""
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl"))
+
+
+def compile_wanted(rt: Runtime, mode: str = "auto", budget_s: float | None = None) -> tuple[bool, str]:
+    """(compile?, why). auto: on for CUDA; on CPU only for budgets >= CPU_COMPILE_MIN_BUDGET_S with a
+    C++ compiler present; off elsewhere (MPS/XLA have their own compilers)."""
+    if mode in ("on", "off"):
+        return mode == "on", f"--compile {mode}"
+    if rt.device_type == "cuda":
+        return True, "auto: CUDA"
+    if rt.device_type == "cpu":
+        if not budget_s or budget_s < CPU_COMPILE_MIN_BUDGET_S:
+            return False, f"auto: CPU budget under {CPU_COMPILE_MIN_BUDGET_S / 60:g} minutes"
+        if not _have_cxx():
+            return False, "auto: no C++ compiler for inductor"
+        return True, f"auto: CPU budget of {CPU_COMPILE_MIN_BUDGET_S / 60:g} minutes or more"
+    return False, f"auto: off on {rt.device_type}"
+
+
+def maybe_compile(model: torch.nn.Module, rt: Runtime, mode: str = "auto",
+                  budget_s: float | None = None) -> torch.nn.Module:
+    """torch.compile the model when `compile_wanted` says so.
+
+    Compilation is lazy (it happens on the first forward), so a failure there must not kill the run
+    either: dynamo's `suppress_errors` makes a failed graph fall back to eager code with a warning.
     """
-    want = mode == "on" or (mode == "auto" and rt.device_type == "cuda")
+    want, _ = compile_wanted(rt, mode, budget_s)
     if not want:
         return model
     try:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
         return torch.compile(model)
     except Exception as e:  # noqa: BLE001 - compile support varies by platform
         ui.warn(f"torch.compile failed ({type(e).__name__}: {e}); continuing without it")
@@ -321,6 +353,17 @@ def all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
+
+
+def broadcast_object(rt: Runtime, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (a picklable object; e.g. the plan every rank must train)."""
+    if not rt.ddp:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(rt: Runtime) -> None:

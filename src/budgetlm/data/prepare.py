@@ -41,7 +41,7 @@ from budgetlm.data import tokenizer as toklib
 @dataclasses.dataclass
 class PrepareConfig:
     tokenizer: Literal["bpe", "wordpiece", "byte"] = "bpe"  # bpe: byte-level BPE (causal models); wordpiece: masked models; byte: 256 byte ids + specials, no training
-    vocab_size: int = 0  # tokenizer vocabulary incl. special tokens (0 = 8192 for bpe/wordpiece; byte is always 262)
+    vocab_size: int = 0  # tokenizer vocabulary incl. special tokens (0 = sized to the corpus: 1 per 512 train bytes, a power of 2 in 1024-8192; byte is always 262)
     tokenizer_from: str = ""  # reuse this tokenizer.json or Hugging Face tokenizer folder instead of training one
     max_mb: float = 0.0  # stop reading after this many MB of cleaned text (0 = read everything); for quick runs
     tokenizer_train_mb: float = 0.0  # learn the tokenizer from at most this many MB of train text (0 = all of it)
@@ -416,7 +416,8 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         limit = int(cfg.tokenizer_train_mb * 1e6)
         texts = (t for batch, _ in _read_spool(spools["train"].path, 1 << 20, limit) for t, _ in batch)
         with ui.progress(f"training {kind} tokenizer", total=None) as _:
-            tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, cfg.vocab_size)
+            vocab = cfg.vocab_size or toklib.auto_vocab(kind, spools["train"].bytes)
+            tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, vocab)
     tok_seconds = time.perf_counter() - t_tok
     ids = toklib.special_ids(tok)
     vocab_size = tok.get_vocab_size()

@@ -17,6 +17,7 @@ file format: `transformers.PreTrainedTokenizerFast(tokenizer_file=...)` loads it
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -37,8 +38,16 @@ SPECIAL_TOKENS: dict[str, str] = {
 _SPECIAL_LIST = list(SPECIAL_TOKENS.values())
 _SPECIAL_SET = frozenset(_SPECIAL_LIST)
 
-# vocabulary used when --vocab-size is 0
+# vocabulary used when --vocab-size is 0 and the corpus size is unknown (the largest auto choice)
 DEFAULT_VOCAB = {"bpe": 8192, "wordpiece": 8192, "byte": 256 + len(SPECIAL_TOKENS)}
+# With --vocab-size 0, `prepare` sizes a learned vocabulary to the corpus: one token type per
+# AUTO_VOCAB_BYTES bytes of training text, rounded to a power of two, between AUTO_VOCAB_MIN and
+# DEFAULT_VOCAB. Every type must be seen often enough to learn its embedding, and on a small corpus a
+# large vocabulary also makes the output layer most of a small model's compute: 8,192 types for the
+# 1 MB Tiny Shakespeare leave the rarest types seen a handful of times. This gives 2,048 there, 4,096
+# for the ~2 MB built-in python-docs corpus, and 8,192 from ~3 MB up (docs/data.md).
+AUTO_VOCAB_BYTES = 512
+AUTO_VOCAB_MIN = 1024
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -62,6 +71,14 @@ def min_vocab(kind: str) -> int:
     needs the specials and some characters (its alphabet is added on top when larger)."""
     return {"bpe": 256 + len(SPECIAL_TOKENS), "wordpiece": len(SPECIAL_TOKENS) + 26,
             "byte": DEFAULT_VOCAB["byte"]}[kind]
+
+
+def auto_vocab(kind: str, train_bytes: int | None) -> int:
+    """The vocabulary `--vocab-size 0` means for `kind` and a training text of `train_bytes`."""
+    if kind == "byte" or not train_bytes:
+        return DEFAULT_VOCAB[kind]
+    v = 2 ** round(math.log2(max(1.0, train_bytes / AUTO_VOCAB_BYTES)))
+    return int(min(DEFAULT_VOCAB[kind], max(AUTO_VOCAB_MIN, v)))
 
 
 def check_vocab(kind: str, vocab_size: int) -> int:

@@ -66,7 +66,7 @@ class TrainConfig:
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
     device: str = "auto"  # auto | cpu | cuda | mps | xla
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto measures bf16 speed on CPU)
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile (auto: on for CUDA only)
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile (auto: on for CUDA, and on CPU for budgets of 5m or more)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     seed: int = 0  # random seed (weights, data order, masking)
     eval_every: float = 0.25  # evaluate every this fraction of the budget (0 = only at the end)
@@ -89,64 +89,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# automatic sizing (the planner replaces this rule when it is wired in)
-
-
-@dataclass
-class AutoChoice:
-    model: ModelConfig
-    batch_size: int  # global sequences per step
-    reason: str
-    dropout: float = 0.0  # regularisation for runs that repeat the data many times
+# automatic sizing: the planner (issue 4) on a calibration of this device
 
 
 # Peak LR per optimizer, tuned on Tiny Shakespeare (4 layers x 256, 4,096-token batches): muon at 1e-2
 # beat 3e-3 (docs/bench/training.md); AdamW's 3e-3 is the usual choice for models this small.
 AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
-AUTO_MFU = 0.4  # model-FLOPs utilisation assumed when sizing (measured 0.40-0.50 on this project's CPU)
-# Training tokens the budget must afford per non-embedding parameter. Chinchilla's ~20 (Hoffmann et al.
-# 2022) is for large models trained on fresh data; at CPU budgets of minutes on a ~1 MB corpus the
-# optimum sits lower. Calibrated on Tiny Shakespeare at the compute of 2 CPU minutes (equal FLOPs):
-# depth 2 with 3.5M tokens (8 tokens/param) 2.17 bits/byte, depth 3 with 1.3M (1/param) 2.24, depth 4
-# with 0.6M (0.19/param) 2.42 (docs/bench/training.md). 2 sits between the winner and the runner-up
-# and gives the same choice for any measured peak between 200 and 400 GFLOP/s. `budgetlm plan`
-# (issue 4) replaces this whole rule when wired in.
-TOKENS_PER_PARAM = 2.0
-MAX_AUTO_DEPTH = 16
+# Without --budget (only --max-steps/--max-tokens) the planner sizes the model as for this long.
+PLAN_BUDGET_WITHOUT_CLOCK_S = 600.0
 # Repeated data loses value after a few epochs (Muennighoff et al. 2023) and small corpora overfit:
 # the 10-minute Tiny Shakespeare run (10 epochs, no dropout) had its best validation loss at 75% of the
-# budget. Runs expected to see the data this many times get dropout (nanoGPT's Shakespeare uses 0.2).
+# budget. Runs planned to see the data this many times get dropout (nanoGPT's Shakespeare uses 0.2).
 DROPOUT_EPOCHS = 10.0
 AUTO_DROPOUT = 0.1
 
 
-def choose_model(objective: str, vocab_size: int, budget_s: float | None, train_tokens: int,
-                 flops_per_s: float, seq_len: int = 0) -> AutoChoice:
-    """Size a model for the budget: the deepest model (nanochat's depth dial) for which the budget
-    still affords TOKENS_PER_PARAM training tokens per non-embedding parameter at AUTO_MFU of the
-    device's peak. Isolated here so that `budgetlm.plan` can replace it (issue 4, item 5)."""
-    from budgetlm.models.presets import flops_per_token, model_config, num_params
+@dataclass
+class AutoChoice:
+    model: ModelConfig
+    batch_size: int  # global sequences per optimizer step
+    micro_batch: int  # sequences per forward/backward on each device
+    activation_checkpointing: bool
+    dropout: float  # regularisation for runs that repeat the data many times
+    reason: str
+    plan: dict[str, Any]  # the planner's whole plan (budgetlm.plan.Plan.to_json())
 
-    causal = objective == "causal"
-    T = seq_len or (256 if causal else 128)
-    budget_s = budget_s or 600.0
-    compute = budget_s * flops_per_s * AUTO_MFU
-    best = None
-    for depth in range(1, MAX_AUTO_DEPTH + 1):
-        cfg = model_config(depth, vocab_size, causal=causal, max_seq_len=T)
-        n = num_params(cfg, embeddings=False)
-        tokens = compute / flops_per_token(cfg, T)
-        if best is None or tokens >= TOKENS_PER_PARAM * n:
-            best = (cfg, tokens, n)
-    cfg, tokens, n = best
-    reason = (f"depth {cfg.n_layer} ({n / 1e6:.2f}M non-embedding params): the budget affords "
-              f"~{tokens / 1e6:.1f}M tokens ({tokens / max(train_tokens, 1):.1f} epochs) at "
-              f"{AUTO_MFU:.0%} of {flops_per_s / 1e9:.0f} GFLOP/s")
-    epochs = tokens / max(train_tokens, 1)
+
+def plan_model(objective: str, vocab_size: int, budget_s: float | None, train_tokens: int, seq_len: int,
+               optimizer: str, rt) -> AutoChoice:
+    """`budgetlm plan` for this run: calibrate this device (cached per device, precision and sequence
+    length), choose the compute-optimal model for the budget and the data, and the micro-batch,
+    accumulation and checkpointing that fit. Rank 0 plans; every rank trains rank 0's plan."""
+    from budgetlm import runtime
+    from budgetlm.bench import auto_configure
+
+    T = seq_len or (256 if objective == "causal" else 128)
+    plan = None
+    if rt.is_main:
+        p = auto_configure(budget_s or PLAN_BUDGET_WITHOUT_CLOCK_S, train_tokens, T, objective, vocab_size,
+                           rt.precision, rt.world_size, optimizer)
+        plan = p.to_json()
+    plan = runtime.broadcast_object(rt, plan)
+    mcfg = from_dict(ModelConfig, plan["model"])
+    epochs = plan["tokens"] / max(train_tokens, 1)
     dropout = AUTO_DROPOUT if epochs >= DROPOUT_EPOCHS else 0.0
+    sizing = plan.get("sizing", {})
+    reason = (f"planned: depth {mcfg.n_layer} is the lowest predicted loss ({sizing.get('law', 'scaling law')}) "
+              f"for ~{plan['tokens'] / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan['tokens_per_second']:,.0f} "
+              f"tokens/s ({plan['mfu_source']} MFU {plan['mfu']:.2f})")
     if dropout:
         reason += f"; dropout {dropout:g} (>= {DROPOUT_EPOCHS:g} epochs)"
-    return AutoChoice(cfg, 16 if causal else 64, reason, dropout)
+    return AutoChoice(mcfg, plan["global_batch_tokens"] // T, plan["micro_batch"],
+                      bool(plan["activation_checkpointing"]), dropout, reason, plan)
+
+
+def show_plan(plan: dict[str, Any], budget_s: float | None) -> None:
+    """The plan the run will follow, as `budgetlm plan` would print its key lines."""
+    mem = plan["memory"]["total"]
+    rows = [
+        ["model", f"depth {plan['depth']}, {plan['params'] / 1e6:.2f}M params, seq {plan['seq_len']}"],
+        ["tokens", f"{plan['tokens']:,}" + (f" ({plan['epochs']:.1f} epochs)" if plan.get("epochs") else "")],
+        ["batch", f"{plan['global_batch_tokens']:,} tokens/step = micro {plan['micro_batch']} x accumulation "
+                  f"{plan['grad_accum']} x {plan['num_devices']} device(s)"],
+        ["precision", f"{plan['precision']}, activation checkpointing {'on' if plan['activation_checkpointing'] else 'off'}"],
+        ["memory", f"{mem / 2**20:,.0f} MiB of {plan['device_memory_bytes'] / 2**30:,.1f} GiB"],
+        ["speed", f"{plan['tokens_per_second']:,.0f} tokens/s, MFU {plan['mfu']:.2f} ({plan['mfu_source']})"],
+        ["time", format_duration(budget_s or plan["seconds"])],
+    ]
+    rows += [["note", n] for n in plan.get("notes", [])]
+    ui.table(f"plan on {plan['device']}", ["", "value"], rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,32 +195,38 @@ def _resolve_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int, rt) -> tuple[ModelConfig, int, float, str]:
-    from budgetlm import runtime
+def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int, rt) -> tuple[TrainConfig, ModelConfig, str]:
+    """The model, and the run config with the automatic choices (batch, micro-batch, lr, dropout,
+    checkpointing) filled in where the user left them at 0/auto."""
     from budgetlm.models.presets import model_config
 
     causal = cfg.objective == "causal"
+    T = cfg.seq_len or (256 if causal else 128)
+    fill: dict[str, Any] = {}
     if cfg.model == "auto":
-        peak, _ = runtime.peak_flops(rt)
-        if not math.isfinite(peak):
-            peak = 1e14
-        choice = choose_model(cfg.objective, vocab_size, budget_s, train_tokens, peak * rt.world_size, cfg.seq_len)
-        mcfg, batch, reason = choice.model, choice.batch_size, "auto: " + choice.reason
-        if cfg.dropout == 0.0:
-            cfg = dataclasses.replace(cfg, dropout=choice.dropout)
+        choice = plan_model(cfg.objective, vocab_size, budget_s, train_tokens, T, cfg.optimizer, rt)
+        if rt.is_main:
+            show_plan(choice.plan, budget_s)
+        mcfg, reason = choice.model, "auto: " + choice.reason
+        fill = {"batch_size": choice.batch_size, "micro_batch": choice.micro_batch, "dropout": choice.dropout,
+                "activation_checkpointing": choice.activation_checkpointing}
     else:
         try:
-            mcfg = model_config(cfg.model, vocab_size, causal=causal, max_seq_len=cfg.seq_len or (256 if causal else 128))
+            mcfg = model_config(cfg.model, vocab_size, causal=causal, max_seq_len=T)
         except ValueError as e:
             raise BudgetError(str(e)) from None
-        batch, reason = 16 if causal else 64, f"--model {cfg.model}"
+        fill, reason = {"batch_size": 16 if causal else 64}, f"--model {cfg.model}"
+    # a flag the user gave wins over the automatic choice
+    defaults = TrainConfig()
+    if cfg.batch_size:
+        fill.pop("micro_batch", None)  # the planned micro-batch was for the planned batch
+    fill = {k: v for k, v in fill.items() if getattr(cfg, k) == getattr(defaults, k)}
+    cfg = dataclasses.replace(cfg, **fill, lr=cfg.lr or AUTO_LR[cfg.optimizer], seq_len=T)
     if cfg.n_embd:
         heads = max(1, cfg.n_embd // 64) if cfg.n_embd % 64 == 0 else max(1, cfg.n_embd // 32)
         mcfg = dataclasses.replace(mcfg, n_embd=cfg.n_embd, n_head=heads)
-    if cfg.seq_len:
-        mcfg = dataclasses.replace(mcfg, max_seq_len=cfg.seq_len)
-    mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
-    return mcfg, (cfg.batch_size or batch), (cfg.lr or AUTO_LR[cfg.optimizer]), reason
+    mcfg = dataclasses.replace(mcfg, max_seq_len=T, dropout=cfg.dropout)
+    return cfg, mcfg, reason
 
 
 def _check_tokenizer_matches(data_dir: Path, ckpt: Path, vocab: int, model_vocab: int) -> None:
@@ -272,8 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _check_tokenizer_matches(data_dir, resume_ckpt, vocab, mcfg.vocab_size)
         batch_size, lr, reason = cfg.batch_size, cfg.lr, f"resumed from {resume_ckpt.name}"
     else:
-        mcfg, batch_size, lr, reason = _model_config(cfg, vocab, budget_s, len(train_tokens), rt)
-        cfg = dataclasses.replace(cfg, batch_size=batch_size, lr=lr, seq_len=mcfg.max_seq_len)
+        cfg, mcfg, reason = _model_config(cfg, vocab, budget_s, len(train_tokens), rt)
+        batch_size, lr = cfg.batch_size, cfg.lr
     T = mcfg.max_seq_len
     world = rt.world_size
     if batch_size % world:
@@ -302,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         state = LoopState.from_dict(saved["loop"])
         runtime.set_rng_state(saved["rng"])
     scaler = runtime.make_grad_scaler(rt)
-    train_model = runtime.maybe_compile(runtime.wrap_ddp(model, rt), rt, cfg.compile)
+    train_model = runtime.maybe_compile(runtime.wrap_ddp(model, rt), rt, cfg.compile, budget_s)
     fpt = flops_per_token(mcfg, T)
     peak, peak_note = runtime.peak_flops(rt)
 
@@ -322,6 +339,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m = runtime.unwrap(train_model)
         if len(val_tokens) == 0:
             return {}
+        was_training = m.training
+        m.eval()  # no dropout: the final evaluation runs outside the loop, after training mode
+        try:
+            return _evaluate(m, max_tokens)
+        finally:
+            m.train(was_training)
+
+    def _evaluate(m, max_tokens: int | None) -> dict[str, Any]:
         if mcfg.causal:
             r = causal_nll(m, val_tokens, T, max(1, micro), rt, max_tokens)
             res = {"val_loss": r["loss"]}
