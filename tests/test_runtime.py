@@ -11,13 +11,27 @@ from budgetlm.config import BudgetError
 
 
 def test_cpu_auto_precision_follows_the_measured_matmul_speed(monkeypatch):
-    speeds = {"fp32": 190e9, "bf16": 420e9}
-    monkeypatch.setattr(runtime, "cpu_matmul_flops", lambda p, n=512, reps=5: speeds[p])
+    speeds = {torch.float32: 190e9, torch.bfloat16: 420e9}
+    monkeypatch.setattr(runtime, "_time_matmul", lambda dtype, n, reps, budget_s=0.05: speeds[dtype])
     prec, why = runtime.choose_precision("cpu", "auto")
     assert prec == "bf16" and "faster" in why
-    speeds["bf16"] = 1e9  # emulated bf16 (no AVX512-BF16/AMX): ~1 GFLOP/s
+    speeds[torch.bfloat16] = 1e9  # emulated bf16 (no AVX512-BF16/AMX): ~1 GFLOP/s
     prec, why = runtime.choose_precision("cpu", "auto")
     assert prec == "fp32" and "staying in fp32" in why
+
+
+def test_cpu_probe_survives_one_slow_round(monkeypatch):
+    """A burst of load during one round (bf16 timed slow once) must not flip the choice to fp32."""
+    calls = {"n": 0}
+
+    def timed(dtype, n, reps, budget_s=0.05):
+        if dtype == torch.bfloat16:
+            calls["n"] += 1
+            return 50e9 if calls["n"] == 1 else 400e9
+        return 190e9
+
+    monkeypatch.setattr(runtime, "_time_matmul", timed)
+    assert runtime.choose_precision("cpu", "auto")[0] == "bf16"
 
 
 def test_real_probe_is_fast_and_positive():

@@ -135,8 +135,12 @@ def _cpu_precision() -> tuple[str, str]:
     # Some CPUs run bf16 matmuls natively (AVX512-BF16, AMX) and twice as fast as fp32; others
     # emulate them ~100x slower. Only a measurement tells, so probe once (~10 ms) and require a
     # clear win before giving up fp32's accuracy.
-    f32 = cpu_matmul_flops("fp32", 256)
-    bf16 = cpu_matmul_flops("bf16", 256)
+    # Interleaved rounds, best of each: a burst of other load on a shared machine then slows one
+    # round of both, not all of one (a single 256^3 probe once chose fp32 here under load).
+    f32 = bf16 = 0.0
+    for _ in range(3):
+        f32 = max(f32, _time_matmul(DTYPES["fp32"], 384, 3))
+        bf16 = max(bf16, _time_matmul(DTYPES["bf16"], 384, 3))
     ratio = bf16 / f32
     if ratio >= 1.3:
         return "bf16", f"measured bf16 matmul {ratio:.1f}x faster than fp32 on this CPU"
