@@ -1,24 +1,29 @@
 """Training throughput: Hugging Face `transformers` (LlamaForCausalLM + Trainer, defaults, fp32) vs
-budgetlm's training loop, on the same model, in one run.
+budgetlm's training loop, on the same model, on CPU.
 
 Model (issue 3): a 6.9M-parameter Llama, width 256, 6 layers, 8 heads, MLP 704, vocabulary 8192,
 tied embeddings, sequence 512, batch 8. Data: random token ids (throughput does not depend on them).
 
-Each contender runs `--steps` optimizer steps after `--warmup` untimed ones; rounds alternate the
-contenders so that load from other processes hits them alike, and the best round of each is kept.
+budgetlm runs as `budgetlm train` would for a long CPU budget: the runtime's CPU set-up
+(`runtime.init_runtime`, which keeps freed memory in the heap) and `torch.compile`
+(`runtime.maybe_compile` with `--compile auto` and a budget of an hour). `--no-compile` measures the
+eager model. Each contender runs in its own process (the runtime's allocator setting is
+process-wide and must not leak into the other contender), `--steps` optimizer steps after
+`--warmup` untimed ones (compilation happens there); rounds alternate the contenders so that load
+from other processes hits them alike, and the best round of each is kept.
 MFU = model FLOPs per token (6N + 12 L C T, `budgetlm.models.presets.flops_per_token`) x tokens/s,
 divided by the *measured* matmul peak of this CPU in the precision used (`budgetlm.runtime`).
 
 Needs `accelerate` (transformers' Trainer requires it; not a budgetlm dependency):
     pip install --target /tmp/hfdeps --no-deps accelerate
     PYTHONPATH=/tmp/hfdeps python benchmarks/hf_throughput.py --json-out /tmp/hf.json
-"""
-
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -75,13 +80,14 @@ def hf_tokens_per_s(steps: int, warmup: int, seed: int) -> float:
     return steps * B * T / (clock.t1 - clock.t0)
 
 
-def budgetlm_tokens_per_s(precision: str, steps: int, warmup: int, seed: int) -> tuple[float, str]:
+def budgetlm_tokens_per_s(precision: str, steps: int, warmup: int, seed: int, compile_: bool) -> tuple[float, str]:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=H, intermediate_size=I, max_seq_len=T,
                       tie_embeddings=True)
     model = build_model(cfg)
     rt = runtime.init_runtime("cpu", precision, seed)
     opt = build_optimizer("adamw", model, OptimConfig(lr=5e-5))
+    train_model = runtime.maybe_compile(model, rt, "auto" if compile_ else "off", budget_s=3600.0)
     g = torch.Generator().manual_seed(seed)
 
     def batches():
@@ -89,31 +95,53 @@ def budgetlm_tokens_per_s(precision: str, steps: int, warmup: int, seed: int) ->
         return {"idx": x[:, :-1], "targets": x[:, 1:]}
 
     sched = ScheduleConfig(warmup=0.0, decay="constant")
-    train_loop(model, batches, opt, rt, LoopConfig(max_steps=warmup), sched, show_progress=False)
-    res = train_loop(model, batches, opt, rt, LoopConfig(max_steps=steps, log_every=10**9), sched,
+    train_loop(train_model, batches, opt, rt, LoopConfig(max_steps=warmup), sched, show_progress=False)
+    res = train_loop(train_model, batches, opt, rt, LoopConfig(max_steps=steps, log_every=10**9), sched,
                      show_progress=False)
     return res.state.tokens / res.state.elapsed_s, rt.precision
+
+
+def contender(name: str, steps: int, warmup: int, compile_: bool) -> tuple[float, str]:
+    """Run one contender in a fresh process; (tokens/s, precision)."""
+    cmd = [sys.executable, __file__, "--contender", name, "--steps", str(steps), "--warmup", str(warmup)]
+    if not compile_:
+        cmd.append("--no-compile")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["tokens_per_s"], out["precision"]
+
+
+def run_contender(name: str, steps: int, warmup: int, compile_: bool) -> None:
+    if name == "hf_trainer_fp32":
+        tps, prec = hf_tokens_per_s(steps, warmup, 0), "fp32"
+    else:
+        tps, prec = budgetlm_tokens_per_s(name.split("_")[1], steps, warmup, 0, compile_)
+    print(json.dumps({"tokens_per_s": tps, "precision": prec}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per round")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (torch.compile runs here)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
+    ap.add_argument("--no-compile", action="store_true", help="budgetlm without torch.compile")
     ap.add_argument("--json-out", default="", help="write the results here as JSON")
+    ap.add_argument("--contender", default="", help=argparse.SUPPRESS)  # internal: run one, print JSON
     args = ap.parse_args()
+    if args.contender:
+        run_contender(args.contender, args.steps, args.warmup, not args.no_compile)
+        return
 
     cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=H, intermediate_size=I, max_seq_len=T)
     fpt = flops_per_token(cfg, T)
     auto_prec, auto_reason = runtime.choose_precision("cpu", "auto")
-    contenders = {"hf_trainer_fp32": lambda: (hf_tokens_per_s(args.steps, args.warmup, 0), "fp32"),
-                  "budgetlm_fp32": lambda: budgetlm_tokens_per_s("fp32", args.steps, args.warmup, 0)}
-    if auto_prec != "fp32":
-        contenders["budgetlm_auto"] = lambda: budgetlm_tokens_per_s("auto", args.steps, args.warmup, 0)
+    names = ["hf_trainer_fp32", "budgetlm_fp32"] + (["budgetlm_auto"] if auto_prec != "fp32" else [])
     best: dict[str, tuple[float, str]] = {}
     for r in range(args.rounds):
-        for name, fn in contenders.items():
-            tps, prec = fn()
+        for name in names:
+            tps, prec = contender(name, args.steps, args.warmup, not args.no_compile)
             print(f"round {r + 1} {name}: {tps:,.0f} tokens/s ({prec})", flush=True)
             if name not in best or tps > best[name][0]:
                 best[name] = (tps, prec)
@@ -127,7 +155,7 @@ def main() -> None:
     out = {"params": num_params(cfg), "flops_per_token": fpt, "batch": B, "seq_len": T,
            "peak_matmul_gflops": {p: round(v / 1e9, 1) for p, v in peaks.items()},
            "auto_precision": [auto_prec, auto_reason], "results": rows, "steps": args.steps,
-           "rounds": args.rounds, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+           "rounds": args.rounds, "budgetlm_compile": not args.no_compile, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(out, indent=2))
     if args.json_out:

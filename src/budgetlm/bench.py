@@ -236,6 +236,10 @@ def calibrate(depths: list[int], seq_len: int, precisions: list[str] | None = No
     if bad:
         raise BudgetError(f"{device.id} cannot run {', '.join(bad)}: it supports {', '.join(supported) or 'none'}")
     mb = micro_batch or default_micro_batch(device.kind, seq_len)
+    if dtype == "cpu":
+        from budgetlm.runtime import keep_freed_cpu_memory
+
+        keep_freed_cpu_memory()  # as training does (runtime.init_runtime), so the speeds match
     results: dict[str, list[dict[str, Any]]] = {}
     rows = []
     for precision in precisions:

@@ -25,7 +25,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # rotary base frequency (RoFormer, Su et al. 2021)
     norm_eps: float = 1e-5  # epsilon of the RMSNorm / LayerNorm layers
     tie_embeddings: bool = True  # share the input embedding matrix with the output projection
-    dropout: float = 0.0  # dropout probability: 0 for pre-training (Cramming), ~0.1 for fine-tuning
+    dropout: float = 0.0  # residual-branch dropout probability: 0 for pre-training (Cramming), ~0.1 for fine-tuning
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:

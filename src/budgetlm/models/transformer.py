@@ -130,7 +130,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.n_head, self.head_dim = layer, cfg.n_head, cfg.head_dim
-        self.causal, self.dropout = cfg.causal, cfg.dropout
+        self.causal = cfg.causal
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)  # rows: [q; k; v]
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.proj_drop = nn.Dropout(cfg.dropout)
@@ -150,9 +150,10 @@ class Attention(nn.Module):
                 is_causal = False
                 if T > 1 and mask is None:
                     mask = _causal_mask(T, kv_cache.pos, x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, D)
+        # Dropout regularises the residual branches (proj_drop here, the MLP's and the embedding's),
+        # not the attention probabilities: SDPA with dropout_p > 0 leaves the fused flash kernel on
+        # CPU for the unfused path, measured 30% slower per training step (docs/bench/training.md).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -177,7 +178,9 @@ class MLP(nn.Module):
 
     def forward(self, x):
         a, b = self.w_in(x).chunk(2, dim=-1)  # (B, T, I) each
-        return self.w_out(self.drop(self.act(a) * b))
+        # dropout on the (B, T, C) output, as GPT-2 and nanoGPT do, not on the (B, T, I) hidden: a
+        # third of the random numbers, which cost as much as the matmuls in small models on CPU
+        return self.drop(self.w_out(self.act(a) * b))
 
 
 class Block(nn.Module):
