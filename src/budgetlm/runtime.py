@@ -345,6 +345,44 @@ def wrap_ddp(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     return DDP(model, device_ids=ids)
 
 
+def shard_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """FSDP (FSDP2's `fully_shard`): each transformer block is one shard unit, the rest (embedding,
+    final norm, head) the root; parameters become DTensors split across the ranks, and weights are
+    all-gathered per block in forward/backward. The module is sharded in place and returned."""
+    from torch.distributed.fsdp import fully_shard
+
+    if not rt.ddp:
+        return model
+    for block in getattr(model, "blocks", []):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def full_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The unsharded model and optimizer state dicts of a sharded model, on CPU, on rank 0 (other ranks
+    get empty dicts). A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: torch.nn.Module, optimizer, model_state: dict[str, Any] | None,
+                    optim_state: dict[str, Any] | None) -> None:
+    """Load full (unsharded) state dicts, present on every rank, into a sharded model/optimizer."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True)
+    if model_state is not None:
+        set_model_state_dict(model, model_state, options=opts)
+    if optim_state is not None:
+        set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and torch.compile wrappers (its state_dict has clean keys)."""
     while True:

@@ -68,6 +68,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto measures bf16 speed on CPU)
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile (auto: on for CUDA, and on CPU for budgets of 5m or more)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state across ranks (FSDP2) instead of DDP
     seed: int = 0  # random seed (weights, data order, masking)
     eval_every: float = 0.25  # evaluate every this fraction of the budget (0 = only at the end)
     eval_tokens: int = 65536  # val tokens used by the periodic evaluations (the final one uses all)
@@ -302,8 +303,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BudgetError(f"--micro-batch {micro} does not divide the per-device batch {per_rank}")
     accum = per_rank // micro
 
+    fsdp = cfg.fsdp and rt.ddp
+    if cfg.fsdp and not rt.ddp:
+        ui.warn("--fsdp has no effect in a single process: launch with torchrun --nproc_per_node N")
+    if fsdp and cfg.optimizer != "adamw":
+        raise BudgetError("--fsdp needs --optimizer adamw: Muon orthogonalises whole matrices, which FSDP "
+                          "splits across ranks")
     model = build_model(mcfg).to(rt.device)
     model.activation_checkpointing = cfg.activation_checkpointing
+    if resume_ckpt is not None:
+        ck.load_weights(model, resume_ckpt, rt.device)  # full weights, before any sharding
+    if fsdp:
+        runtime.shard_model(model, rt)  # before the optimizer: it must see the sharded parameters
     optimizer = build_optimizer(cfg.optimizer, model, OptimConfig(lr=lr, weight_decay=cfg.weight_decay))
     collator = None
     if not mcfg.causal:
@@ -313,19 +324,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          world_size=world, collator=collator)
     state = LoopState()
     if resume_ckpt is not None:
-        ck.load_weights(model, resume_ckpt, rt.device)
         saved = ck.load_state(resume_ckpt)
-        optimizer.load_state_dict(saved["optimizer"])
+        if fsdp:
+            runtime.load_full_state(model, optimizer, None, saved["optimizer"])
+        else:
+            optimizer.load_state_dict(saved["optimizer"])
         loader.load_state_dict(saved["loader"])
         state = LoopState.from_dict(saved["loop"])
         runtime.set_rng_state(saved["rng"])
     scaler = runtime.make_grad_scaler(rt)
-    train_model = runtime.maybe_compile(runtime.wrap_ddp(model, rt), rt, cfg.compile, budget_s)
+    train_model = runtime.maybe_compile(model if fsdp else runtime.wrap_ddp(model, rt), rt, cfg.compile, budget_s)
     fpt = flops_per_token(mcfg, T)
     peak, peak_note = runtime.peak_flops(rt)
 
     runtime.print0(rt, f"[bold]model[/] {describe(mcfg)}  ({reason})")
-    runtime.print0(rt, f"[bold]device[/] {rt.device_type} x{world}, precision {rt.precision} ({rt.precision_reason})")
+    parallel = " (FSDP)" if fsdp else (" (DDP)" if rt.ddp else "")
+    runtime.print0(rt, f"[bold]device[/] {rt.device_type} x{world}{parallel}, precision {rt.precision} "
+                       f"({rt.precision_reason})")
     runtime.print0(rt, f"[bold]batch[/] {batch_size} x {T} = {batch_size * T:,} tokens/step "
                        f"(micro {micro}, accumulation {accum}), lr {lr:g}, {cfg.optimizer}")
     runtime.print0(rt, f"[bold]data[/] {len(train_tokens):,} train / {len(val_tokens):,} val tokens; "
@@ -359,13 +374,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = masked_metrics(m, val_tokens, T, max(1, micro), rt, collator, max_tokens)
         return {"val_loss": r["loss"], "val_accuracy": r["accuracy"]}
 
+    plain: list[Any] = []  # FSDP: an unsharded CPU copy of the model, what checkpoints are written from
+
+    def unsharded():
+        if not plain:
+            plain.append(build_model(mcfg))
+        return plain[0]
+
     def save(st: LoopState, last_eval: dict[str, Any] | None, val_loss: float | None = None) -> None:
+        if fsdp:
+            model_state, optim_state = runtime.full_state(model, optimizer)  # every rank takes part
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / "config.json", cfg)
-            payload = {"optimizer": optimizer.state_dict(), "loop": st.to_dict(), "loader": loader.state_dict(),
-                       "rng": runtime.rng_state()}
-            ck.save_checkpoint(out, st.step, model, {**run_meta, "metrics": last_eval or {}}, payload,
+            to_save = model
+            if fsdp:
+                to_save = unsharded()
+                to_save.load_state_dict(model_state)
+            payload = {"optimizer": optim_state if fsdp else optimizer.state_dict(), "loop": st.to_dict(),
+                       "loader": loader.state_dict(), "rng": runtime.rng_state()}
+            ck.save_checkpoint(out, st.step, to_save, {**run_meta, "metrics": last_eval or {}}, payload,
                                tok_path, cfg.keep_last, val_loss)
         runtime.barrier(rt)
         _fault_hook(st.step)
@@ -375,8 +403,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not ckpts:
             return None
         saved = ck.load_state(ckpts[-1])
-        ck.load_weights(model, ckpts[-1], rt.device)
-        optimizer.load_state_dict(saved["optimizer"])
+        if fsdp:
+            ck.load_weights(unsharded(), ckpts[-1])
+            runtime.load_full_state(model, optimizer, unsharded().state_dict(), saved["optimizer"])
+        else:
+            ck.load_weights(model, ckpts[-1], rt.device)
+            optimizer.load_state_dict(saved["optimizer"])
         loader.load_state_dict(saved["loader"])
         return LoopState.from_dict(saved["loop"])
 
@@ -415,7 +447,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "elapsed_s": round(state.elapsed_s, 2), "train_loss": result.train_loss,
         "val_loss": final_eval.get("val_loss"), "params": num_params(mcfg),
         "model": describe(mcfg), "precision": rt.precision, "device": rt.device_type,
-        "world_size": world, "nan_skipped": state.nan_skipped, "rollbacks": state.rollbacks,
+        "world_size": world, "parallel": "fsdp" if fsdp else ("ddp" if rt.ddp else "none"), "nan_skipped": state.nan_skipped, "rollbacks": state.rollbacks,
         "interrupted": result.interrupted,
     }
     if "val_bpb" in final_eval:

@@ -285,6 +285,8 @@ def train_loop(
                 scaler.unscale_(optimizer)
             if cfg.grad_clip > 0:
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if hasattr(gnorm, "full_tensor"):  # FSDP: a DTensor holding the global norm
+                    gnorm = gnorm.full_tensor()
             else:
                 gnorm = torch.zeros(())
             if scaler is None and finite and not _is_finite(gnorm):
