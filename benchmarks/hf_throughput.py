@@ -17,6 +17,8 @@ divided by the *measured* matmul peak of this CPU in the precision used (`budget
 Needs `accelerate` (transformers' Trainer requires it; not a budgetlm dependency):
     pip install --target /tmp/hfdeps --no-deps accelerate
     PYTHONPATH=/tmp/hfdeps python benchmarks/hf_throughput.py --json-out /tmp/hf.json
+"""
+
 from __future__ import annotations
 
 import argparse
