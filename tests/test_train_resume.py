@@ -75,26 +75,36 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def torchrun(*args):
+    """`budgetlm ARGS` in two gloo processes under torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm", *args]
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True)
+
+
+def assert_same_run(single, other):
+    """Same step losses and the same final weights as the single-process run (3 steps)."""
+    a, b = step_losses(single), step_losses(other)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=1e-5)
+    wa = load_file(single / "checkpoints" / "step_000003" / "model.safetensors")
+    wb = load_file(other / "checkpoints" / "step_000003" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for n in wa:
+        torch.testing.assert_close(wa[n], wb[n], rtol=1e-4, atol=1e-6)
+
+
 def test_ddp_gloo_two_processes_match_one(data, tmp_path):
     flags = ["--max-steps", "3", "--batch-size", "4"]
     single = tmp_path / "single"
     assert main(train_cmd(data, single, *flags)[3:]) == 0
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm",
-           *train_cmd(data, ddp, *flags)[3:], "--json"]
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True)
+    proc = torchrun(*train_cmd(data, ddp, *flags)[3:], "--json")
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
     (line,) = proc.stdout.decode().strip().splitlines()  # one JSON answer (rank 0's), not one per rank
     assert json.loads(line)["world_size"] == 2
-    a, b = step_losses(single), step_losses(ddp)
-    assert sorted(a) == sorted(b) == [1, 2, 3]
-    for s in a:
-        assert a[s] == pytest.approx(b[s], rel=1e-5)
-    wa = load_file(single / "checkpoints" / "step_000003" / "model.safetensors")
-    wb = load_file(ddp / "checkpoints" / "step_000003" / "model.safetensors")
-    for n in wa:
-        torch.testing.assert_close(wa[n], wb[n], rtol=1e-4, atol=1e-6)
+    assert_same_run(single, ddp)
     summary = json.loads((ddp / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["tokens"] == 3 * 4 * 32
     assert os.path.isfile(ddp / "report.md")
@@ -107,24 +117,10 @@ def test_fsdp_gloo_two_processes_match_one(data, tmp_path):
     single = tmp_path / "single"
     assert main(train_cmd(data, single, *flags)[3:]) == 0
     sharded = tmp_path / "fsdp"
-
-    def torchrun(*args):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm", *args]
-        return subprocess.run(cmd, env=subprocess_env(), capture_output=True)
-
     proc = torchrun(*train_cmd(data, sharded, *flags, "--fsdp")[3:], "--json")
     assert proc.returncode == 0, proc.stderr.decode()[-1500:]
     assert json.loads(proc.stdout.decode().strip())["parallel"] == "fsdp"
-    a, b = step_losses(single), step_losses(sharded)
-    assert sorted(a) == sorted(b) == [1, 2, 3]
-    for s in a:
-        assert a[s] == pytest.approx(b[s], rel=1e-5)
-    wa = load_file(single / "checkpoints" / "step_000003" / "model.safetensors")
-    wb = load_file(sharded / "checkpoints" / "step_000003" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for n in wa:
-        torch.testing.assert_close(wa[n], wb[n], rtol=1e-4, atol=1e-6)
+    assert_same_run(single, sharded)
     # resume the sharded run (its optimizer state was gathered and is scattered back)
     proc = torchrun("train", "--data", str(data), "--out", str(sharded), "--max-steps", "4", "--resume", "--json")
     assert proc.returncode == 0, proc.stderr.decode()[-1500:]
@@ -132,9 +128,6 @@ def test_fsdp_gloo_two_processes_match_one(data, tmp_path):
 
 
 def test_fsdp_refuses_muon(data, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm",
-           *train_cmd(data, tmp_path / "r", "--max-steps", "1", "--fsdp", "--optimizer", "muon")[3:]]
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True)
+    proc = torchrun(*train_cmd(data, tmp_path / "r", "--max-steps", "1", "--fsdp", "--optimizer", "muon")[3:])
     assert proc.returncode != 0 and b"--fsdp needs --optimizer adamw" in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -1,6 +1,6 @@
 """`budgetlm train --data DIR --out RUN [--objective causal|masked] [--budget DURATION]`.
 
-Wires the pieces together: dataset + tokenizer -> model config (explicit, or `choose_model` for the
+Wires the pieces together: dataset + tokenizer -> model config (explicit, or the planner's plan for the
 budget) -> runtime (device, precision, DDP) -> optimizer, schedule, loader -> `train.loop` with
 evaluation and checkpoint hooks -> final evaluation on the whole val split, final checkpoint,
 RUN/report.md with a loss curve. `--resume` continues a run with its budget accounting intact.
@@ -61,7 +61,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = 0.4  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
-    dropout: float = 0.0  # dropout probability (0 for pre-training, as Cramming)
+    dropout: float = 0.0  # residual dropout (0 = none, as Cramming; auto runs planned to repeat the data 10+ times get 0.2)
     mask_rate: float = 0.25  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
     device: str = "auto"  # auto | cpu | cuda | mps | xla
