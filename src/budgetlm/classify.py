@@ -20,10 +20,12 @@ import torch
 
 from budgetlm import ui
 from budgetlm.config import BudgetError
+from budgetlm.evaluate import in_eval_mode
 from budgetlm.labelled import collate, length_sorted_batches, read_labelled
 
 
 @torch.no_grad()
+@in_eval_mode
 def predict_proba(
     model: torch.nn.Module,
     seqs: Sequence[Sequence[int]],
@@ -33,8 +35,6 @@ def predict_proba(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Class probabilities (N, num_labels) for token sequences, in their original order."""
-    was_training = model.training
-    model.eval()
     out: np.ndarray | None = None
     for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
         idx, mask, tt = collate([seqs[i] for i in batch], pad_id, [token_types[i] for i in batch] if token_types else None)
@@ -44,7 +44,6 @@ def predict_proba(
         if out is None:
             out = np.zeros((len(seqs), probs.shape[1]), dtype=np.float32)
         out[batch] = probs
-    model.train(was_training)
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -16,9 +16,10 @@ A fine-tuned classifier run is handed to `budgetlm.finetune.evaluate_classifier`
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,6 +36,22 @@ EVAL_MASK_SEED = 1234  # fixed masking seed: masked-LM numbers are comparable ac
 # the arithmetic (used by `train` too)
 
 
+def in_eval_mode(fn: Callable) -> Callable:
+    """Decorate a measurement `fn(model, ...)`: it runs with dropout off, whatever mode the caller
+    left the model in (inside the training loop or after it), and the model's mode is restored."""
+
+    @functools.wraps(fn)
+    def wrapper(model: torch.nn.Module, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return wrapper
+
+
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     """Total negative log-likelihood in nats -> bits per UTF-8 byte."""
     if n_bytes <= 0:
@@ -43,6 +60,7 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
 
 
 @torch.no_grad()
+@in_eval_mode
 def causal_nll(model: torch.nn.Module, tokens, seq_len: int, batch_size: int, rt: runtime.Runtime,
                max_tokens: int | None = None) -> dict[str, float]:
     """Sum of next-token NLL (nats) over tokens[1:n] with n = len(tokens) or max_tokens.
@@ -75,6 +93,7 @@ def _sum_nll(model: torch.nn.Module, windows: np.ndarray, rt: runtime.Runtime) -
 
 
 @torch.no_grad()
+@in_eval_mode
 def masked_metrics(model: torch.nn.Module, tokens, seq_len: int, batch_size: int, rt: runtime.Runtime,
                    collator, max_tokens: int | None = None, seed: int = EVAL_MASK_SEED) -> dict[str, float]:
     """Masked-LM loss and accuracy over non-overlapping windows, masked with a fixed seed."""

@@ -355,14 +355,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m = runtime.unwrap(train_model)
         if len(val_tokens) == 0:
             return {}
-        was_training = m.training
-        m.eval()  # no dropout: the final evaluation runs outside the loop, after training mode
-        try:
-            return _evaluate(m, max_tokens)
-        finally:
-            m.train(was_training)
-
-    def _evaluate(m, max_tokens: int | None) -> dict[str, Any]:
         if mcfg.causal:
             r = causal_nll(m, val_tokens, T, max(1, micro), rt, max_tokens)
             res = {"val_loss": r["loss"]}
