@@ -21,6 +21,8 @@ from pathlib import Path
 
 from shakespeare_time_to_quality import locked, prepare_split, train_run
 
+from budgetlm.train.checkpoint import read_meta, resolve_checkpoint
+
 # run-config fields the half/double runs copy from the planned run (everything but the model size)
 KEPT = ("seq_len", "batch_size", "micro_batch", "dropout", "lr", "optimizer", "precision", "compile",
         "activation_checkpointing", "seed")
@@ -63,9 +65,10 @@ def main() -> None:
         with locked(args.lock):
             s, wall = train_run(data, work / f"run-{budget}-planner", "--budget", budget)
         cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
-        depth, params = int(s["model"].split("L x")[0].split()[-1]), int(s["params"])
+        model = read_meta(resolve_checkpoint(s["run_dir"]))["model_config"]  # the planned model
+        depth, params = int(model["n_layer"]), int(s["params"])
         rows = [{"budget": budget, "role": "planner", "depth": depth, "params": params, "wall_s": wall,
-                 "width": int(s["model"].split("L x ")[1].split("C")[0]), **s}]
+                 "width": int(model["n_embd"]), **s}]
         print(f"budget {budget}: planner {s['model']}: val bpb {s['val_bpb']:.4f}, {s['tokens']:,} tokens",
               flush=True)
         flags = [x for k in KEPT for x in (f"--{k.replace('_', '-')}", str(cfg[k]))

@@ -225,7 +225,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-
 # --------------------------------------------------------------------------------------------------
 # encoders: texts -> token ids, for budgetlm tokenizers and Hugging Face tokenizers
 

@@ -152,7 +152,9 @@ class Attention(nn.Module):
                     mask = _causal_mask(T, kv_cache.pos, x.device)
         # Dropout regularises the residual branches (proj_drop here, the MLP's and the embedding's),
         # not the attention probabilities: SDPA with dropout_p > 0 leaves the fused flash kernel on
-        # CPU for the unfused path, measured 30% slower per training step (docs/bench/training.md).
+        # CPU for the unfused path. With dropout 0.1 here and on the MLP hidden, a depth-3 model trained
+        # at 8.4k tokens/s; on the residual branches only, 10.5k; without dropout, 11.8k
+        # (docs/bench/training.md).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -125,10 +126,9 @@ def plan_model(objective: str, vocab_size: int, budget_s: float | None, train_to
     from budgetlm import runtime
     from budgetlm.bench import auto_configure
 
-    T = seq_len or (256 if objective == "causal" else 128)
     plan = None
     if rt.is_main:
-        p = auto_configure(budget_s or PLAN_BUDGET_WITHOUT_CLOCK_S, train_tokens, T, objective, vocab_size,
+        p = auto_configure(budget_s or PLAN_BUDGET_WITHOUT_CLOCK_S, train_tokens, seq_len, objective, vocab_size,
                            rt.precision, rt.world_size, optimizer)
         plan = p.to_json()
     plan = runtime.broadcast_object(rt, plan)
@@ -141,7 +141,7 @@ def plan_model(objective: str, vocab_size: int, budget_s: float | None, train_to
               f"tokens/s ({plan['mfu_source']} MFU {plan['mfu']:.2f})")
     if dropout:
         reason += f"; dropout {dropout:g} (>= {DROPOUT_EPOCHS:g} epochs)"
-    return AutoChoice(mcfg, plan["global_batch_tokens"] // T, plan["micro_batch"],
+    return AutoChoice(mcfg, plan["global_batch_tokens"] // seq_len, plan["micro_batch"],
                       bool(plan["activation_checkpointing"]), dropout, reason, plan)
 
 
@@ -366,12 +366,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = masked_metrics(m, val_tokens, T, max(1, micro), rt, collator, max_tokens)
         return {"val_loss": r["loss"], "val_accuracy": r["accuracy"]}
 
-    plain: list[Any] = []  # FSDP: an unsharded CPU copy of the model, what checkpoints are written from
-
+    @functools.cache
     def unsharded():
-        if not plain:
-            plain.append(build_model(mcfg))
-        return plain[0]
+        """FSDP: an unsharded CPU copy of the model, built once, that checkpoints are written from."""
+        return build_model(mcfg)
 
     def save(st: LoopState, last_eval: dict[str, Any] | None, val_loss: float | None = None) -> None:
         if fsdp:
