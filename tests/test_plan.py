@@ -153,15 +153,28 @@ def test_repeated_data_is_discounted():
     assert P.effective_tokens(100e6, 1e6) < 17e6  # many epochs saturate near 1 + R* = 16.4
 
 
-def test_auto_plan_grows_with_budget_and_with_scarce_data():
+def test_auto_plan_grows_with_budget_but_not_with_scarce_data():
     dev = get_device("nvidia-a100-sxm4-80gb", CATALOG)
     small = P.auto_plan(dev, 600, None, 512, vocab_size=32000)
     big = P.auto_plan(dev, 86400, None, 512, vocab_size=32000)
     assert big.params > small.params and big.seconds == pytest.approx(86400)
     assert big.sizing["candidates"] and big.sizing["chosen_depth"] == big.depth
     scarce = P.auto_plan(dev, 86400, 10_000_000, 512, vocab_size=32000)
-    assert scarce.depth >= big.depth and scarce.epochs > 4
-    assert any("data-limited" in n for n in scarce.notes)
+    # repeats make excess parameters worth less still (Muennighoff et al. 2023): no bigger model
+    assert scarce.params == big.params and scarce.epochs > 4
+    assert any("data-limited" in n and "more data" in n for n in scarce.notes)
+
+
+def test_auto_plan_chooses_the_lowest_predicted_loss_among_shapes():
+    dev = get_device("cpu", CATALOG)
+    p = P.auto_plan(dev, 600, 300_000, 256, vocab_size=2048)
+    m = p.model
+    assert m["n_embd"] % P.WIDTH_STEP == 0 and P.MIN_ASPECT <= m["n_embd"] / m["n_layer"] <= P.MAX_ASPECT
+    assert m["n_head"] * (64 if m["n_embd"] % 64 == 0 else 32) == m["n_embd"]
+    cands = p.sizing["candidates"]
+    assert (cands[0]["depth"], cands[0]["width"]) == (m["n_layer"], m["n_embd"])
+    assert cands == sorted(cands, key=lambda c: c["predicted_loss"]) and len({c["width"] for c in cands}) > 1
+    assert P.shapes(3) == [(1, 32), (2, 64), (2, 96), (3, 96), (3, 128)]
 
 
 def test_nothing_fits_says_what_would():

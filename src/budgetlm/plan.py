@@ -291,7 +291,7 @@ class Plan:
     num_devices: int  # data-parallel devices (FSDP shards the model state across them)
     objective: str  # causal | masked
     model: dict[str, Any]  # ModelConfig fields of the chosen model
-    depth: int  # the depth dial of budgetlm.models.presets
+    depth: int  # layers (n_layer)
     params: int  # exact parameter count
     tokens: int  # tokens trained
     data_tokens: int | None  # tokens in the data set (None = unknown: unlimited)
@@ -519,59 +519,92 @@ def scaling_params(cfg: ModelConfig) -> int:
     return n - (cfg.vocab_size * cfg.n_embd if not cfg.tie_embeddings else 0)
 
 
+# Shapes the planner considers: widths in steps of WIDTH_STEP channels (64 from 512 up, so that
+# wide models keep 64-wide heads and GPU-friendly multiples of 64), from MIN_ASPECT to
+# MAX_ASPECT channels per layer. Deep-and-thin beats wide-and-shallow at a fixed size for small
+# models (MobileLLM, Liu et al. 2024, sec. 2.2.2), so the widest shape per layer stays below the
+# depth dial's 64 (nanochat's aspect ratio, chosen for far larger models). On Tiny Shakespeare at 10
+# minutes, 3 layers x 128 (aspect 43) beat the dial's 3 x 192 by 0.03 bits/byte (docs/bench/planning.md).
+WIDTH_STEP = 32
+MIN_ASPECT = 32
+MAX_ASPECT = 48
+
+
+def shapes(max_depth: int) -> list[tuple[int, int]]:
+    """(depth, width) candidates, smallest first within each depth."""
+    out = []
+    for depth in range(1, max_depth + 1):
+        lo = max(WIDTH_STEP, MIN_ASPECT * depth)
+        out += [(depth, w) for w in range(lo, max(lo, MAX_ASPECT * depth) + 1, WIDTH_STEP)
+                if w < 512 or w % 64 == 0]
+    return out
+
+
 def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq_len: int,
               objective: str = "causal", vocab_size: int = 8192, calibration: dict | None = None,
               num_devices: int = 1, optimizer: str = "adamw", max_depth: int = 48,
               precisions: tuple[str, ...] | None = None, pred_fraction: float | None = None,
               allow_checkpointing: bool = True) -> Plan:
-    """Choose the model (on the depth dial of budgetlm.models.presets) that the Besiroglu-refit
-    Chinchilla law predicts reaches the lowest loss in `budget_s` on this device, given the data
-    (repeats discounted). Returns the full plan; `plan.model` are ModelConfig kwargs for the trainer."""
+    """Choose the model shape (depth x width, see `shapes`) that the Besiroglu-refit Chinchilla
+    law predicts reaches the lowest loss in `budget_s` on this device. Returns the full plan;
+    `plan.model` are ModelConfig kwargs for the trainer.
+
+    The size is chosen for the tokens the budget trains, as if they were all fresh. Repeating a
+    small corpus makes each token worth less (Muennighoff et al. 2023), but it makes excess
+    parameters worth less still (their R*_N = 5.3 against R*_D = 15.4): with repeats the optimum
+    moves to more epochs, not to a bigger model. Discounting only the data, as this planner once
+    did, grew the model instead and lost 0.03 bits/byte on Tiny Shakespeare (docs/bench/planning.md);
+    applying both discounts extrapolates the law far below the sizes it was fitted on and picks
+    models of ~50k parameters. The repeats are reported (plan.epochs, sizing.effective_tokens) and
+    drive the trainer's dropout."""
     if budget_s <= 0:
         raise BudgetError("the budget must be positive")
     causal = objective == "causal"
     candidates = []
-    for depth in range(1, max_depth + 1):
-        cfg = model_config(depth, vocab_size, causal=causal, max_seq_len=seq_len)
+    too_big_from = max_depth + 1  # the shallowest depth whose narrowest shape does not fit
+    for depth, width in shapes(max_depth):
+        if depth >= too_big_from:
+            break
+        cfg = model_config(depth, vocab_size, causal=causal, max_seq_len=seq_len, width=width)
         p = estimate(cfg, device, 0, seq_len, num_devices, optimizer, calibration, tokens_available,
                      pred_fraction, precisions, budget_s=budget_s, allow_checkpointing=allow_checkpointing)
         if not p.fits:
-            break  # deeper models are bigger still
-        d_eff = effective_tokens(p.tokens, tokens_available)
-        loss = BESIROGLU.loss(scaling_params(cfg), max(d_eff, 1.0))
-        candidates.append((loss, depth, p, d_eff))
+            if width == max(WIDTH_STEP, MIN_ASPECT * depth):
+                too_big_from = depth  # deeper models are bigger still
+            continue
+        loss = BESIROGLU.loss(scaling_params(cfg), max(p.tokens, 1.0))
+        candidates.append((loss, cfg, p))
     if not candidates:
         cfg = model_config(1, vocab_size, causal=causal, max_seq_len=seq_len)
         raise BudgetError(f"no model fits on {device.id}: "
                           + _what_would_fit(cfg, device, seq_len, optimizer, num_devices, pred_fraction))
-    loss, depth, plan, d_eff = min(candidates, key=lambda c: c[0])
+    loss, cfg, plan = min(candidates, key=lambda c: c[0])
     compute = plan.tokens_per_second * budget_s * plan.flops_per_token
     n_opt = BESIROGLU.optimal_params(compute)
     n_20 = math.sqrt(compute / (6 * TOKENS_PER_PARAM))
+    d_eff = effective_tokens(plan.tokens, tokens_available)
     plan.sizing = {
         "compute_flops": compute,
         "law": "Besiroglu et al. 2024 refit of Chinchilla approach 3",
-        "chosen_depth": depth,
+        "chosen_depth": cfg.n_layer,
+        "chosen_width": cfg.n_embd,
         "predicted_loss": loss,
-        "scaling_params": scaling_params(model_config(depth, vocab_size, causal=causal)),
+        "scaling_params": scaling_params(cfg),
         "besiroglu_optimal_params": n_opt,
         "besiroglu_optimal_tokens": compute / (6 * n_opt),
         "tokens_per_param_rule": TOKENS_PER_PARAM,
         "rule_optimal_params": n_20,
         "rule_optimal_tokens": TOKENS_PER_PARAM * n_20,
         "effective_tokens": d_eff,
-        "candidates": [{"depth": d, "params": p.params, "tokens": p.tokens, "predicted_loss": round(l, 4)}
-                       for l, d, p, _ in candidates],
+        "candidates": [{"depth": c.n_layer, "width": c.n_embd, "params": p.params, "tokens": p.tokens,
+                        "predicted_loss": round(l, 4)} for l, c, p in sorted(candidates, key=lambda c: c[0])[:8]],
     }
     if tokens_available and plan.tokens > tokens_available:
-        unlimited = min(candidates, key=lambda c: BESIROGLU.loss(scaling_params(
-            model_config(c[1], vocab_size, causal=causal)), max(c[2].tokens, 1.0)))[1]
-        plan.sizing["unlimited_data_depth"] = unlimited
         plan.notes.append(
             f"data-limited: {tokens_available:,} tokens of data for {plan.tokens:,} trained "
-            f"({plan.epochs:.1f} epochs, worth {d_eff / tokens_available:.1f} epochs of fresh data); "
-            + (f"depth {depth} instead of the unlimited-data optimum {unlimited}" if unlimited != depth
-               else "the repeats do not change the best depth"))
+            f"({plan.epochs:.1f} epochs, worth {d_eff / tokens_available:.1f} epochs of fresh data"
+            + ("; beyond ~16 epochs repeats add little: more data would help more than more time)"
+               if plan.epochs and plan.epochs > REPEAT_HALF_LIFE else ")"))
     return plan
 
 

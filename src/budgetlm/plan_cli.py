@@ -86,7 +86,7 @@ def show(plan: P.Plan) -> None:
     """Print a plan for humans (stdout, or stderr under --json); `train` and `demo` call it too."""
     m = plan.model
     ui.info(f"[bold]plan[/] for {plan.device}" + (f" x{plan.num_devices}" if plan.num_devices > 1 else "")
-            + f": {plan.objective} model, depth {plan.depth} ({m['n_layer']} layers x {m['n_embd']} wide, "
+            + f": {plan.objective} model, {m['n_layer']} layers x {m['n_embd']} wide ("
             f"{m['n_head']} heads), {plan.params / 1e6:,.2f}M parameters")
     rows = [[k, _gib(v), f"{100 * v / plan.memory['total']:.0f}%"] for k, v in plan.memory.items() if k != "total"]
     rows.append(["total", _gib(plan.memory["total"]),
@@ -115,7 +115,7 @@ def show(plan: P.Plan) -> None:
         ui.info(f"compute-optimal: {s['compute_flops']:.3g} FLOPs; Besiroglu et al. 2024 N_opt "
                 f"{s['besiroglu_optimal_params'] / 1e6:,.2f}M for {s['besiroglu_optimal_tokens'] / 1e6:,.1f}M tokens; "
                 f"20 tokens/param: {s['rule_optimal_params'] / 1e6:,.2f}M for {s['rule_optimal_tokens'] / 1e6:,.1f}M tokens; "
-                f"chosen depth {s['chosen_depth']} ({s['scaling_params'] / 1e6:,.2f}M scaling params), "
+                f"chosen {s['chosen_depth']} layers x {s['chosen_width']} wide ({s['scaling_params'] / 1e6:,.2f}M scaling params), "
                 f"Chinchilla-fit loss {s['predicted_loss']:.3f} (extrapolated; only its minimum over sizes is used)")
     for note in plan.notes:
         ui.warn(note)

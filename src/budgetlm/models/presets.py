@@ -46,12 +46,21 @@ def depth_of(preset_or_depth: str | int) -> int:
     return depth
 
 
+def heads_for(width: int) -> int:
+    """Attention heads for a width: 64-wide heads where the width allows, else 32-wide ones
+    (widths that are multiples of 32 but not of 64, such as 96 or 160)."""
+    if width % HEAD_DIM == 0:
+        return width // HEAD_DIM
+    return max(1, width // (HEAD_DIM // 2))
+
+
 def model_config(preset_or_depth: str | int, vocab_size: int, causal: bool = True,
-                 max_seq_len: int = 512, **overrides) -> ModelConfig:
-    """A ModelConfig for a preset name or a depth; keyword overrides replace any derived field."""
+                 max_seq_len: int = 512, width: int | None = None, **overrides) -> ModelConfig:
+    """A ModelConfig for a preset name or a depth, `width` channels wide (default: 64 x depth);
+    keyword overrides replace any derived field."""
     depth = depth_of(preset_or_depth)
-    width = ASPECT_RATIO * depth
-    cfg = ModelConfig(vocab_size=vocab_size, n_layer=depth, n_embd=width, n_head=width // HEAD_DIM,
+    width = width or ASPECT_RATIO * depth
+    cfg = ModelConfig(vocab_size=vocab_size, n_layer=depth, n_embd=width, n_head=heads_for(width),
                       max_seq_len=max_seq_len, causal=causal)
     return replace(cfg, **overrides) if overrides else cfg
 

@@ -136,7 +136,7 @@ def plan_model(objective: str, vocab_size: int, budget_s: float | None, train_to
     epochs = plan["tokens"] / max(train_tokens, 1)
     dropout = AUTO_DROPOUT if epochs >= DROPOUT_EPOCHS else 0.0
     sizing = plan.get("sizing", {})
-    reason = (f"planned: depth {mcfg.n_layer} is the lowest predicted loss ({sizing.get('law', 'scaling law')}) "
+    reason = (f"planned: {mcfg.n_layer} layers x {mcfg.n_embd} wide is the lowest predicted loss ({sizing.get('law', 'scaling law')}) "
               f"for ~{plan['tokens'] / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan['tokens_per_second']:,.0f} "
               f"tokens/s ({plan['mfu_source']} MFU {plan['mfu']:.2f})")
     if dropout:
@@ -149,7 +149,7 @@ def show_plan(plan: dict[str, Any], budget_s: float | None) -> None:
     """The plan the run will follow, as `budgetlm plan` would print its key lines."""
     mem = plan["memory"]["total"]
     rows = [
-        ["model", f"depth {plan['depth']}, {plan['params'] / 1e6:.2f}M params, seq {plan['seq_len']}"],
+        ["model", f"{plan['depth']} layers x {plan['model']['n_embd']} wide, {plan['params'] / 1e6:.2f}M params, seq {plan['seq_len']}"],
         ["tokens", f"{plan['tokens']:,}" + (f" ({plan['epochs']:.1f} epochs)" if plan.get("epochs") else "")],
         ["batch", f"{plan['global_batch_tokens']:,} tokens/step = micro {plan['micro_batch']} x accumulation "
                   f"{plan['grad_accum']} x {plan['num_devices']} device(s)"],
@@ -200,7 +200,7 @@ def _resolve_config(args: argparse.Namespace) -> TrainConfig:
 def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int, rt) -> tuple[TrainConfig, ModelConfig, str]:
     """The model, and the run config with the automatic choices (batch, micro-batch, lr, dropout,
     checkpointing) filled in where the user left them at 0/auto."""
-    from budgetlm.models.presets import model_config
+    from budgetlm.models.presets import heads_for, model_config
 
     causal = cfg.objective == "causal"
     T = cfg.seq_len or (256 if causal else 128)
@@ -225,8 +225,7 @@ def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int
     fill = {k: v for k, v in fill.items() if getattr(cfg, k) == getattr(defaults, k)}
     cfg = dataclasses.replace(cfg, **fill, lr=cfg.lr or AUTO_LR[cfg.optimizer], seq_len=T)
     if cfg.n_embd:
-        heads = max(1, cfg.n_embd // 64) if cfg.n_embd % 64 == 0 else max(1, cfg.n_embd // 32)
-        mcfg = dataclasses.replace(mcfg, n_embd=cfg.n_embd, n_head=heads)
+        mcfg = dataclasses.replace(mcfg, n_embd=cfg.n_embd, n_head=heads_for(cfg.n_embd))
     mcfg = dataclasses.replace(mcfg, max_seq_len=T, dropout=cfg.dropout)
     return cfg, mcfg, reason
 
