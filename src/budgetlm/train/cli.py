@@ -18,12 +18,6 @@ import functools
 import math
 import os
 import signal
-
-# OpenMP threads that spin while idle steal the cores from each other whenever the CPU is shared
-# (other jobs, a test suite, a second torchrun rank): measured here, a training step ran 4x slower
-# in median with the default policy than with sleeping threads. The variable is read when torch loads,
-# so it is set before anything imports torch; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
