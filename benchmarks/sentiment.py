@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/budgetlm-sentiment", help="scratch folder (datasets, runs, logs)")
     ap.add_argument("--pretrain-budget", default="15m", help="masked LM pre-training budget")
     ap.add_argument("--finetune-budget", default="8m", help="fine-tuning budget (each of the two models)")
-    ap.add_argument("--model", default="mini", help="preset or depth of the pre-trained model")
+    ap.add_argument("--model", default="auto", help="pre-trained model: auto (the planner's, as train's default), a preset or a depth")
     ap.add_argument("--seq-len", type=int, default=128, help="pre-training context")
     ap.add_argument("--max-len", type=int, default=0, help="fine-tuning tokens per example (0: 64 sst2 / 128 imdb)")
     ap.add_argument("--finetune-args", default="", help="extra flags for both finetune runs (quoted)")

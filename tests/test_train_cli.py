@@ -146,7 +146,21 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     # planning again reuses the cached calibration (nothing re-measured) and gives the trained plan
     assert json.loads((budgetlm_home / "calibration.json").read_text()) == cal
     assert meta["model_config"]["n_layer"] == plan.depth
+    assert meta["model_config"]["n_embd"] == plan.model["n_embd"]
     assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
+    assert plan.epochs >= 10 and cfg["dropout"] == 0.2  # many planned epochs: automatic dropout
+    # an explicit --dropout 0 wins over the automatic rate (0 is not "not given")
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "nodrop"), "--max-steps", "1",
+                       "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256",
+                       "--dropout", "0")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "nodrop" / "config.json").read_text())["dropout"] == 0.0
+
+
+def test_dropout_out_of_range_is_one_line_error(data, tmp_path, capsys):
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "1",
+                       "--dropout", "1.5")
+    assert rc != 0 and "--dropout must be in [0, 1)" in err and "Traceback" not in err
 
 
 def test_final_evaluation_runs_without_dropout(data, tmp_path, capsys):

@@ -533,11 +533,15 @@ MIN_ASPECT = 32
 MAX_ASPECT = 48
 
 
+def _narrowest(depth: int) -> int:
+    return max(WIDTH_STEP, -(-MIN_ASPECT * depth // WIDTH_STEP) * WIDTH_STEP)  # rounded up to a step
+
+
 def shapes(max_depth: int) -> list[tuple[int, int]]:
     """(depth, width) candidates, smallest first within each depth."""
     out = []
     for depth in range(1, max_depth + 1):
-        lo = max(WIDTH_STEP, MIN_ASPECT * depth)
+        lo = _narrowest(depth)
         out += [(depth, w) for w in range(lo, max(lo, MAX_ASPECT * depth) + 1, WIDTH_STEP)
                 if w < 512 or w % 64 == 0]
     return out
@@ -572,7 +576,7 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
         p = estimate(cfg, device, 0, seq_len, num_devices, optimizer, calibration, tokens_available,
                      pred_fraction, precisions, budget_s=budget_s, allow_checkpointing=allow_checkpointing)
         if not p.fits:
-            if width == max(WIDTH_STEP, MIN_ASPECT * depth):
+            if width == _narrowest(depth):
                 too_big_from = depth  # deeper models are bigger still
             continue
         loss = BESIROGLU.loss(scaling_params(cfg), max(p.tokens, 1.0))

@@ -115,7 +115,7 @@ def show(plan: P.Plan) -> None:
         ui.info(f"compute-optimal: {s['compute_flops']:.3g} FLOPs; Besiroglu et al. 2024 N_opt "
                 f"{s['besiroglu_optimal_params'] / 1e6:,.2f}M for {s['besiroglu_optimal_tokens'] / 1e6:,.1f}M tokens; "
                 f"20 tokens/param: {s['rule_optimal_params'] / 1e6:,.2f}M for {s['rule_optimal_tokens'] / 1e6:,.1f}M tokens; "
-                f"chosen {s['chosen_depth']} layers x {s['chosen_width']} wide ({s['scaling_params'] / 1e6:,.2f}M scaling params), "
+                f"chosen {s['chosen_depth']} layers x {s['chosen_width']} wide ({s['scaling_params'] / 1e6:,.2f}M non-embedding params), "
                 f"Chinchilla-fit loss {s['predicted_loss']:.3f} (extrapolated; only its minimum over sizes is used)")
     for note in plan.notes:
         ui.warn(note)

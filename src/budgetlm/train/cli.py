@@ -56,7 +56,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = 0.4  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
-    dropout: float = 0.0  # residual dropout (0 = none, as Cramming; auto runs planned to repeat the data 10+ times get 0.2)
+    dropout: float = -1.0  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 10+ times, else none, as Cramming)
     mask_rate: float = 0.25  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
     device: str = "auto"  # auto | cpu | cuda | mps | xla
@@ -185,6 +185,8 @@ def _resolve_config(args: argparse.Namespace) -> TrainConfig:
         raise BudgetError("give --data DIR: a dataset folder written by `budgetlm prepare`")
     if not (cfg.budget or cfg.max_steps or cfg.max_tokens):
         raise BudgetError("give a budget: --budget DURATION (e.g. 10m), --max-steps N or --max-tokens N")
+    if not (cfg.dropout == -1 or 0 <= cfg.dropout < 1):
+        raise BudgetError(f"--dropout must be in [0, 1) (or -1 for auto), got {cfg.dropout:g}")
     if cfg.budget:
         parse_duration(cfg.budget)  # validate early, one clear line
     parse_duration(cfg.checkpoint_every)
@@ -218,6 +220,8 @@ def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int
         fill.pop("micro_batch", None)  # the planned micro-batch was for the planned batch
     fill = {k: v for k, v in fill.items() if getattr(cfg, k) == getattr(defaults, k)}
     cfg = dataclasses.replace(cfg, **fill, lr=cfg.lr or AUTO_LR[cfg.optimizer], seq_len=T)
+    if cfg.dropout < 0:  # auto, and no plan chose a rate
+        cfg = dataclasses.replace(cfg, dropout=0.0)
     if cfg.n_embd:
         mcfg = dataclasses.replace(mcfg, n_embd=cfg.n_embd, n_head=heads_for(cfg.n_embd))
     mcfg = dataclasses.replace(mcfg, max_seq_len=T, dropout=cfg.dropout)
