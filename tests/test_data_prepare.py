@@ -321,6 +321,9 @@ def test_interrupted_run_leaves_no_complete_looking_folder(tmp_path, sig):
         [sys.executable, "-m", "budgetlm", "prepare", str(src), "--out", str(out), "--tokenizer", "bpe",
          "--vocab-size", "400", "--txt-documents", "line"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+        # inherited SIG_IGN (no KeyboardInterrupt): give the child the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 60
     spool = None

@@ -609,9 +609,7 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
     if tokens_available and plan.tokens > tokens_available:
         plan.notes.append(
             f"data-limited: {tokens_available:,} tokens of data for {plan.tokens:,} trained "
-            f"({plan.epochs:.1f} epochs, worth {d_eff / tokens_available:.1f} epochs of fresh data"
-            + ("; beyond ~16 epochs repeats add little: more data would help more than more time)"
-               if plan.epochs and plan.epochs > REPEAT_HALF_LIFE else ")"))
+            f"({plan.epochs:.1f} epochs, worth {d_eff / tokens_available:.1f} epochs of fresh data)")
     return plan
 
 
