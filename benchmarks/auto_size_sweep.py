@@ -31,15 +31,11 @@ KEPT = ("seq_len", "batch_size", "micro_batch", "dropout", "lr", "optimizer", "p
 def resized(depth: int, vocab: int, seq_len: int, target_params: float) -> tuple[int, int]:
     """(width, params) at `depth` whose parameter count is closest to target_params (width a
     multiple of 32, as `train --n-embd` accepts)."""
-    from dataclasses import replace
-
     from budgetlm.models.presets import model_config, num_params
 
-    base = model_config(depth, vocab, max_seq_len=seq_len)
     best = None
     for w in range(32, 4097, 32):
-        heads = w // 64 if w % 64 == 0 else w // 32
-        n = num_params(replace(base, n_embd=w, n_head=heads))
+        n = num_params(model_config(depth, vocab, max_seq_len=seq_len, width=w))
         if best is None or abs(n - target_params) < abs(best[1] - target_params):
             best = (w, n)
     return best

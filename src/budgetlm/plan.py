@@ -585,7 +585,8 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
         cfg = model_config(1, vocab_size, causal=causal, max_seq_len=seq_len)
         raise BudgetError(f"no model fits on {device.id}: "
                           + _what_would_fit(cfg, device, seq_len, optimizer, num_devices, pred_fraction))
-    loss, cfg, plan = min(candidates, key=lambda c: c[0])
+    candidates.sort(key=lambda c: c[0])
+    loss, cfg, plan = candidates[0]
     compute = plan.tokens_per_second * budget_s * plan.flops_per_token
     n_opt = BESIROGLU.optimal_params(compute)
     n_20 = math.sqrt(compute / (6 * TOKENS_PER_PARAM))
@@ -604,7 +605,7 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
         "rule_optimal_tokens": TOKENS_PER_PARAM * n_20,
         "effective_tokens": d_eff,
         "candidates": [{"depth": c.n_layer, "width": c.n_embd, "params": p.params, "tokens": p.tokens,
-                        "predicted_loss": round(l, 4)} for l, c, p in sorted(candidates, key=lambda c: c[0])[:8]],
+                        "predicted_loss": round(l, 4)} for l, c, p in candidates[:8]],
     }
     if tokens_available and plan.tokens > tokens_available:
         plan.notes.append(
