@@ -43,6 +43,26 @@ def test_bench_writes_and_merges_calibration(capsys, tmp_path, monkeypatch):
     assert json.loads(capsys.readouterr().out)["mfu_source"] == "calibration"
 
 
+def test_calibration_keeps_other_sequence_lengths_and_plans_prefer_their_own(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    assert cli.main(["bench", "--json", *TINY]) == 0
+    assert cli.main(["bench", "--json", *TINY[:4], "32", *TINY[5:]]) == 0  # --seq-len 32
+    assert cli.main(["bench", "--json", *TINY]) == 0  # seq 16 again: replaces seq 16 only
+    capsys.readouterr()
+    entry = next(iter(calibration.load(tmp_path / "calibration.json")["devices"].values()))
+    points = entry["precisions"]["fp32"]
+    assert sorted((p["seq_len"], p["depth"]) for p in points) == [(16, 1), (16, 2), (32, 1), (32, 2)]
+    # a plan at seq 32 uses the seq-32 points alone: scaling their speed moves its MFU, the others do not
+    from budgetlm.catalog import get_device, load_catalog
+
+    dev = get_device("cpu", load_catalog())
+    cfg = model_config(2, 64, max_seq_len=32)
+    before = P.mfu_for(dev, "fp32", cfg, 32, entry)[0]
+    for p in points:
+        p["achieved_flops"] *= 2 if p["seq_len"] == 32 else 10
+    assert P.mfu_for(dev, "fp32", cfg, 32, entry)[0] == pytest.approx(2 * before)
+
+
 def test_bench_refuses_a_corrupt_calibration_without_touching_it(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
     path = tmp_path / "calibration.json"

@@ -131,7 +131,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     rc, res, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", "--seq-len", "32",
                          "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256")
     assert rc == 0, err
-    assert "plan on" in err and "planned: " in err and " wide is the lowest" in err  # the plan is shown before training
+    assert "plan on" in err and "planned: " in err and " wide is the compute-optimal size" in err  # the plan is shown before training
     cal = json.loads((budgetlm_home / "calibration.json").read_text())
     (entry,) = cal["devices"].values()
     assert {p["seq_len"] for p in entry["precisions"]["fp32"]} == {32}

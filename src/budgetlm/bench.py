@@ -284,7 +284,10 @@ def calibrate(depths: list[int], seq_len: int, precisions: list[str] | None = No
             entry["disk_read_bytes_per_second"] = speed
     elif old.get("disk_read_bytes_per_second"):
         entry["disk_read_bytes_per_second"] = old["disk_read_bytes_per_second"]
-    merged = {**old, **entry, "precisions": {**old.get("precisions", {}), **results}}
+    # a new measurement replaces the old points of its precision at its sequence length and keeps
+    # those of other lengths (mfu_for prefers points at the planned length)
+    kept = {p: [r for r in pts if r.get("seq_len") != seq_len] for p, pts in (old.get("precisions") or {}).items()}
+    merged = {**old, **entry, "precisions": {**kept, **{p: kept.get(p, []) + r for p, r in results.items()}}}
     out = {"device": device.id, "device_key": device_key(info), **merged}
     if write:
         written = calib.save_device(device_key(info), merged, path)

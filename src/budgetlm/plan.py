@@ -260,10 +260,14 @@ def peak_flops(device: Device, precision: str) -> float | None:
 def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
             calibration: dict[str, Any] | None = None) -> tuple[float, str]:
     """(MFU, where it came from). Calibration points (from `budgetlm bench`) are interpolated in
-    log FLOPs per token, clamped at the ends."""
+    log FLOPs per token, clamped at the ends; points measured at `seq_len` are used alone when
+    there are any (`train` calibrates at its own sequence length): on a 2-core CPU the same model
+    and tokens per step ran 15-20% faster at 256 tokens per sequence than at 128, which FLOPs per
+    token do not predict (docs/bench/planning.md)."""
     points = ((calibration or {}).get("precisions") or {}).get(precision) or []
     peak = peak_flops(device, precision)
     points = [p for p in points if p.get("achieved_flops")]
+    points = [p for p in points if p.get("seq_len") == seq_len] or points
     if points and peak:
         # MFU is recomputed against this device's peak, so a calibration measures achieved FLOP/s
         # and stays valid whatever peak figure the catalog carries.
@@ -527,9 +531,10 @@ def scaling_params(cfg: ModelConfig) -> int:
 # MAX_ASPECT channels per layer. Deep-and-thin beats wide-and-shallow at a fixed size for small
 # models (MobileLLM, Liu et al. 2024, sec. 2.2.2), so the widest shape per layer stays below the
 # depth dial's 64 (nanochat's aspect ratio, chosen for far larger models). On Tiny Shakespeare at 10
-# minutes, 3 layers x 128 (aspect 43) beat the dial's 3 x 192 by 0.03 bits/byte (docs/bench/planning.md).
+# minutes, 3 layers x 128 (aspect 43) beat the dial's 3 x 192 by 0.03 bits/byte, and at 2 minutes
+# 3 x 64 (aspect 21) beat 3 x 96 by 0.02 (docs/bench/planning.md), hence the narrow end at 16.
 WIDTH_STEP = 32
-MIN_ASPECT = 32
+MIN_ASPECT = 16
 MAX_ASPECT = 48
 
 
@@ -552,18 +557,28 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
               num_devices: int = 1, optimizer: str = "adamw", max_depth: int = 48,
               precisions: tuple[str, ...] | None = None, pred_fraction: float | None = None,
               allow_checkpointing: bool = True) -> Plan:
-    """Choose the model shape (depth x width, see `shapes`) that the Besiroglu-refit Chinchilla
-    law predicts reaches the lowest loss in `budget_s` on this device. Returns the full plan;
-    `plan.model` are ModelConfig kwargs for the trainer.
+    """Choose the compute-optimal model shape (depth x width, see `shapes`) for `budget_s` on this
+    device. Returns the full plan; `plan.model` are ModelConfig kwargs for the trainer.
+
+    Each shape that fits trains D tokens in the budget at its predicted throughput, which is
+    C = 6 N D of the law's compute (N = non-embedding parameters, `scaling_params`). The shape
+    chosen is the one nearest (in log N) to the law's optimum for its own C,
+    N_opt(C) = G (C/6)^(b/(a+b)) (Hoffmann et al. 2022 eq. 4, Besiroglu et al. 2024 refit): the
+    fixed point where the model is as big as its compute says it should be. Shapes of almost the
+    same distance go to the deeper one (MobileLLM: deep and thin).
+
+    Why not the shape with the lowest predicted loss L(N, D)? It was the rule until 2026-12-01 and
+    it chose too big for small budgets: real throughput falls slower than 1/N for small models
+    (the output layer and attention cost the same whatever the depth), so L(N, D(N)) keeps
+    rewarding size where the law was never fitted. On Tiny Shakespeare it chose 3 x 96 at 2 minutes
+    (2.178 bits/byte) where the half-size 3 x 64 reached 2.156; the fixed point chooses 3 x 64
+    (docs/bench/planning.md).
 
     The size is chosen for the tokens the budget trains, as if they were all fresh. Repeating a
     small corpus makes each token worth less (Muennighoff et al. 2023), but it makes excess
     parameters worth less still (their R*_N = 5.3 against R*_D = 15.4): with repeats the optimum
-    moves to more epochs, not to a bigger model. Discounting only the data, as this planner once
-    did, grew the model instead and lost 0.03 bits/byte on Tiny Shakespeare (docs/bench/planning.md);
-    applying both discounts extrapolates the law far below the sizes it was fitted on and picks
-    models of ~50k parameters. The repeats are reported (plan.epochs, sizing.effective_tokens) and
-    drive the trainer's dropout."""
+    moves to more epochs, not to a bigger model. The repeats are reported (plan.epochs,
+    sizing.effective_tokens) and drive the trainer's dropout."""
     if budget_s <= 0:
         raise BudgetError("the budget must be positive")
     causal = objective == "causal"
@@ -579,33 +594,38 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
             if width == _narrowest(depth):
                 too_big_from = depth  # deeper models are bigger still
             continue
-        loss = BESIROGLU.loss(scaling_params(cfg), max(p.tokens, 1.0))
-        candidates.append((loss, cfg, p))
+        n, d = scaling_params(cfg), max(p.tokens, 1.0)
+        n_opt = BESIROGLU.optimal_params(6 * n * d)
+        # distance rounded to 1% so that near-ties go to the deeper shape
+        candidates.append((round(abs(math.log(n / n_opt)), 2), -depth, n_opt, cfg, p))
     if not candidates:
         cfg = model_config(1, vocab_size, causal=causal, max_seq_len=seq_len)
         raise BudgetError(f"no model fits on {device.id}: "
                           + _what_would_fit(cfg, device, seq_len, optimizer, num_devices, pred_fraction))
-    candidates.sort(key=lambda c: c[0])
-    loss, cfg, plan = candidates[0]
-    compute = plan.tokens_per_second * budget_s * plan.flops_per_token
-    n_opt = BESIROGLU.optimal_params(compute)
-    n_20 = math.sqrt(compute / (6 * TOKENS_PER_PARAM))
+    candidates.sort(key=lambda c: c[:2])
+    _, _, n_opt, cfg, plan = candidates[0]
+    law_compute = 6 * scaling_params(cfg) * plan.tokens
+    n_20 = math.sqrt(law_compute / (6 * TOKENS_PER_PARAM))
     d_eff = effective_tokens(plan.tokens, tokens_available)
     plan.sizing = {
-        "compute_flops": compute,
+        "compute_flops": plan.tokens * plan.flops_per_token,
+        "law_compute_flops": law_compute,
         "law": "Besiroglu et al. 2024 refit of Chinchilla approach 3",
+        "rule": "shape nearest the law's N_opt(6 N D) (non-embedding N, D = tokens the budget trains)",
         "chosen_depth": cfg.n_layer,
         "chosen_width": cfg.n_embd,
-        "predicted_loss": loss,
+        "predicted_loss": BESIROGLU.loss(scaling_params(cfg), max(plan.tokens, 1.0)),
         "scaling_params": scaling_params(cfg),
         "besiroglu_optimal_params": n_opt,
-        "besiroglu_optimal_tokens": compute / (6 * n_opt),
+        "besiroglu_optimal_tokens": law_compute / (6 * n_opt),
         "tokens_per_param_rule": TOKENS_PER_PARAM,
         "rule_optimal_params": n_20,
         "rule_optimal_tokens": TOKENS_PER_PARAM * n_20,
         "effective_tokens": d_eff,
-        "candidates": [{"depth": c.n_layer, "width": c.n_embd, "params": p.params, "tokens": p.tokens,
-                        "predicted_loss": round(l, 4)} for l, c, p in candidates[:8]],
+        "candidates": [{"depth": c.n_layer, "width": c.n_embd, "params": p.params,
+                        "scaling_params": scaling_params(c), "optimal_params": round(no), "tokens": p.tokens,
+                        "predicted_loss": round(BESIROGLU.loss(scaling_params(c), max(p.tokens, 1.0)), 4)}
+                       for _, _, no, c, p in candidates[:8]],
     }
     if tokens_available and plan.tokens > tokens_available:
         plan.notes.append(

@@ -112,11 +112,12 @@ def show(plan: P.Plan) -> None:
     ])
     s = plan.sizing
     if s:
-        ui.info(f"compute-optimal: {s['compute_flops']:.3g} FLOPs; Besiroglu et al. 2024 N_opt "
-                f"{s['besiroglu_optimal_params'] / 1e6:,.2f}M for {s['besiroglu_optimal_tokens'] / 1e6:,.1f}M tokens; "
-                f"20 tokens/param: {s['rule_optimal_params'] / 1e6:,.2f}M for {s['rule_optimal_tokens'] / 1e6:,.1f}M tokens; "
-                f"chosen {s['chosen_depth']} layers x {s['chosen_width']} wide ({s['scaling_params'] / 1e6:,.2f}M non-embedding params), "
-                f"Chinchilla-fit loss {s['predicted_loss']:.3f} (extrapolated; only its minimum over sizes is used)")
+        ui.info(f"compute-optimal: chosen {s['chosen_depth']} layers x {s['chosen_width']} wide, "
+                f"{s['scaling_params'] / 1e6:,.2f}M non-embedding params for C = 6ND = {s['law_compute_flops']:.3g} FLOPs, "
+                f"where Besiroglu et al. 2024 give N_opt {s['besiroglu_optimal_params'] / 1e6:,.2f}M for "
+                f"{s['besiroglu_optimal_tokens'] / 1e6:,.1f}M tokens (20 tokens/param: "
+                f"{s['rule_optimal_params'] / 1e6:,.2f}M for {s['rule_optimal_tokens'] / 1e6:,.1f}M tokens); "
+                f"all FLOPs incl. attention and output layer {s['compute_flops']:.3g}")
     for note in plan.notes:
         ui.warn(note)
 

@@ -130,7 +130,7 @@ def plan_model(objective: str, vocab_size: int, budget_s: float | None, train_to
     epochs = plan["tokens"] / max(train_tokens, 1)
     dropout = AUTO_DROPOUT if epochs >= DROPOUT_EPOCHS else 0.0
     sizing = plan.get("sizing", {})
-    reason = (f"planned: {mcfg.n_layer} layers x {mcfg.n_embd} wide is the lowest predicted loss ({sizing.get('law', 'scaling law')}) "
+    reason = (f"planned: {mcfg.n_layer} layers x {mcfg.n_embd} wide is the compute-optimal size ({sizing.get('law', 'scaling law')}) "
               f"for ~{plan['tokens'] / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan['tokens_per_second']:,.0f} "
               f"tokens/s ({plan['mfu_source']} MFU {plan['mfu']:.2f})")
     if dropout:
