@@ -3,14 +3,15 @@
 For several model sizes x sequence lengths x precisions, side by side in one run:
 - parameter count, and weight / gradient / optimizer bytes: plan vs the real model and optimizer;
 - activation bytes: plan vs the bytes autograd saves, counted with saved_tensors_hooks;
-- step time after calibration: calibrate on some configurations (like `budgetlm bench`), predict
-  the others (held out) and measure them;
+- step time after calibration: calibrate on some depths at each sequence length (as `train`
+  calibrates at its own), predict the other depths (held out: between the calibrated ones, and
+  beyond them) and measure them;
 - a memory table: budgetlm vs Hugging Face accelerate's `estimate-memory` "Training using Adam"
   rule vs measured. accelerate is not installed here, so its documented rule is reproduced
   (hardware-notes 3): the largest of the model/gradient/optimizer/step terms, which comes to
   16 bytes/param in fp32 and 8 bytes/param in fp16/bf16, and no activations.
 
-    flock /tmp/budgetlm-bench.lock .venv/bin/python benchmarks/plan_accuracy.py --out docs/bench/plan_accuracy.json
+    flock /tmp/budgetlm-bench.lock .venv/bin/python benchmarks/plan_accuracy.py --precisions fp32 --out /tmp/plan_accuracy.json
 """
 
 from __future__ import annotations
@@ -37,46 +38,51 @@ def accelerate_adam_bytes(n_params: int, precision: str) -> int:
 def measure_all(args) -> list[dict]:
     causal = args.objective == "causal"
     pred = None if causal else 0.25
-    rows = []
-    for precision in args.precisions:
-        for T in args.seq_lens:
+    configs = [(precision, T, depth) for precision in args.precisions for T in args.seq_lens for depth in args.depths]
+    passes: dict[tuple, list[dict]] = {c: [] for c in configs}
+    # Interleaved passes, each configuration keeping its fastest (lowest median step time): on a
+    # shared or drifting machine a slow spell then slows one pass of every size, not one size.
+    for _ in range(args.passes):
+        for precision, T, depth in configs:
             mb = max(1, args.tokens_per_step // T)
-            for depth in args.depths:
-                cfg = model_config(depth, args.vocab_size, causal=causal, max_seq_len=T)
-                # best (lowest median step time) of several passes: on a shared machine a pass can
-                # be slowed by other work; memory does not depend on the pass
-                passes = [bench.measure(cfg, mb, T, precision, "cpu", seconds=args.seconds, min_steps=3)
-                          for _ in range(args.passes)]
-                r = min(passes, key=lambda x: x["step_seconds"])
-                r["pass_step_seconds"] = [x["step_seconds"] for x in passes]
-                s = P.state_bytes(cfg, precision)
-                act = P.activation_bytes(cfg, mb, T, precision, pred_fraction=pred)
-                r.update(
-                    pred_params=P.param_groups(cfg)["total"],
-                    pred_weights=s["weights"], pred_gradients=s["gradients"], pred_optimizer=s["optimizer"],
-                    # autocast's weight copies are saved tensors, so the hooks see them
-                    pred_saved=sum(act.values()) + s["weight_copies"],
-                    accelerate_bytes=accelerate_adam_bytes(r["params"], precision),
-                )
-                rows.append(r)
-                print(f"{precision} T={T} depth={depth}: step {r['step_seconds'] * 1e3:.0f} ms, "
-                      f"saved {r['saved_activation_bytes'] / 2**20:.1f} MiB (plan {r['pred_saved'] / 2**20:.1f})",
-                      flush=True)
+            cfg = model_config(depth, args.vocab_size, causal=causal, max_seq_len=T)
+            passes[(precision, T, depth)].append(
+                bench.measure(cfg, mb, T, precision, "cpu", seconds=args.seconds, min_steps=3))
+    rows = []
+    for precision, T, depth in configs:
+        mb = max(1, args.tokens_per_step // T)
+        cfg = model_config(depth, args.vocab_size, causal=causal, max_seq_len=T)
+        r = min(passes[(precision, T, depth)], key=lambda x: x["step_seconds"])
+        r["pass_step_seconds"] = [x["step_seconds"] for x in passes[(precision, T, depth)]]
+        s = P.state_bytes(cfg, precision)
+        act = P.activation_bytes(cfg, mb, T, precision, pred_fraction=pred)
+        r.update(
+            pred_params=P.param_groups(cfg)["total"],
+            pred_weights=s["weights"], pred_gradients=s["gradients"], pred_optimizer=s["optimizer"],
+            # autocast's weight copies are saved tensors, so the hooks see them
+            pred_saved=sum(act.values()) + s["weight_copies"],
+            accelerate_bytes=accelerate_adam_bytes(r["params"], precision),
+        )
+        rows.append(r)
+        print(f"{precision} T={T} depth={depth}: step {r['step_seconds'] * 1e3:.0f} ms, "
+              f"saved {r['saved_activation_bytes'] / 2**20:.1f} MiB (plan {r['pred_saved'] / 2**20:.1f})",
+              flush=True)
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4, 6])
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--calibrate-depths", type=int, nargs="+", default=[1, 4],
-                    help="depths measured at the first seq len to calibrate; everything else is held out")
+                    help="depths that calibrate, at each seq len (as `train` calibrates at its own); the "
+                         "other depths are held out (between them: interpolated; beyond: extrapolated)")
     ap.add_argument("--tokens-per-step", type=int, default=2048)
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--objective", choices=["causal", "masked"], default="causal")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per configuration and pass")
-    ap.add_argument("--passes", type=int, default=2, help="measure each configuration this many times, keep the fastest")
+    ap.add_argument("--passes", type=int, default=3, help="interleaved passes over all configurations; each keeps its fastest")
     ap.add_argument("--out", default=None, help="write all rows as JSON here")
     ap.add_argument("--from-json", default=None, help="re-analyse the measurements saved by --out (no timing)")
     args = ap.parse_args()
@@ -91,8 +97,7 @@ def main() -> None:
         rows = measure_all(args)
     # calibrate on a subset, predict the rest
     for precision in args.precisions:
-        cal_points = [r for r in rows if r["precision"] == precision and r["seq_len"] == args.seq_lens[0]
-                      and r["depth"] in args.calibrate_depths]
+        cal_points = [r for r in rows if r["precision"] == precision and r["depth"] in args.calibrate_depths]
         causal = args.objective == "causal"
         cal = {"precisions": {precision: cal_points}}
         for r in rows:

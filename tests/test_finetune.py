@@ -190,6 +190,24 @@ def test_from_scratch_baseline_differs_from_pretrained_init(runs, data, tmp_path
     assert not torch.allclose(lm.embed.weight, clf.backbone.embed.weight)
 
 
+def test_ema_validates_and_saves_the_averaged_weights(runs, data, tmp_path, capsys):
+    from budgetlm.train.checkpoint import load_model
+
+    lm, _ = load_model(runs["masked"])
+    moved = {}
+    for ema in ("0", "0.9999999"):
+        out = tmp_path / f"ema{ema}"
+        code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
+                                  "--val", str(data["val"]), "--out", str(out), "--epochs", "1", "--patience", "0",
+                                  "--ema", ema, *FAST)
+        assert code == 0, err
+        clf, _ = load_model(out)
+        moved[ema] = (clf.backbone.embed.weight - lm.embed.weight).abs().max().item()
+    # 15 steps at lr 3e-3 move the raw weights; an average with decay 1 - 1e-7 has barely left the start
+    assert moved["0"] > 1e-3 and moved["0.9999999"] < 1e-5
+    assert "EMA decay 0.9999999" in (tmp_path / "ema0.9999999" / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     "make,needle",
     [
@@ -200,6 +218,7 @@ def test_from_scratch_baseline_differs_from_pretrained_init(runs, data, tmp_path
         (lambda d, t: ["--train", str(d["train"]), "--val", str(d["val3"])], "not seen in training: 'mid'"),
         (lambda d, t: ["--train", str(t / "missing.jsonl")], "no such file"),
         (lambda d, t: ["--train", str(write_jsonl(t / "c.txt", []))], "unknown format"),
+        (lambda d, t: ["--train", str(d["train"]), "--ema", "1"], "--ema is a decay"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, data, tmp_path, capsys, make, needle):

@@ -74,6 +74,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # decoupled weight decay on matrices
     warmup: float = 0.1  # fraction of training spent warming the LR up (then linear decay to 0)
     dropout: float = 0.1  # dropout in backbone and head while fine-tuning
+    ema: float = 0.0  # per-step decay of a moving average of the weights, validated and saved in their place (0 = off; 0.999 ~ the last 1,000 steps)
     eval_every: int = 0  # optimizer steps between validations (0 = once per epoch)
     patience: int = 3  # validations without improvement before stopping early (0 = never)
     metric: Literal["accuracy", "f1_macro"] = "accuracy"  # validation metric for early stopping and the best checkpoint
@@ -324,6 +325,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise BudgetError("--batch-size must be at least 1 and --max-len at least 0")
     if cfg.epochs < 0 or cfg.lr <= 0 or not 0 <= cfg.dropout < 1 or not 0 <= cfg.warmup < 1:
         raise BudgetError("--epochs >= 0, --lr > 0, 0 <= --dropout < 1 and 0 <= --warmup < 1 are required")
+    if not 0 <= cfg.ema < 1:
+        raise BudgetError(f"--ema is a decay in [0, 1) (0 = off), got {cfg.ema:g}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -388,10 +391,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     schedule = ScheduleConfig(warmup=cfg.warmup, decay="linear")
     logger = MetricsLogger(out / "metrics.jsonl")
     best: dict[str, Any] = {"score": -1.0, "loss": math.inf, "step": None, "metrics": None, "bad_evals": 0}
+    # Weight averaging (Polyak & Juditsky 1992; an EMA as in Kaddour 2022 and timm): validation and the
+    # saved checkpoint use the averaged weights, which are less noisy than the last step's.
+    averaged = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(runtime.unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
     evals: list[dict[str, Any]] = []
     current = {"step": 0}
 
     def evaluate(m: nn.Module) -> dict[str, Any]:
+        m = averaged.module if averaged is not None else m
         probs = _predict(m, va_seqs, va_tt, encoder.pad_id, rt.device)
         met = classification_metrics(y_val, probs.argmax(-1), names)
         val_loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
@@ -420,6 +431,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         def forward(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             current["step"] += 1  # one micro-batch per optimizer step: this counts the loop's steps
+            if averaged is not None:
+                averaged.update_parameters(runtime.unwrap(m))  # the weights after the previous step
             return m(**batch)[1]
 
         result = train_loop(
@@ -431,7 +444,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     signalled = result.interrupted
     if not evals or evals[-1]["step"] != result.state.step:
         model.eval()
-        evaluate(model)  # the final state always gets a validation
+        with torch.no_grad():
+            evaluate(model)  # the final state always gets a validation
     elapsed = time.perf_counter() - t0
     if best["metrics"] is None:
         raise BudgetError("no validation ran: the budget ended before the first step")
@@ -510,7 +524,8 @@ def _write_report(out: Path, s: dict[str, Any], cfg: FinetuneConfig) -> None:
         f"- training: {s['steps']} steps ({s['epochs']} epochs) in {s['train_seconds']:.1f}s; "
         f"best step {s['best_step']}" + ("; stopped early" if s["early_stopped"] else ""),
         f"- settings: lr {cfg.lr:g}, batch {cfg.batch_size}, max_len {cfg.max_len}, warm-up {cfg.warmup:g}, "
-        f"weight decay {cfg.weight_decay:g}, dropout {cfg.dropout:g}, patience {cfg.patience}",
+        f"weight decay {cfg.weight_decay:g}, dropout {cfg.dropout:g}, patience {cfg.patience}"
+        + (f", weights averaged (EMA decay {cfg.ema})" if cfg.ema else ""),
         "",
         "## Best validation metrics",
         "",

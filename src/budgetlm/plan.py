@@ -340,9 +340,10 @@ class Choice:
 
 
 # Optimizer steps a run should take at least: short runs learn more from many small steps than from
-# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018). The trainer's
-# CPU batch tuned on Tiny Shakespeare (4,096 tokens) takes ~1,200 steps in 10 minutes.
-MIN_STEPS = 1000
+# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018). On Tiny
+# Shakespeare in 2 minutes 3 x 64 reached 2.156 bits/byte with 2,048-token steps (1,632 steps) and
+# 2.181 with 4,096 (881 steps; docs/bench/planning.md). GPU runs of hours hit the 2^19 cap first.
+MIN_STEPS = 2000
 
 
 def _global_batch_tokens(tokens: float, seq_len: int, min_tokens: int = 0) -> int:

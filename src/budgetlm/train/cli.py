@@ -56,7 +56,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = 0.4  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
-    dropout: float = -1.0  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 10+ times, else none, as Cramming)
+    dropout: float = -1.0  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
     mask_rate: float = 0.25  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
     device: str = "auto"  # auto | cpu | cuda | mps | xla
@@ -97,7 +97,10 @@ PLAN_BUDGET_WITHOUT_CLOCK_S = 600.0
 # Runs planned to see the data this many times get residual dropout. Measured on 10-minute Tiny
 # Shakespeare runs (depth 3, ~20 epochs, docs/bench/training.md): dropout 0.1 -> 2.219 bits/byte
 # (validation rose in the cool-down), 0.2 -> 2.123, 0.3 -> 2.152; nanoGPT's Shakespeare uses 0.2 too.
-DROPOUT_EPOCHS = 10.0
+# Below 20 it hurts: the 2-minute plan (3 x 64, 13-16 planned epochs) reached 2.181 without dropout
+# and 2.251 with 0.2 (docs/bench/planning.md). Muennighoff's R*_D = 15.4 puts the point where repeats
+# lose most of their value in the same place.
+DROPOUT_EPOCHS = 20.0
 AUTO_DROPOUT = 0.2
 
 
