@@ -187,6 +187,15 @@ def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     assert P.shapes(3) == [(1, 32), (2, 32), (2, 64), (2, 96), (3, 64), (3, 96), (3, 128)]
 
 
+def test_auto_plan_prefers_min_depth_but_goes_shallower_when_it_must():
+    dev = get_device("cpu", CATALOG)
+    tiny_budget = P.auto_plan(dev, 5, None, 128, vocab_size=2048)  # N_opt far below any 3-layer shape
+    assert tiny_budget.depth == P.MIN_DEPTH
+    assert all(c["depth"] >= P.MIN_DEPTH for c in tiny_budget.sizing["candidates"])
+    shallow = P.auto_plan(dev, 600, None, 128, vocab_size=2048, max_depth=2)  # nothing 3 deep to choose
+    assert shallow.fits and shallow.depth == 2
+
+
 def test_nothing_fits_says_what_would():
     dev = get_device("nvidia-t4", CATALOG)
     cfg = model_config(40, 50000, max_seq_len=2048)

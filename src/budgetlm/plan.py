@@ -539,6 +539,13 @@ MIN_ASPECT = 16
 MAX_ASPECT = 48
 
 
+# The fewest layers the planner gives a model when one that deep fits. The law sees only N, but at
+# 2 minutes on Tiny Shakespeare every 2-layer shape lost to a 3-layer one of similar or smaller N:
+# 3 x 64 (N 160k) reached 2.156 bits/byte, 2 x 96 (222k) 2.178 and 2 x 64 (107k) 2.205
+# (docs/bench/planning.md); MobileLLM (Liu et al. 2024) finds depth worth more than width at small sizes.
+MIN_DEPTH = 3
+
+
 def _narrowest(depth: int) -> int:
     return max(WIDTH_STEP, -(-MIN_ASPECT * depth // WIDTH_STEP) * WIDTH_STEP)  # rounded up to a step
 
@@ -566,7 +573,8 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
     chosen is the one nearest (in log N) to the law's optimum for its own C,
     N_opt(C) = G (C/6)^(b/(a+b)) (Hoffmann et al. 2022 eq. 4, Besiroglu et al. 2024 refit): the
     fixed point where the model is as big as its compute says it should be. Shapes of almost the
-    same distance go to the deeper one (MobileLLM: deep and thin).
+    same distance go to the deeper one (MobileLLM: deep and thin), and models get at least
+    MIN_DEPTH layers when such a model fits.
 
     Why not the shape with the lowest predicted loss L(N, D)? It was the rule until 2026-12-01 and
     it chose too big for small budgets: real throughput falls slower than 1/N for small models
@@ -604,6 +612,7 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
         raise BudgetError(f"no model fits on {device.id}: "
                           + _what_would_fit(cfg, device, seq_len, optimizer, num_devices, pred_fraction))
     candidates.sort(key=lambda c: c[:2])
+    candidates = [c for c in candidates if -c[1] >= MIN_DEPTH] or candidates  # shallower only if nothing deeper fits
     _, _, n_opt, cfg, plan = candidates[0]
     law_compute = 6 * scaling_params(cfg) * plan.tokens
     n_20 = math.sqrt(law_compute / (6 * TOKENS_PER_PARAM))
