@@ -305,9 +305,22 @@ def test_calibration_drives_mfu():
     cal = {"precisions": {"bf16": [{"flops_per_token": fpt / 2, "achieved_flops": 1e11},
                                    {"flops_per_token": fpt * 2, "achieved_flops": 3e11}]}}
     mfu, src = P.mfu_for(dev, "bf16", cfg, 128, cal)
-    assert src == "calibration" and mfu * dev.peak_flops["bf16"] == pytest.approx(2e11)
+    # seconds per token are affine in FLOPs per token: 1/3 of the way from fpt/2 (5e-12 s per
+    # FLOP-per-token unit) to 2 fpt (6.67e-12) gives 5.56e-12, i.e. 1.8e11 FLOP/s
+    assert src == "calibration" and mfu * dev.peak_flops["bf16"] == pytest.approx(1.8e11)
     assert P.mfu_for(dev, "fp32", cfg, 128, cal)[1] == "default"
-    assert math.isclose(P.mfu_for(dev, "bf16", model_config(8, 8192), 128, cal)[0] * dev.peak_flops["bf16"], 3e11)
+    # beyond the points the line goes on: faster than the biggest point, slower than the slope's 9e11
+    big = model_config(8, 8192)
+    achieved = P.mfu_for(dev, "bf16", big, 128, cal)[0] * dev.peak_flops["bf16"]
+    x = P.flops_per_token(big, 128) / fpt
+    assert achieved == pytest.approx(x / (6.6667e-12 + (x - 2) * 1.1111e-12), rel=1e-3)
+    assert 3e11 < achieved < 9e11
+    one = {"precisions": {"bf16": cal["precisions"]["bf16"][:1]}}  # one point: a constant FLOP/s
+    assert P.mfu_for(dev, "bf16", big, 128, one)[0] * dev.peak_flops["bf16"] == pytest.approx(1e11)
+    # a segment tilted by noise into negative time falls back to the nearest point's speed
+    tilted = {"precisions": {"bf16": [{"flops_per_token": fpt, "achieved_flops": 1e11},
+                                      {"flops_per_token": fpt * 1.01, "achieved_flops": 2e11}]}}
+    assert P.mfu_for(dev, "bf16", big, 128, tilted)[0] * dev.peak_flops["bf16"] == pytest.approx(2e11)
 
 
 def test_checkpointing_only_when_allowed_and_flagged():

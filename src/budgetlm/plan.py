@@ -259,11 +259,14 @@ def peak_flops(device: Device, precision: str) -> float | None:
 
 def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
             calibration: dict[str, Any] | None = None) -> tuple[float, str]:
-    """(MFU, where it came from). Calibration points (from `budgetlm bench`) are interpolated in
-    log FLOPs per token, clamped at the ends; points measured at `seq_len` are used alone when
-    there are any (`train` calibrates at its own sequence length): on a 2-core CPU the same model
-    and tokens per step ran 15-20% faster at 256 tokens per sequence than at 128, which FLOPs per
-    token do not predict (docs/bench/planning.md)."""
+    """(MFU, where it came from). From calibration points (`budgetlm bench`, or `train`'s own):
+    the time per token is taken as affine in FLOPs per token, a fixed cost (kernel launches, the
+    optimizer step, Python) plus FLOPs at a sustained rate, piecewise between the points and
+    extended from the end segments. On a 2-core CPU, calibrated at depths 1 and 4, this predicted
+    depths 2, 3 and 6 within 17% at sequence lengths 128 and 256, where interpolating the MFU in
+    log FLOPs per token (the rule before 2026-12-02) missed depth 6 by 22% (docs/bench/planning.md).
+    Points measured at `seq_len` are used alone when there are any (`train` calibrates at its own
+    length); one point means a constant FLOP/s."""
     points = ((calibration or {}).get("precisions") or {}).get(precision) or []
     peak = peak_flops(device, precision)
     points = [p for p in points if p.get("achieved_flops")]
@@ -271,14 +274,19 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
     if points and peak:
         # MFU is recomputed against this device's peak, so a calibration measures achieved FLOP/s
         # and stays valid whatever peak figure the catalog carries.
-        x = math.log(flops_per_token(cfg, seq_len))
-        pts = sorted((math.log(p["flops_per_token"]), p["achieved_flops"] / peak) for p in points)
-        if x <= pts[0][0]:
-            return pts[0][1], "calibration"
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            if x <= x1:
-                return y0 + (y1 - y0) * (x - x0) / (x1 - x0 or 1.0), "calibration"
-        return pts[-1][1], "calibration"
+        x = flops_per_token(cfg, seq_len)
+        pts = sorted((p["flops_per_token"], p["flops_per_token"] / p["achieved_flops"]) for p in points)
+        achieved = pts[0][0] / pts[0][1]
+        if len(pts) > 1:
+            i = next((k for k in range(len(pts) - 1) if x <= pts[k + 1][0]), len(pts) - 2)
+            (x0, t0), (x1, t1) = pts[i], pts[i + 1]
+            t = t0 + (t1 - t0) * (x - x0) / ((x1 - x0) or 1.0)  # seconds per token
+            nearest = min(pts, key=lambda q: abs(q[0] - x))
+            # more FLOPs per token never take less time per token: a segment tilted that way is
+            # noise, and extending it could give no time at all; use the nearest point's FLOP/s
+            achieved = x / t if t1 >= t0 and t > 0 else nearest[0] / nearest[1]
+        # (on a CPU the peak is an estimate and the MFU may exceed 1; only achieved FLOP/s matter)
+        return achieved / peak, "calibration"
     mfu = DEFAULT_MFU.get(device.kind, DEFAULT_MFU["gpu"])
     if device.kind != "cpu" and cfg.n_embd < TINY_WIDTH:
         mfu *= TINY_MFU_FACTOR
