@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--tokens-per-step", type=int, default=2048)
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--objective", choices=["causal", "masked"], default="causal")
-    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per configuration and pass")
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per configuration and pass")
     ap.add_argument("--passes", type=int, default=3, help="interleaved passes over all configurations; each keeps its fastest")
     ap.add_argument("--out", default=None, help="write all rows as JSON here")
     ap.add_argument("--from-json", default=None, help="re-analyse the measurements saved by --out (no timing)")

@@ -263,8 +263,9 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
     the time per token is taken as affine in FLOPs per token, a fixed cost (kernel launches, the
     optimizer step, Python) plus FLOPs at a sustained rate, piecewise between the points and
     extended from the end segments. On a 2-core CPU, calibrated at depths 1 and 4, this predicted
-    depths 2, 3 and 6 within 17% at sequence lengths 128 and 256, where interpolating the MFU in
-    log FLOPs per token (the rule before 2026-12-02) missed depth 6 by 22% (docs/bench/planning.md).
+    depths 2, 3 and 6 at sequence lengths 128 and 256 within 11% (17% in a noisier run), where
+    interpolating the MFU in log FLOPs per token (the rule before 2026-12-02) missed depth 6 by 22%
+    (docs/bench/planning.md).
     Points measured at `seq_len` are used alone when there are any (`train` calibrates at its own
     length); one point means a constant FLOP/s."""
     points = ((calibration or {}).get("precisions") or {}).get(precision) or []
