@@ -38,22 +38,22 @@ def accelerate_adam_bytes(n_params: int, precision: str) -> int:
 def measure_all(args) -> list[dict]:
     causal = args.objective == "causal"
     pred = None if causal else 0.25
-    configs = [(precision, T, depth) for precision in args.precisions for T in args.seq_lens for depth in args.depths]
+    # (precision, seq len, depth) -> (micro-batch, model config)
+    configs = {(precision, T, depth): (max(1, args.tokens_per_step // T),
+                                       model_config(depth, args.vocab_size, causal=causal, max_seq_len=T))
+               for precision in args.precisions for T in args.seq_lens for depth in args.depths}
     passes: dict[tuple, list[dict]] = {c: [] for c in configs}
     # Interleaved passes, each configuration keeping its fastest (lowest median step time): on a
     # shared or drifting machine a slow spell then slows one pass of every size, not one size.
     for _ in range(args.passes):
-        for precision, T, depth in configs:
-            mb = max(1, args.tokens_per_step // T)
-            cfg = model_config(depth, args.vocab_size, causal=causal, max_seq_len=T)
-            passes[(precision, T, depth)].append(
-                bench.measure(cfg, mb, T, precision, "cpu", seconds=args.seconds, min_steps=3))
+        for key, (mb, cfg) in configs.items():
+            precision, T, _ = key
+            passes[key].append(bench.measure(cfg, mb, T, precision, "cpu", seconds=args.seconds, min_steps=3))
     rows = []
-    for precision, T, depth in configs:
-        mb = max(1, args.tokens_per_step // T)
-        cfg = model_config(depth, args.vocab_size, causal=causal, max_seq_len=T)
-        r = min(passes[(precision, T, depth)], key=lambda x: x["step_seconds"])
-        r["pass_step_seconds"] = [x["step_seconds"] for x in passes[(precision, T, depth)]]
+    for key, (mb, cfg) in configs.items():
+        precision, T, depth = key
+        r = min(passes[key], key=lambda x: x["step_seconds"])
+        r["pass_step_seconds"] = [x["step_seconds"] for x in passes[key]]
         s = P.state_bytes(cfg, precision)
         act = P.activation_bytes(cfg, mb, T, precision, pred_fraction=pred)
         r.update(

@@ -282,10 +282,12 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
             i = next((k for k in range(len(pts) - 1) if x <= pts[k + 1][0]), len(pts) - 2)
             (x0, t0), (x1, t1) = pts[i], pts[i + 1]
             t = t0 + (t1 - t0) * (x - x0) / ((x1 - x0) or 1.0)  # seconds per token
-            nearest = min(pts, key=lambda q: abs(q[0] - x))
-            # more FLOPs per token never take less time per token: a segment tilted that way is
-            # noise, and extending it could give no time at all; use the nearest point's FLOP/s
-            achieved = x / t if t1 >= t0 and t > 0 else nearest[0] / nearest[1]
+            if t1 >= t0 and t > 0:
+                achieved = x / t
+            else:  # more FLOPs per token never take less time per token: a segment tilted that way
+                # is noise, and extending it could give no time at all; use the nearest point's FLOP/s
+                nearest = min(pts, key=lambda q: abs(q[0] - x))
+                achieved = nearest[0] / nearest[1]
         # (on a CPU the peak is an estimate and the MFU may exceed 1; only achieved FLOP/s matter)
         return achieved / peak, "calibration"
     mfu = DEFAULT_MFU.get(device.kind, DEFAULT_MFU["gpu"])
@@ -612,18 +614,18 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
             if width == _narrowest(depth):
                 too_big_from = depth  # deeper models are bigger still
             continue
-        n, d = scaling_params(cfg), max(p.tokens, 1.0)
-        n_opt = BESIROGLU.optimal_params(6 * n * d)
+        n = scaling_params(cfg)
+        n_opt = BESIROGLU.optimal_params(6 * n * max(p.tokens, 1.0))
         # distance rounded to 1% so that near-ties go to the deeper shape
-        candidates.append((round(abs(math.log(n / n_opt)), 2), -depth, n_opt, cfg, p))
+        candidates.append((round(abs(math.log(n / n_opt)), 2), -depth, n, n_opt, cfg, p))
     if not candidates:
         cfg = model_config(1, vocab_size, causal=causal, max_seq_len=seq_len)
         raise BudgetError(f"no model fits on {device.id}: "
                           + _what_would_fit(cfg, device, seq_len, optimizer, num_devices, pred_fraction))
     candidates.sort(key=lambda c: c[:2])
-    candidates = [c for c in candidates if -c[1] >= MIN_DEPTH] or candidates  # shallower only if nothing deeper fits
-    _, _, n_opt, cfg, plan = candidates[0]
-    law_compute = 6 * scaling_params(cfg) * plan.tokens
+    candidates = [c for c in candidates if c[4].n_layer >= MIN_DEPTH] or candidates  # shallower only if nothing deeper fits
+    _, _, n, n_opt, cfg, plan = candidates[0]
+    law_compute = 6 * n * plan.tokens
     n_20 = math.sqrt(law_compute / (6 * TOKENS_PER_PARAM))
     d_eff = effective_tokens(plan.tokens, tokens_available)
     plan.sizing = {
@@ -633,18 +635,18 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
         "rule": "shape nearest the law's N_opt(6 N D) (non-embedding N, D = tokens the budget trains)",
         "chosen_depth": cfg.n_layer,
         "chosen_width": cfg.n_embd,
-        "predicted_loss": BESIROGLU.loss(scaling_params(cfg), max(plan.tokens, 1.0)),
-        "scaling_params": scaling_params(cfg),
+        "predicted_loss": BESIROGLU.loss(n, max(plan.tokens, 1.0)),
+        "scaling_params": n,
         "besiroglu_optimal_params": n_opt,
         "besiroglu_optimal_tokens": law_compute / (6 * n_opt),
         "tokens_per_param_rule": TOKENS_PER_PARAM,
         "rule_optimal_params": n_20,
         "rule_optimal_tokens": TOKENS_PER_PARAM * n_20,
         "effective_tokens": d_eff,
-        "candidates": [{"depth": c.n_layer, "width": c.n_embd, "params": p.params,
-                        "scaling_params": scaling_params(c), "optimal_params": round(no), "tokens": p.tokens,
-                        "predicted_loss": round(BESIROGLU.loss(scaling_params(c), max(p.tokens, 1.0)), 4)}
-                       for _, _, no, c, p in candidates[:8]],
+        "candidates": [{"depth": c.n_layer, "width": c.n_embd, "params": p.params, "scaling_params": cn,
+                        "optimal_params": round(no), "tokens": p.tokens,
+                        "predicted_loss": round(BESIROGLU.loss(cn, max(p.tokens, 1.0)), 4)}
+                       for _, _, cn, no, c, p in candidates[:8]],
     }
     if tokens_available and plan.tokens > tokens_available:
         plan.notes.append(
