@@ -8,8 +8,9 @@ Pipeline, every step through the `budgetlm` CLI and timed (the sum is the "from 
   1. prepare   IMDb's 50k unlabelled reviews (html stripped, lowercased like SST-2) -> WordPiece shards
   2. train     a masked LM on them for --pretrain-budget
   3. finetune  on the task's training set (minus a held-out validation part used for early stopping
-               and the best checkpoint), for --finetune-budget
-  4. eval      on the task's test set (SST-2: dev.tsv; IMDb: test.jsonl), fp32 and int8
+               and the best checkpoint), for --finetune-budget; --members K runs it K times (seeds)
+  4. eval      on the task's test set (SST-2: dev.tsv; IMDb: test.jsonl), fp32 and int8; with
+               --members K, of the ensemble (`eval --model A --model B ...`) and of each member
 Beside it, on the same split: TF-IDF + logistic regression (scikit-learn; C chosen on the held-out
 validation part, never on the test set) and the same model fine-tuned with no pre-training
 (`finetune --from-scratch`, same budget). Results: WORK/results.json and a markdown table on stdout.
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--reuse-pretrained", action="store_true", help="skip prepare+train if WORK/mlm exists")
     ap.add_argument("--pretrained-from", default="", help="use the masked LM of another run of this script "
                     "(its WORK folder); its prepare/train times count in this task's from-nothing time")
+    ap.add_argument("--members", type=int, default=1, help="fine-tune each model this many times (seeds seed, "
+                    "seed+1, ...) and evaluate the ensemble (`eval --model A --model B ...`) as well as each member")
     ap.add_argument("--skip-scratch", action="store_true", help="skip the no-pre-training baseline")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -145,7 +148,7 @@ def main() -> None:
         unsup = data / "imdb/train_unsup.jsonl.gz"
         prep_args = ["prepare", "--json", str(unsup), "--out", str(work / "unsup"), "--tokenizer", "wordpiece",
                      "--vocab-size", "8192", "--tokenizer-train-mb", "20", "--clean", "html", "lowercase",
-                     "--val-fraction", "0.01", "--overwrite"]
+                     "--val-fraction", "0.01", "--overwrite"] + (["--max-mb", str(args.unsup_mb)] if args.unsup_mb else [])
         results["prepare"], timings["prepare"] = sh(prep_args, logs / "prepare.log")
         train_args = ["train", "--json", "--data", str(work / "unsup"), "--out", str(mlm), "--objective", "masked",
                       "--budget", args.pretrain_budget, "--model", args.model, "--seq-len", str(args.seq_len),
@@ -157,37 +160,51 @@ def main() -> None:
         results["pretrain"], timings["pretrain"] = sh(train_args, logs / "train.log")
 
     ft_common = ["--train", str(f_train), "--val", str(f_val), "--budget", args.finetune_budget,
-                 "--max-len", str(max_len), "--seed", str(args.seed), "--overwrite", *args.finetune_args.split()]
+                 "--max-len", str(max_len), "--overwrite", *args.finetune_args.split()]
     variants = [("pretrained", [])] + ([] if args.skip_scratch else [("scratch", ["--from-scratch"])])
     for name, extra in variants:
-        out = work / f"clf-{name}"
-        ft, dt = sh(["finetune", "--json", "--model", str(mlm), "--out", str(out), *ft_common, *extra],
-                    logs / f"finetune-{name}.log")
-        ev, dt_eval = sh(["eval", "--json", "--model", str(out), "--text", str(f_test)], logs / f"eval-{name}.log")
-        results[name] = {"finetune": {k: ft[k] for k in ("steps", "epochs", "best_step", "train_seconds",
-                                                         "accuracy", "f1_macro", "early_stopped")},
+        # --members K: K fine-tunes with seeds seed..seed+K-1, evaluated alone and as an ensemble
+        outs, members, ft_s = [], [], 0.0
+        for i in range(args.members):
+            out = work / (f"clf-{name}" if args.members == 1 else f"clf-{name}-{i}")
+            ft, dt = sh(["finetune", "--json", "--model", str(mlm), "--out", str(out), "--seed", str(args.seed + i),
+                         *ft_common, *extra], logs / f"finetune-{name}-{i}.log")
+            ev, _ = sh(["eval", "--json", "--model", str(out), "--text", str(f_test)], logs / f"eval-{name}-{i}.log")
+            ft_s += dt
+            outs.append(out)
+            members.append({"finetune": {k: ft[k] for k in ("steps", "epochs", "best_step", "train_seconds",
+                                                            "accuracy", "f1_macro", "early_stopped")},
+                            "test": {k: ev[k] for k in ("accuracy", "f1_macro", "precision_macro",
+                                                         "recall_macro", "seconds")}})
+        model_args = [a for o in outs for a in ("--model", str(o))]
+        ev, dt_eval = sh(["eval", "--json", *model_args, "--text", str(f_test)], logs / f"eval-{name}.log")
+        results[name] = {"members": members, "finetune": members[0]["finetune"],
                          "test": {k: ev[k] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro",
                                                       "seconds")}}
         if name == "pretrained":
-            timings["finetune"], timings["eval"] = dt, dt_eval
-            q, _ = sh(["eval", "--json", "--model", str(out), "--text", str(f_test), "--quantize", "int8"],
+            timings["finetune"], timings["eval"] = ft_s, dt_eval
+            q, _ = sh(["eval", "--json", *model_args, "--text", str(f_test), "--quantize", "int8"],
                       logs / "eval-int8.log")
             results[name]["test_int8"] = {k: q[k] for k in ("accuracy", "f1_macro", "seconds")}
         else:
-            timings[f"finetune_{name}"] = dt
+            timings[f"finetune_{name}"] = ft_s
     core = [k for k in ("prepare", "pretrain", "finetune", "eval") if k in timings]
     results["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     results["from_nothing_s"] = round(sum(timings[k] for k in core), 1)
     (work / "results.json").write_text(json.dumps(results, indent=2))
 
     rows = [("TF-IDF + logistic regression", results["tfidf_lr"]["accuracy"], results["tfidf_lr"]["f1_macro"])]
-    rows.append(("budgetlm, pre-trained (MLM) + fine-tuned", results["pretrained"]["test"]["accuracy"],
+    k = f", ensemble of {args.members}" if args.members > 1 else ""
+    rows.append((f"budgetlm, pre-trained (MLM) + fine-tuned{k}", results["pretrained"]["test"]["accuracy"],
                  results["pretrained"]["test"]["f1_macro"]))
     rows.append(("  same, int8 dynamic quantization", results["pretrained"]["test_int8"]["accuracy"],
                  results["pretrained"]["test_int8"]["f1_macro"]))
     if "scratch" in results:
-        rows.append(("budgetlm, no pre-training", results["scratch"]["test"]["accuracy"],
+        rows.append((f"budgetlm, no pre-training{k}", results["scratch"]["test"]["accuracy"],
                      results["scratch"]["test"]["f1_macro"]))
+    for name in ("pretrained", "scratch"):
+        for i, m in enumerate(results.get(name, {}).get("members", []) if args.members > 1 else []):
+            rows.append((f"  {name} member {i} alone", m["test"]["accuracy"], m["test"]["f1_macro"]))
     print(f"| {args.task} ({results['sizes']['test']} test examples) | accuracy | F1 macro |")
     print("|---|---|---|")
     for name, acc, f1 in rows:

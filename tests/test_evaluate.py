@@ -125,4 +125,4 @@ def test_classifier_runs_are_delegated(runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.modules["budgetlm"], "finetune", fake, raising=False)
     rc, r, err = evaluate(capsys, "--model", str(clf), "--data", "unused")
     assert rc == 0, err
-    assert r == {"accuracy": 0.5, "model": str(clf)}
+    assert r == {"accuracy": 0.5, "model": [str(clf)]}  # the --model list (several runs: an ensemble)

@@ -3,6 +3,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,6 +207,43 @@ def test_ema_validates_and_saves_the_averaged_weights(runs, data, tmp_path, caps
     # 15 steps at lr 3e-3 move the raw weights; an average with decay 1 - 1e-7 has barely left the start
     assert moved["0"] > 1e-3 and moved["0.9999999"] < 1e-5
     assert "EMA decay 0.9999999" in (tmp_path / "ema0.9999999" / "report.md").read_text()
+
+
+def test_ensemble_of_classifiers_averages_member_probabilities(runs, data, tmp_path, capsys):
+    members = []
+    for seed in ("0", "1"):
+        out = tmp_path / f"m{seed}"
+        code, _, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
+                                "--val", str(data["val"]), "--out", str(out), "--epochs", "1", "--seed", seed, *FAST)
+        assert code == 0, err
+        members.append(out)
+
+    def probs(*models):
+        argv = [a for m in models for a in ("--model", str(m))]
+        assert main(["classify", "--json", *argv, "--input", str(data["val"])]) == 0
+        return np.array([[r["probs"]["neg"], r["probs"]["pos"]] for r in json.loads(capsys.readouterr().out)["results"]])
+
+    p0, p1, both = probs(members[0]), probs(members[1]), probs(*members)
+    assert not np.allclose(p0, p1, atol=1e-3)  # two seeds, two different members
+    np.testing.assert_allclose(both, (p0 + p1) / 2, atol=2e-6)  # classify rounds to 6 decimals
+    argv = ["--model", str(members[0]), "--model", str(members[1])]
+    assert main(["eval", "--json", *argv, "--text", str(data["val"])]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    truth = [json.loads(x)["label"] for x in data["val"].read_text().splitlines()]
+    expect = np.mean([["neg", "pos"][i] == t for i, t in zip(both.argmax(1), truth)])
+    assert ev["model"] == [str(m) for m in members] and ev["accuracy"] == pytest.approx(expect)
+
+    # members must share the labels; a language model cannot be one; LMs are evaluated one at a time
+    three = tmp_path / "three"
+    assert finetune(capsys, "--model", str(runs["causal"]), "--train", str(data["train3"]), "--val",
+                    str(data["val3"]), "--out", str(three), "--epochs", "1", *FAST)[0] == 0
+    for argv, needle in ([*argv[:2], "--model", str(three)], "same labels"), \
+                        ([*argv[:2], "--model", str(runs["masked"])], "not a fine-tuned classifier"):
+        assert main(["eval", *argv, "--text", str(data["val"])]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+    assert main(["eval", "--model", str(runs["masked"]), "--model", str(runs["masked"]), "--text", str(data["val"])]) == 2
+    assert "one at a time" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from budgetlm.cli import main
 from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
@@ -173,3 +174,43 @@ def test_final_evaluation_runs_without_dropout(data, tmp_path, capsys):
                  "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert res["val_loss"] == pytest.approx(ev["loss"], rel=1e-6)
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors"))
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(data, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert train(capsys, "--data", str(data), "--out", str(base), "--max-steps", "6", *TINY)[0] == 0
+    cont = tmp_path / "cont"
+    # --model is ignored (the shape comes from the source run); a vanishing LR leaves the weights as loaded
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(cont), "--init-from", str(base),
+                         "--model", "4", "--max-steps", "2", "--lr", "1e-12")
+    assert rc == 0, err
+    assert res["steps"] == 2 and res["params"] == json.loads((base / "summary.json").read_text())["params"]
+    a, b = _weights(base), _weights(cont)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    fresh = tmp_path / "fresh"  # the same two steps without --init-from start from other weights
+    assert train(capsys, "--data", str(data), "--out", str(fresh), "--max-steps", "2", "--lr", "1e-12", *TINY)[0] == 0
+    assert not all(torch.allclose(a[k], v, atol=1e-6) for k, v in _weights(fresh).items())
+
+
+@pytest.mark.parametrize("case", ["objective", "tokenizer", "resume", "missing"])
+def test_init_from_refuses_a_source_that_does_not_fit(case, data, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert train(capsys, "--data", str(data), "--out", str(base), "--max-steps", "2", *TINY)[0] == 0
+    flags = {"objective": ["--data", str(data), "--objective", "masked"],
+             "tokenizer": ["--data", str(make_dataset(tmp_path, "bpe", tokenizer="bpe", vocab_size=300))],
+             "resume": ["--data", str(data), "--resume"],
+             "missing": ["--data", str(data)]}[case]
+    source = tmp_path / "nope" if case == "missing" else base
+    out = base if case == "resume" else tmp_path / "cont"
+    rc, _, err = train(capsys, *flags, "--out", str(out), "--init-from", str(source), "--max-steps", "2")
+    errors = [x for x in err.splitlines() if x.startswith("budgetlm: error")]
+    assert rc == 2 and len(errors) == 1, err
+    assert {"objective": "--objective causal", "tokenizer": "tokenizer", "resume": "--resume", "missing": "no model"}[case] in errors[0]
+    assert not (tmp_path / "cont").exists()

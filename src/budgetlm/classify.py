@@ -2,10 +2,12 @@
 
     budgetlm classify --model RUN --text "a gripping, funny film"
     budgetlm classify --model RUN --input reviews.jsonl --json     # csv/tsv/jsonl or plain .txt lines
+    budgetlm classify --model RUN1 --model RUN2 --input reviews.jsonl   # an ensemble: mean probabilities
 
 Inference is batched with length-sorted batches (little padding) and `--quantize int8` swaps every
 linear layer for its int8 dynamic-quantized form on CPU. `load_classifier` and `predict_proba` are
-shared with `eval` (of a classifier), `finetune` (validation) and `serve` (/v1/classify).
+shared with `eval` (of a classifier), `finetune` (validation) and `serve` (/v1/classify);
+`load_ensemble` with `eval`.
 """
 
 from __future__ import annotations
@@ -80,12 +82,48 @@ def load_classifier(run: str | Path, device: str = "cpu", quantize: str = "none"
     return LoadedClassifier(model, encoder, [str(x) for x in meta["labels"]], meta, torch.device(device))
 
 
+@dataclass
+class Ensemble:
+    """Several fine-tuned classifiers with the same labels, averaged in probability: independently
+    trained members make partly independent errors, so their mean is more accurate than a typical
+    member (deep ensembles, Lakshminarayanan et al. 2017). Each member encodes with its own tokenizer."""
+
+    members: list[LoadedClassifier]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.members[0].labels
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.members[0].meta
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
+        return np.mean([m.predict(texts, pairs, batch_size) for m in self.members], axis=0)
+
+
+def load_ensemble(runs: Sequence[str | Path], device: str = "cpu", quantize: str = "none",
+                  which: str = "best") -> LoadedClassifier | Ensemble:
+    """One run -> that classifier; several -> their `Ensemble` (they must share the label list)."""
+    members = [load_classifier(r, device, quantize, which) for r in runs]
+    for run, m in zip(runs[1:], members[1:]):
+        if m.labels != members[0].labels:
+            raise BudgetError(f"{run} predicts labels {m.labels}, but {runs[0]} predicts {members[0].labels}: "
+                              f"an ensemble needs classifiers fine-tuned on the same labels")
+    return members[0] if len(members) == 1 else Ensemble(members)
+
+
+def model_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--model", required=True, action="append", help=help + "; repeat it to average several "
+                        "fine-tuned classifiers (an ensemble)")
+
+
 # --------------------------------------------------------------------------------------------------
 # command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="fine-tuned run directory (from `budgetlm finetune`)")
+    model_arg(parser, "fine-tuned run directory (from `budgetlm finetune`)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to classify (repeat for several)")
     src.add_argument("--input", help="file of texts: .csv/.tsv/.jsonl (text column) or .txt (one per line)")
@@ -121,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.batch_size < 1:
         raise BudgetError("--batch-size must be at least 1")
-    clf = load_classifier(args.model, device=args.device, quantize=args.quantize)
+    clf = load_ensemble(args.model, device=args.device, quantize=args.quantize)
     texts, pairs = _read_inputs(args, clf.meta)
     t0 = time.perf_counter()
     probs = clf.predict(texts, pairs, args.batch_size)
@@ -151,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = {name: int((preds == i).sum()) for i, name in enumerate(clf.labels)}
     ui.info(f"{len(texts)} texts in {seconds:.2f}s ({len(texts) / max(seconds, 1e-9):.0f}/s); counts {counts}")
     return {
-        "model": str(args.model),
+        "model": args.model[0] if len(args.model) == 1 else args.model,
         "labels": clf.labels,
         "n": len(texts),
         "seconds": round(seconds, 4),

@@ -127,7 +127,9 @@ def masked_metrics(model: torch.nn.Module, tokens, seq_len: int, batch_size: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="run directory (or checkpoint directory) to evaluate")
+    from budgetlm.classify import model_arg
+
+    model_arg(parser, "run directory (or checkpoint directory) to evaluate")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--data", help="prepared dataset folder: evaluate its val split")
     src.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files to evaluate")
@@ -196,12 +198,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from budgetlm.data.tokenizer import load_tokenizer, special_ids
     from budgetlm.train.checkpoint import load_model, read_meta, resolve_checkpoint
 
-    ckpt = resolve_checkpoint(args.model, args.which)
+    ckpt = resolve_checkpoint(args.model[0], args.which)
     meta0 = read_meta(ckpt)
     if meta0.get("model_kind") == "classifier":
         from budgetlm.finetune import evaluate_classifier
 
         return evaluate_classifier(args)
+    if len(args.model) > 1:
+        raise BudgetError("several --model runs make an ensemble of fine-tuned classifiers; "
+                          f"{args.model[0]} is a language model: evaluate one at a time")
+    args.model = args.model[0]
     if not args.data and not args.text:
         raise BudgetError("give --data DIR (its val split) or --text FILE... to evaluate")
     rt = runtime.init_runtime(args.device, args.precision, seed=0)

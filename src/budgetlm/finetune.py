@@ -559,15 +559,16 @@ def evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
 
     The file comes from `--text FILE` (or `--data FILE`); its columns default to those used when
     fine-tuning (`--text-column`/`--label-column` override when the eval parser has them)."""
-    from budgetlm.classify import load_classifier
+    from budgetlm.classify import load_ensemble
 
+    runs = list(args.model)  # several runs: an ensemble (classify.Ensemble)
     paths = list(getattr(args, "text", None) or []) or ([args.data] if getattr(args, "data", None) else [])
     if len(paths) != 1:
         raise BudgetError("evaluating a classifier needs one labelled file: --text FILE (.csv/.tsv/.jsonl)")
     device = getattr(args, "device", "cpu")
     device = "cpu" if device in (None, "auto") else device
     quantize = getattr(args, "quantize", "none") or "none"
-    clf = load_classifier(args.model, device=device, quantize=quantize, which=getattr(args, "which", "best"))
+    clf = load_ensemble(runs, device=device, quantize=quantize, which=getattr(args, "which", "best"))
     meta = clf.meta
     text_col = getattr(args, "text_column", None) or meta.get("text_column", "text")
     pair_col = getattr(args, "text_pair_column", None)
@@ -583,5 +584,6 @@ def evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
              metrics_table_rows(met))
     ui.info(f"accuracy {met['accuracy']:.4f}  f1_macro {met['f1_macro']:.4f}  "
             f"({len(y) / max(seconds, 1e-9):.0f} examples/s{', int8' if quantize == 'int8' else ''})")
-    return {"objective": "classification", "model": str(args.model), "file": str(paths[0]),
+    return {"objective": "classification", "model": str(runs[0]) if len(runs) == 1 else [str(r) for r in runs],
+            "file": str(paths[0]),
             "quantize": quantize, "seconds": round(seconds, 4), **met}

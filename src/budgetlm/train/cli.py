@@ -72,6 +72,7 @@ class TrainConfig:
     keep_last: int = 2  # periodic checkpoints kept (the best one is always kept)
     log_every: int = 10  # optimizer steps between metric lines
     resume: bool = False  # continue the run in --out from its latest checkpoint
+    init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
 
 
 # Flags whose new value wins over the saved run config on --resume.
@@ -168,6 +169,8 @@ def _resolve_config(args: argparse.Namespace) -> TrainConfig:
     if not cfg.out:
         raise BudgetError("give --out RUN: the run directory to write")
     out = Path(cfg.out)
+    if cfg.init_from and cfg.resume:
+        raise BudgetError("--init-from starts a new run from another run's weights; --resume continues this one: pick one")
     if cfg.resume:
         saved = out / "config.json"
         if not saved.is_file():
@@ -242,6 +245,26 @@ def _check_tokenizer_matches(data_dir: Path, ckpt: Path, vocab: int, model_vocab
         raise BudgetError(f"the tokenizer of {data_dir} differs from the one the checkpoint was trained with")
 
 
+def _init_source(cfg: TrainConfig, data_dir: Path, vocab: int) -> tuple[Path, ModelConfig]:
+    """--init-from: the checkpoint to start from and its model (whose shape and context win over
+    --model/--n-embd/--seq-len). Domain- and task-adaptive pre-training (Gururangan et al. 2020)
+    continue a model on new text this way."""
+    from budgetlm.train import checkpoint as ck
+
+    ckpt = ck.resolve_checkpoint(cfg.init_from)  # the latest, as finetune and export load
+    meta = ck.read_meta(ckpt)
+    if meta.get("model_kind", "lm") != "lm":
+        raise BudgetError(f"--init-from {cfg.init_from} is a fine-tuned {meta['model_kind']}, not a language model")
+    mcfg = from_dict(ModelConfig, meta["model_config"])
+    if mcfg.causal != (cfg.objective == "causal"):
+        kind = "causal" if mcfg.causal else "masked"
+        raise BudgetError(f"--init-from {cfg.init_from} is a {kind} model: pass --objective {kind}")
+    _check_tokenizer_matches(data_dir, ckpt, vocab, mcfg.vocab_size)
+    if cfg.seq_len and cfg.seq_len != mcfg.max_seq_len:
+        mcfg = dataclasses.replace(mcfg, max_seq_len=cfg.seq_len)
+    return ckpt, mcfg
+
+
 def _fault_hook(step: int) -> None:
     """Fault injection for the crash tests: BUDGETLM_FAULT_KILL_AFTER_STEP=N SIGKILLs the process
     right after the checkpoint of step N is on disk (a power cut, as far as the run can tell)."""
@@ -290,6 +313,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mcfg = from_dict(ModelConfig, meta["model_config"])
         _check_tokenizer_matches(data_dir, resume_ckpt, vocab, mcfg.vocab_size)
         batch_size, lr, reason = cfg.batch_size, cfg.lr, f"resumed from {resume_ckpt.name}"
+    elif cfg.init_from:
+        init_ckpt, mcfg = _init_source(cfg, data_dir, vocab)
+        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or (16 if mcfg.causal else 64),
+                                  lr=cfg.lr or AUTO_LR[cfg.optimizer], seq_len=mcfg.max_seq_len,
+                                  dropout=max(cfg.dropout, 0.0))
+        mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
+        batch_size, lr, reason = cfg.batch_size, cfg.lr, f"weights from {init_ckpt}"
     else:
         cfg, mcfg, reason = _model_config(cfg, vocab, budget_s, len(train_tokens), rt)
         batch_size, lr = cfg.batch_size, cfg.lr
@@ -311,8 +341,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "splits across ranks")
     model = build_model(mcfg).to(rt.device)
     model.activation_checkpointing = cfg.activation_checkpointing
-    if resume_ckpt is not None:
-        ck.load_weights(model, resume_ckpt, rt.device)  # full weights, before any sharding
+    if resume_ckpt is not None or cfg.init_from:
+        ck.load_weights(model, resume_ckpt or init_ckpt, rt.device)  # full weights, before any sharding
     if fsdp:
         runtime.shard_model(model, rt)  # before the optimizer: it must see the sharded parameters
     optimizer = build_optimizer(cfg.optimizer, model, OptimConfig(lr=lr, weight_decay=cfg.weight_decay))
