@@ -246,9 +246,9 @@ def _check_tokenizer_matches(data_dir: Path, ckpt: Path, vocab: int, model_vocab
 
 
 def _init_source(cfg: TrainConfig, data_dir: Path, vocab: int) -> tuple[Path, ModelConfig]:
-    """--init-from: the checkpoint to start from and its model (whose shape and context win over
-    --model/--n-embd/--seq-len). Domain- and task-adaptive pre-training (Gururangan et al. 2020)
-    continue a model on new text this way."""
+    """--init-from: the checkpoint to start from and its model, whose shape wins over --model and
+    --n-embd (--seq-len may change the context: RoPE has no learned positions). Domain- and
+    task-adaptive pre-training (Gururangan et al. 2020) continue a model on new text this way."""
     from budgetlm.train import checkpoint as ck
 
     ckpt = ck.resolve_checkpoint(cfg.init_from)  # the latest, as finetune and export load
