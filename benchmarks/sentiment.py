@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--skip-scratch", action="store_true", help="skip the no-pre-training baseline")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.members < 1:
+        ap.error("--members must be at least 1")
 
     data, work = Path(args.data), Path(args.work)
     logs = work / "logs"

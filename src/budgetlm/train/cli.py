@@ -92,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Peak LR per optimizer, tuned on Tiny Shakespeare (4 layers x 256, 4,096-token batches): muon at 1e-2
 # beat 3e-3 (docs/bench/training.md); AdamW's 3e-3 is the usual choice for models this small.
 AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
+# Sequences per optimizer step when a preset, a depth or --init-from gives the model (the planner
+# sizes the batch itself): 16 x 256 causal tokens, 64 x 128 masked ones.
+FIXED_MODEL_BATCH = {"causal": 16, "masked": 64}
 # Without --budget (only --max-steps/--max-tokens) the planner sizes the model as for this long.
 PLAN_BUDGET_WITHOUT_CLOCK_S = 600.0
 # Repeated data loses value after a few epochs (Muennighoff et al. 2023) and small corpora overfit.
@@ -219,7 +222,7 @@ def _model_config(cfg: TrainConfig, vocab_size: int, budget_s, train_tokens: int
             mcfg = model_config(cfg.model, vocab_size, causal=causal, max_seq_len=T)
         except ValueError as e:
             raise BudgetError(str(e)) from None
-        fill, reason = {"batch_size": 16 if causal else 64}, f"--model {cfg.model}"
+        fill, reason = {"batch_size": FIXED_MODEL_BATCH[cfg.objective]}, f"--model {cfg.model}"
     # a flag the user gave wins over the automatic choice
     defaults = TrainConfig()
     if cfg.batch_size:
@@ -306,7 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budget_s = parse_duration(cfg.budget) if cfg.budget else None
 
     rt = runtime.init_runtime(cfg.device, cfg.precision, cfg.seed)
-    resume_ckpt = None
+    resume_ckpt = init_ckpt = None
     if cfg.resume:
         resume_ckpt = ck.resolve_checkpoint(out)
         meta = ck.read_meta(resume_ckpt)
@@ -315,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size, lr, reason = cfg.batch_size, cfg.lr, f"resumed from {resume_ckpt.name}"
     elif cfg.init_from:
         init_ckpt, mcfg = _init_source(cfg, data_dir, vocab)
-        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or (16 if mcfg.causal else 64),
+        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or FIXED_MODEL_BATCH[cfg.objective],
                                   lr=cfg.lr or AUTO_LR[cfg.optimizer], seq_len=mcfg.max_seq_len,
                                   dropout=max(cfg.dropout, 0.0))
         mcfg = dataclasses.replace(mcfg, dropout=cfg.dropout)
@@ -341,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "splits across ranks")
     model = build_model(mcfg).to(rt.device)
     model.activation_checkpointing = cfg.activation_checkpointing
-    if resume_ckpt is not None or cfg.init_from:
+    if resume_ckpt or init_ckpt:
         ck.load_weights(model, resume_ckpt or init_ckpt, rt.device)  # full weights, before any sharding
     if fsdp:
         runtime.shard_model(model, rt)  # before the optimizer: it must see the sharded parameters
