@@ -165,24 +165,25 @@ def main() -> None:
                  "--max-len", str(max_len), "--overwrite", *args.finetune_args.split()]
     variants = [("pretrained", [])] + ([] if args.skip_scratch else [("scratch", ["--from-scratch"])])
     for name, extra in variants:
-        # --members K: K fine-tunes with seeds seed..seed+K-1, evaluated alone and as an ensemble
+        # --members K: K fine-tunes with seeds seed..seed+K-1, evaluated as an ensemble and (K > 1) alone
+        test_keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "seconds")
         outs, members, ft_s = [], [], 0.0
         for i in range(args.members):
             out = work / (f"clf-{name}" if args.members == 1 else f"clf-{name}-{i}")
             ft, dt = sh(["finetune", "--json", "--model", str(mlm), "--out", str(out), "--seed", str(args.seed + i),
                          *ft_common, *extra], logs / f"finetune-{name}-{i}.log")
-            ev, _ = sh(["eval", "--json", "--model", str(out), "--text", str(f_test)], logs / f"eval-{name}-{i}.log")
             ft_s += dt
             outs.append(out)
             members.append({"finetune": {k: ft[k] for k in ("steps", "epochs", "best_step", "train_seconds",
-                                                            "accuracy", "f1_macro", "early_stopped")},
-                            "test": {k: ev[k] for k in ("accuracy", "f1_macro", "precision_macro",
-                                                         "recall_macro", "seconds")}})
+                                                            "accuracy", "f1_macro", "early_stopped")}})
+            if args.members > 1:  # with one member the ensemble's eval below is this member's
+                ev, _ = sh(["eval", "--json", "--model", str(out), "--text", str(f_test)], logs / f"eval-{name}-{i}.log")
+                members[-1]["test"] = {k: ev[k] for k in test_keys}
         model_args = [a for o in outs for a in ("--model", str(o))]
         ev, dt_eval = sh(["eval", "--json", *model_args, "--text", str(f_test)], logs / f"eval-{name}.log")
         results[name] = {"members": members, "finetune": members[0]["finetune"],
-                         "test": {k: ev[k] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro",
-                                                      "seconds")}}
+                         "test": {k: ev[k] for k in test_keys}}
+        members[0].setdefault("test", results[name]["test"])
         if name == "pretrained":
             timings["finetune"], timings["eval"] = ft_s, dt_eval
             q, _ = sh(["eval", "--json", *model_args, "--text", str(f_test), "--quantize", "int8"],
