@@ -177,6 +177,21 @@ def test_cleaning_options_reach_the_data(tmp_path):
     assert s["dropped"] == {"dedup": 1, "short": 1}
 
 
+@pytest.mark.parametrize("steps, same", [(["lowercase"], True), (["html"], False)])
+def test_tokenizer_learned_on_lowercased_text_lowercases_new_text(tmp_path, steps, same):
+    # Cased text at fine-tuning or inference time must reach the tokens the (uncased) model knows,
+    # not <|unk|>; a cased tokenizer must keep case apart.
+    src = jsonl(tmp_path / "d.jsonl", [d.title() for d in documents(60, seed=2)])
+    out = tmp_path / "ds"
+    prepare_dataset([str(src)], str(out), PrepareConfig(tokenizer="wordpiece", vocab_size=300, clean=steps))
+    tok = toklib.load_tokenizer(out)
+    unk = toklib.special_ids(tok)["unk"]
+    lower = tok.encode("the quiet river walked home").ids
+    assert unk not in lower or not same
+    assert (tok.encode("The Quiet RIVER Walked Home").ids == lower) is same
+    assert shards.read_manifest(out)["tokenizer"]["normalizes"] == (steps if same else [])
+
+
 def test_literal_special_token_text_is_not_a_separator(tmp_path):
     src = jsonl(tmp_path / "d.jsonl", ["talking about <|endoftext|> in text", "second"])
     out = tmp_path / "ds"

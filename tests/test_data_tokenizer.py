@@ -121,3 +121,11 @@ def test_wordpiece_learns_continuation_pieces():
 ])
 def test_auto_vocab_is_sized_to_the_corpus(kind, train_bytes, want):
     assert toklib.auto_vocab(kind, train_bytes) == want
+
+
+def test_apply_cleaning_strips_accents_then_lowercases():
+    tok = toklib.train_tokenizer("byte", None)
+    assert toklib.apply_cleaning(tok, ["html", "whitespace"]) == []  # these leave the tokenizer alone
+    assert tok.encode("Élan").ids != tok.encode("elan").ids
+    assert toklib.apply_cleaning(tok, ["lowercase", "accents"]) == ["accents", "lowercase"]
+    assert tok.encode("Élan ÜBER").ids == tok.encode("elan uber").ids

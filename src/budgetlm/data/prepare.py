@@ -405,6 +405,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
     # ---- pass 2: tokenizer
     t_tok = time.perf_counter()
     read_seconds = t_tok - t0
+    normalizes: list[str] = []  # --clean steps the tokenizer itself applies to new text
     if reused is not None:
         tok = reused
         added = toklib.ensure_specials(tok)
@@ -418,6 +419,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         with ui.progress(f"training {kind} tokenizer", total=None) as _:
             vocab = cfg.vocab_size or toklib.auto_vocab(kind, spools["train"].bytes)
             tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, vocab)
+        normalizes = toklib.apply_cleaning(tok, clean_names)  # raw text later maps to the tokens learned here
     tok_seconds = time.perf_counter() - t_tok
     ids = toklib.special_ids(tok)
     vocab_size = tok.get_vocab_size()
@@ -453,7 +455,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         "skipped": [{"path": p, "reason": r} for p, r in stats.skipped],
         "options": {**to_dict(cfg), "clean": clean_names},
         "tokenizer": {"kind": kind, "file": "tokenizer.json", "vocab_size": vocab_size, "special_ids": ids,
-                      "from": cfg.tokenizer_from or None},
+                      "from": cfg.tokenizer_from or None, "normalizes": normalizes},
         "eot_id": ids["eot"],
         "dtype": dtype.name,
         "splits": split_info,

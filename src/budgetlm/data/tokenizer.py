@@ -206,6 +206,27 @@ def train_tokenizer(kind: str, texts_iterator: Iterable[str] | None, vocab_size:
     return tok
 
 
+# `--clean` steps that change which characters a word is made of. A tokenizer learned on cleaned text
+# has never seen the other forms: uncleaned text at fine-tuning or inference time (cased reviews,
+# user prompts) would turn every capitalised word into <|unk|>. So the tokenizer applies these steps
+# itself, as BERT's uncased tokenizer lowercases and strips accents, in `clean`'s order.
+_NORMALIZING_STEPS: dict[str, list] = {
+    "accents": [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()],
+    "lowercase": [normalizers.Lowercase()],
+}
+
+
+def apply_cleaning(tok: Tokenizer, clean_steps: Iterable[str]) -> list[str]:
+    """Make `tok` normalize text the way the named `--clean` steps cleaned its training text (after
+    its own NFC); returns the steps it now applies. Idempotent on already-cleaned text."""
+    names = set(clean_steps)
+    applied = [n for n in _NORMALIZING_STEPS if n in names]  # clean's order: accents, then lowercase
+    if applied:
+        steps = [normalizers.NFC()] + [s for n in applied for s in _NORMALIZING_STEPS[n]]
+        tok.normalizer = normalizers.Sequence(steps)
+    return applied
+
+
 def _nonempty(texts: Iterable[str]) -> Iterator[str]:
     for t in texts:
         if t:
