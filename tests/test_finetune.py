@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from budgetlm.cli import main
-from budgetlm.config import to_dict
+from budgetlm.config import BudgetError, to_dict
 from budgetlm.labelled import build_inputs, label_names, read_labelled
 
 POS = ["good", "great", "lovely", "superb", "fine"]
@@ -123,6 +123,17 @@ def test_masked_backbone_learns_string_labels_and_writes_report(runs, data, tmp_
     code = main(["eval", "--json", "--model", str(out), "--text", str(data["val"])])
     ev = json.loads(capsys.readouterr().out)
     assert code == 0 and ev["accuracy"] == pytest.approx(res["accuracy"])
+
+    # plain lines (here gzipped) label the same as the same texts given with --text
+    import gzip
+
+    texts = [json.loads(line)["text"] for line in data["val"].read_text().splitlines()][:3]
+    lines = tmp_path / "lines.txt.gz"
+    lines.write_bytes(gzip.compress(("\n".join(texts) + "\n\n").encode()))
+    assert main(["classify", "--json", "--model", str(out), "--input", str(lines)]) == 0
+    from_file = json.loads(capsys.readouterr().out)["results"]
+    assert main(["classify", "--json", "--model", str(out), *(a for t in texts for a in ("--text", t))]) == 0
+    assert from_file == json.loads(capsys.readouterr().out)["results"]
 
     # int8 quantized inference gives (nearly) the same answers
     from budgetlm.classify import load_classifier
@@ -314,6 +325,23 @@ def test_readers_and_label_helpers(tmp_path):
     assert label_names(["b", "a", "b"]) == ["a", "b"]
     seq = build_inputs(list(range(10)), list(range(100, 104)), 10, [1], [2], [3])
     assert len(seq) == 10 and seq[0] == 1 and seq[-1] == 3 and 2 in seq
+
+
+def test_readers_take_compressed_files_and_refuse_damaged_ones(tmp_path):
+    import gzip
+
+    rows = [{"text": "fine film", "label": "pos"}, {"text": "dull", "label": "neg"}]
+    gz = tmp_path / "x.jsonl.gz"
+    gz.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    assert read_labelled(gz).texts == ["fine film", "dull"]
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefftext,label\ncaf\u00e9,1\n".encode())  # Excel writes a BOM before the header
+    assert read_labelled(bom).texts == ["caf\u00e9"]
+    bad = tmp_path / "bad.tsv.gz"
+    whole = gzip.compress(b"text\tlabel\n" + b"".join(b"w%d\t1\n" % i for i in range(1000)))
+    bad.write_bytes(whole[: len(whole) // 2])  # a truncated download
+    with pytest.raises(BudgetError, match="cannot read"):
+        read_labelled(bad)
 
 
 def test_batches_cover_each_example_once_per_epoch_with_little_padding():

@@ -23,7 +23,7 @@ import torch
 from budgetlm import ui
 from budgetlm.config import BudgetError
 from budgetlm.evaluate import in_eval_mode
-from budgetlm.labelled import collate, length_sorted_batches, read_labelled
+from budgetlm.labelled import collate, is_plain_text, length_sorted_batches, read_labelled, read_lines
 
 
 @torch.no_grad()
@@ -139,13 +139,8 @@ def _read_inputs(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[s
     if args.text:
         return list(args.text), None
     path = Path(args.input)
-    if path.suffix.lower() == ".txt":
-        if not path.is_file():
-            raise BudgetError(f"no such file: {path}")
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not lines:
-            raise BudgetError(f"{path} holds no text")
-        return lines, None
+    if is_plain_text(path):
+        return read_lines(path), None
     text_col = args.text_column or meta.get("text_column", "text")
     pair_col = args.text_pair_column if args.text_pair_column is not None else meta.get("text_pair_column", "")
     data = read_labelled(path, text_col, pair_col, meta.get("label_column", "label"), need_labels=False)

@@ -57,7 +57,7 @@ from budgetlm.train import checkpoint as ckpt_mod
 @dataclass
 class FinetuneConfig:
     model: str = ""  # budgetlm run directory (masked or causal LM) or a local Hugging Face model folder
-    train: str = ""  # labelled training file: .csv, .tsv (header row) or .jsonl
+    train: str = ""  # labelled training file: .csv, .tsv (header row) or .jsonl, optionally .gz/.xz/.bz2/.zst
     val: str = ""  # labelled validation file (default: 10% of --train held out)
     out: str = ""  # run directory to create for the fine-tuned classifier
     hf_dataset: str = ""  # instead of files: a Hugging Face dataset (local or cached), NAME or NAME:CONFIG

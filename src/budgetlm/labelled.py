@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from budgetlm.config import BudgetError
+from budgetlm.data.sources import READ_ERRORS, open_text, split_suffix
 
 
 @dataclass
@@ -32,8 +33,10 @@ class Labelled:
 # reading
 
 
+# Files open through `prepare`'s reader: compressed (.gz .xz .bz2 .zst) like plain, a BOM dropped,
+# invalid UTF-8 replaced by U+FFFD rather than failing half-way through a file.
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path, newline=None) as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -48,7 +51,7 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 def _rows_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_text(path) as fh:
         # GLUE-style .tsv files are not quoted (sentences contain bare quote characters)
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         reader = csv.DictReader(fh, delimiter=delimiter, quoting=quoting)
@@ -106,14 +109,39 @@ def read_labelled(
     path: str | Path, text_col: str = "text", pair_col: str = "", label_col: str = "label",
     need_labels: bool = True,
 ) -> Labelled:
-    """Read a .csv/.tsv (header row) or .jsonl (one object per line) file of labelled texts."""
+    """Read a .csv/.tsv (header row) or .jsonl (one object per line) file of labelled texts, plain
+    or compressed (data.jsonl.gz)."""
     path = Path(path)
     if not path.is_file():
         raise BudgetError(f"no such file: {path}")
-    reader = READERS.get(path.suffix.lower())
+    fmt, _ = split_suffix(path)
+    reader = READERS.get(fmt)
     if reader is None:
-        raise BudgetError(f"{path}: unknown format {path.suffix!r}; use one of {', '.join(READERS)}")
-    return _from_rows(reader(path), str(path), text_col, pair_col, label_col, need_labels)
+        raise BudgetError(f"{path}: unknown format {fmt or path.suffix!r}; use one of {', '.join(READERS)} "
+                          "(optionally .gz, .xz, .bz2 or .zst)")
+    try:
+        return _from_rows(reader(path), str(path), text_col, pair_col, label_col, need_labels)
+    except READ_ERRORS as e:  # damaged or truncated compressed data
+        raise BudgetError(f"cannot read {path}: {e}") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a plain-text file (plain or compressed), one text each."""
+    path = Path(path)
+    if not path.is_file():
+        raise BudgetError(f"no such file: {path}")
+    try:
+        with open_text(path, newline=None) as fh:
+            lines = [ln.rstrip("\n") for ln in fh if ln.strip()]
+    except READ_ERRORS as e:
+        raise BudgetError(f"cannot read {path}: {e}") from None
+    if not lines:
+        raise BudgetError(f"{path} holds no text")
+    return lines
+
+
+def is_plain_text(path: str | Path) -> bool:
+    return split_suffix(Path(path))[0] == ".txt"
 
 
 def read_hf_dataset(
