@@ -9,7 +9,7 @@ import torch
 
 from budgetlm.cli import main
 from budgetlm.config import BudgetError, to_dict
-from budgetlm.labelled import build_inputs, label_names, read_labelled
+from budgetlm.labelled import TRUNCATIONS, build_inputs, label_names, read_labelled
 
 POS = ["good", "great", "lovely", "superb", "fine"]
 NEG = ["bad", "awful", "dull", "poor", "boring"]
@@ -342,6 +342,42 @@ def test_readers_take_compressed_files_and_refuse_damaged_ones(tmp_path):
     bad.write_bytes(whole[: len(whole) // 2])  # a truncated download
     with pytest.raises(BudgetError, match="cannot read"):
         read_labelled(bad)
+
+
+@pytest.mark.parametrize("mode, kept", [("head", [0, 1, 2, 3, 4, 5, 6, 7]), ("tail", [12, 13, 14, 15, 16, 17, 18, 19]),
+                                         ("head+tail", [0, 1, 14, 15, 16, 17, 18, 19])])
+def test_every_truncation_keeps_its_part(mode, kept):
+    assert set(TRUNCATIONS) == {"head", "tail", "head+tail"}
+    assert build_inputs(list(range(20)), None, 10, [-1], [-2], [-3], mode) == [-1, *kept, -3]
+    assert build_inputs(list(range(5)), None, 10, [-1], [-2], [-3], mode) == [-1, 0, 1, 2, 3, 4, -3]  # fits: whole
+    pair = build_inputs(list(range(20)), [100, 101], 13, [-1], [-2], [-3], mode)  # the longer text gives way
+    assert pair == [-1, *kept, -2, 100, 101, -3]
+
+
+def test_truncate_tail_reads_the_end_of_long_texts(runs, tmp_path, capsys):
+    # The sentiment words come after 12 filler words; 8 tokens only reach them from the end.
+    def late(n, seed):
+        rows = synth(n, seed)
+        rng = random.Random(seed)
+        for r in rows:
+            words = r["text"].split()
+            mood = [w for w in words if w not in FILL]
+            r["text"] = " ".join(rng.choices(FILL, k=12) + mood)
+        return rows
+
+    train, val = write_jsonl(tmp_path / "t.jsonl", late(240, 5)), write_jsonl(tmp_path / "v.jsonl", late(60, 6))
+    acc = {}
+    for mode in ("head", "tail"):
+        out = tmp_path / mode
+        code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(train), "--val", str(val),
+                                  "--out", str(out), "--epochs", "6", "--patience", "0", *FAST, "--max-len", "8",
+                                  "--truncate", mode)
+        assert code == 0, err
+        acc[mode] = res["accuracy"]
+    assert acc["tail"] >= 0.9 and acc["head"] <= 0.75
+    # classify and eval read long texts the way the classifier was trained: from the end
+    assert main(["eval", "--json", "--model", str(tmp_path / "tail"), "--text", str(val)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(acc["tail"])
 
 
 def test_batches_cover_each_example_once_per_epoch_with_little_padding():

@@ -70,6 +70,7 @@ class FinetuneConfig:
     epochs: float = 0.0  # passes over the training set (0 = 3 when no --budget is given)
     batch_size: int = 32  # examples per optimizer step
     max_len: int = 0  # tokens per example incl. special tokens; longer texts are truncated (0 = min(128, context))
+    truncate: Literal["head", "tail", "head+tail"] = "head"  # what a longer text keeps: its start, its end, or a quarter from the start and the rest from the end (long reviews: tail or head+tail)
     lr: float = 1e-4  # peak learning rate
     weight_decay: float = 0.01  # decoupled weight decay on matrices
     warmup: float = 0.1  # fraction of training spent warming the LR up (then linear decay to 0)
@@ -142,12 +143,14 @@ def make_encoder(meta: dict[str, Any], run_dir: Path):
     if meta.get("backbone") == "hf":
         from transformers import AutoTokenizer
 
-        return HFEncoder(AutoTokenizer.from_pretrained(str(run_dir / "hf_tokenizer")), int(meta["max_len"]))
+        return HFEncoder(AutoTokenizer.from_pretrained(str(run_dir / "hf_tokenizer")), int(meta["max_len"]),
+                         meta.get("truncate", "head"))
     from budgetlm.data.tokenizer import load_tokenizer
 
     if not meta.get("tokenizer_path"):
         raise BudgetError(f"{run_dir} has no tokenizer.json next to its checkpoint")
-    return BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), bool(meta["model_config"]["causal"]), int(meta["max_len"]))
+    return BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), bool(meta["model_config"]["causal"]),
+                           int(meta["max_len"]), meta.get("truncate", "head"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def _load_budgetlm_source(cfg: FinetuneConfig, labels: list[str]):
     cfg.max_len = cfg.max_len or min(128, lm.cfg.max_seq_len)
     if cfg.max_len > lm.cfg.max_seq_len:
         raise BudgetError(f"--max-len {cfg.max_len} exceeds the model's context ({lm.cfg.max_seq_len} tokens)")
-    encoder = BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), lm.cfg.causal, cfg.max_len)
+    encoder = BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), lm.cfg.causal, cfg.max_len, cfg.truncate)
     ckpt_meta = {
         "backbone": "budgetlm",
         "model_config": to_dict(clf.cfg),
@@ -209,7 +212,7 @@ def _load_hf_source(cfg: FinetuneConfig, labels: list[str], out: Path):
             overrides[name] = cfg.dropout
     limit = min(getattr(tok, "model_max_length", 10**9) or 10**9, getattr(config, "max_position_embeddings", 10**9))
     cfg.max_len = min(cfg.max_len or 128, limit)
-    encoder = HFEncoder(tok, cfg.max_len)
+    encoder = HFEncoder(tok, cfg.max_len, cfg.truncate)
     config.update(overrides)
     if config.pad_token_id is None:
         config.pad_token_id = encoder.pad_id  # decoder-only classifiers find the last real token by it
@@ -319,6 +322,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise BudgetError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
+    if cfg.truncate == "head+tail" and _is_hf_folder(Path(cfg.model)):
+        raise BudgetError("--truncate head+tail needs a budgetlm model: a Hugging Face model folder takes head or tail")
     if Path(cfg.model).resolve() == out.resolve():
         raise BudgetError("--out must differ from --model")
     if cfg.batch_size < 1 or cfg.max_len < 0:
@@ -356,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         model, encoder, ckpt_meta, tokenizer_path = _load_budgetlm_source(cfg, names)
     ckpt_meta.update(
-        model_kind="classifier", num_labels=len(names), labels=names, max_len=cfg.max_len,
+        model_kind="classifier", num_labels=len(names), labels=names, max_len=cfg.max_len, truncate=cfg.truncate,
         text_column=cfg.text_column, text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
         finetune_config=to_dict(cfg),
     )
