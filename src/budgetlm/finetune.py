@@ -70,7 +70,7 @@ class FinetuneConfig:
     epochs: float = 0.0  # passes over the training set (0 = 3 when no --budget is given)
     batch_size: int = 32  # examples per optimizer step
     max_len: int = 0  # tokens per example incl. special tokens; longer texts are truncated (0 = min(128, context))
-    truncate: Literal["head", "tail", "head+tail"] = "head"  # what a longer text keeps: its start, its end, or a quarter from the start and the rest from the end (long reviews: tail or head+tail)
+    truncate: Literal["head", "tail", "head+tail"] = "head"  # what a too-long text keeps: its start, its end, or both (1/4 start + 3/4 end)
     lr: float = 1e-4  # peak learning rate
     weight_decay: float = 0.01  # decoupled weight decay on matrices
     warmup: float = 0.1  # fraction of training spent warming the LR up (then linear decay to 0)
@@ -528,8 +528,8 @@ def _write_report(out: Path, s: dict[str, Any], cfg: FinetuneConfig) -> None:
         f"- data: {s['train_examples']:,} training / {s['val_examples']:,} validation examples, {len(labels)} classes",
         f"- training: {s['steps']} steps ({s['epochs']} epochs) in {s['train_seconds']:.1f}s; "
         f"best step {s['best_step']}" + ("; stopped early" if s["early_stopped"] else ""),
-        f"- settings: lr {cfg.lr:g}, batch {cfg.batch_size}, max_len {cfg.max_len}, warm-up {cfg.warmup:g}, "
-        f"weight decay {cfg.weight_decay:g}, dropout {cfg.dropout:g}, patience {cfg.patience}"
+        f"- settings: lr {cfg.lr:g}, batch {cfg.batch_size}, max_len {cfg.max_len} (truncate {cfg.truncate}), "
+        f"warm-up {cfg.warmup:g}, weight decay {cfg.weight_decay:g}, dropout {cfg.dropout:g}, patience {cfg.patience}"
         + (f", weights averaged (EMA decay {cfg.ema})" if cfg.ema else ""),
         "",
         "## Best validation metrics",
