@@ -178,7 +178,7 @@ def test_cleaning_options_reach_the_data(tmp_path):
 
 
 @pytest.mark.parametrize("steps, same", [(["lowercase"], True), (["html"], False)])
-def test_tokenizer_learned_on_lowercased_text_lowercases_new_text(tmp_path, steps, same):
+def test_tokenizer_learned_on_lowercased_text_lowercases_new_text(tmp_path, capsys, steps, same):
     # Cased text at fine-tuning or inference time must reach the tokens the (uncased) model knows,
     # not <|unk|>; a cased tokenizer must keep case apart.
     src = jsonl(tmp_path / "d.jsonl", [d.title() for d in documents(60, seed=2)])
@@ -190,6 +190,10 @@ def test_tokenizer_learned_on_lowercased_text_lowercases_new_text(tmp_path, step
     assert unk not in lower or not same
     assert (tok.encode("The Quiet RIVER Walked Home").ids == lower) is same
     assert shards.read_manifest(out)["tokenizer"]["normalizes"] == (steps if same else [])
+    # reusing this tokenizer for lowercased text warns exactly when it would not lowercase new text
+    capsys.readouterr()
+    prepare_dataset([str(src)], str(tmp_path / "again"), PrepareConfig(tokenizer_from=str(out), clean=["lowercase"]))
+    assert ("keeps case" in capsys.readouterr().err) is not same
 
 
 def test_literal_special_token_text_is_not_a_separator(tmp_path):

@@ -412,6 +412,10 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         if added:
             ui.info(f"added special tokens to the reused tokenizer: {' '.join(added)}")
         kind = f"from:{toklib.tokenizer_kind(tok)}"
+        norm = tok.normalizer
+        if "lowercase" in clean_names and (norm is None or norm.normalize_str("A") != "a"):
+            ui.warn("--clean lowercase, but the reused tokenizer keeps case: cased text given to the model "
+                    "later (finetune, classify, serve) will not be lowercased")
     else:
         kind = cfg.tokenizer
         limit = int(cfg.tokenizer_train_mb * 1e6)
