@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from budgetlm.config import BudgetError
-from budgetlm.data.sources import READ_ERRORS, open_text, split_suffix
+from budgetlm.data.sources import damaged_file_errors, open_text, split_suffix
 
 
 @dataclass
@@ -119,10 +119,8 @@ def read_labelled(
     if reader is None:
         raise BudgetError(f"{path}: unknown format {fmt or path.suffix!r}; use one of {', '.join(READERS)} "
                           "(optionally .gz, .xz, .bz2 or .zst)")
-    try:
+    with damaged_file_errors(path):
         return _from_rows(reader(path), str(path), text_col, pair_col, label_col, need_labels)
-    except READ_ERRORS as e:  # damaged or truncated compressed data
-        raise BudgetError(f"cannot read {path}: {e}") from None
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -130,11 +128,8 @@ def read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise BudgetError(f"no such file: {path}")
-    try:
-        with open_text(path, newline=None) as fh:
-            lines = [ln.rstrip("\n") for ln in fh if ln.strip()]
-    except READ_ERRORS as e:
-        raise BudgetError(f"cannot read {path}: {e}") from None
+    with damaged_file_errors(path), open_text(path, newline=None) as fh:
+        lines = [ln.rstrip("\n") for ln in fh if ln.strip()]
     if not lines:
         raise BudgetError(f"{path} holds no text")
     return lines
@@ -217,7 +212,7 @@ def encode_labels(labels: Sequence[str], names: Sequence[str], source: str) -> n
 # tokens, about a quarter from the start) best on IMDb, then tail, then head.
 TRUNCATIONS: dict[str, Callable[[list[int], int], list[int]]] = {
     "head": lambda x, n: x[:n],
-    "tail": lambda x, n: x[len(x) - n:],  # n <= len(x)
+    "tail": lambda x, n: x[len(x) - n:],  # 0 <= n <= len(x)
     "head+tail": lambda x, n: x[: n // 4] + x[len(x) - (n - n // 4):],
 }
 
@@ -237,12 +232,10 @@ def build_inputs(
             lb -= 1
         else:
             la -= 1
-    cut = TRUNCATIONS[truncate]
-    a = list(a) if la == len(a) else cut(list(a), la)
+    cut = TRUNCATIONS[truncate]  # each keeps a text whole when it fits (n == len)
     if b is None:
-        return prefix + a + suffix
-    b = list(b) if lb == len(b) else cut(list(b), lb)
-    return prefix + a + middle + b + suffix
+        return prefix + cut(list(a), la) + suffix
+    return prefix + cut(list(a), la) + middle + cut(list(b), lb) + suffix
 
 
 def collate(seqs: Sequence[Sequence[int]], pad_id: int, extra: Sequence[Sequence[int]] | None = None):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -89,6 +90,15 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 READ_ERRORS = _read_errors()
 
+
+@contextlib.contextmanager
+def damaged_file_errors(path: Path) -> Iterator[None]:
+    """Turn a damaged file's error (bad or truncated compressed data, I/O) into a one-line BudgetError."""
+    try:
+        yield
+    except READ_ERRORS as e:
+        raise BudgetError(f"cannot read {path}: {e}") from None
+
 # compression suffix -> binary opener
 OPENERS: dict[str, Callable[[Path], IO[bytes]]] = {
     ".gz": lambda p: gzip.open(p, "rb"),
@@ -122,11 +132,8 @@ def open_text(path: Path, newline: str | None = "") -> IO[str]:
 
 def looks_binary(path: Path) -> bool:
     """NUL bytes in the first KB (after decompression) mean this is not UTF-8 text."""
-    try:
-        with open_binary(path) as fh:
-            head = fh.read(1024)
-    except READ_ERRORS as e:
-        raise BudgetError(f"cannot read {path}: {e}") from None
+    with damaged_file_errors(path), open_binary(path) as fh:
+        head = fh.read(1024)
     return b"\0" in head
 
 
@@ -350,13 +357,11 @@ def read_files(files: list[Path], opt: ReadOptions, stats: Stats,
             continue
         before = _REPLACED[0]
         stats.files.append(str(path))  # listed even when the reader stops early (--max-mb)
-        try:
+        with damaged_file_errors(path):
             for piece in reader(path, opt):
                 stats.replacements += _REPLACED[0] - before
                 before = _REPLACED[0]
                 yield piece
-        except READ_ERRORS as e:
-            raise BudgetError(f"cannot read {path}: {e}") from None
         stats.replacements += _REPLACED[0] - before
         if on_file:
             on_file(path)
