@@ -5,14 +5,19 @@
         --train-subset 5000 --test-subset 5000
 
 Pipeline, every step through the `budgetlm` CLI and timed (the sum is the "from nothing" time):
-  1. prepare   IMDb's 50k unlabelled reviews (html stripped, lowercased like SST-2) -> WordPiece shards
-  2. train     a masked LM on them for --pretrain-budget
+  1. prepare   IMDb's 50k unlabelled reviews (html stripped, lowercased like SST-2) -> WordPiece shards,
+               once per --vocab-sizes entry (one tokenizer each)
+  2. train     a masked LM on each for --pretrain-budget
   3. finetune  on the task's training set (minus a held-out validation part used for early stopping
-               and the best checkpoint), for --finetune-budget; --members K runs it K times (seeds)
+               and the best checkpoint), for --finetune-budget; --members K runs it K times (seeds),
+               the members taking the masked LMs in turn; --scratch-members S of them start from
+               random weights instead (a mixed ensemble)
   4. eval      on the task's test set (SST-2: dev.tsv; IMDb: test.jsonl), fp32 and int8; with
                --members K, of the ensemble (`eval --model A --model B ...`) and of each member
+--parallel N runs N budgetlm jobs at once, each with cores/N threads: a model this small keeps two
+cores busier as two one-thread jobs than as one two-thread job. Times are wall-clock per stage.
 Beside it, on the same split: TF-IDF + logistic regression (scikit-learn; C chosen on the held-out
-validation part, never on the test set) and the same model fine-tuned with no pre-training
+validation part, never on the test set) and the same members fine-tuned with no pre-training
 (`finetune --from-scratch`, same budget). Results: WORK/results.json and a markdown table on stdout.
 """
 
@@ -23,24 +28,38 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BUDGETLM = [sys.executable, "-m", "budgetlm"]
 
 
-def sh(args: list[str], log: Path) -> tuple[dict, float]:
-    """Run a budgetlm command with --json; return (its JSON result, wall seconds)."""
+def sh(args: list[str], log: Path, threads: int = 0) -> tuple[dict, float]:
+    """Run a budgetlm command with --json (with `threads` OpenMP threads; 0 = torch's default);
+    return (its JSON result, wall seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     t0 = time.perf_counter()
     with open(log, "w") as err:
-        proc = subprocess.run(BUDGETLM + args, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.run(BUDGETLM + args, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): budgetlm {' '.join(args)}\n{log.read_text()[-2000:]}")
     print(f"  {dt:7.1f}s  budgetlm {' '.join(args)}", file=sys.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1]), dt
+
+
+def sh_all(jobs: list[tuple[list[str], Path]], parallel: int) -> tuple[list[dict], float]:
+    """Run (args, log) jobs `parallel` at a time, each with cores/parallel threads (one thread per
+    job when parallel >= cores); return (their JSON results in order, wall seconds of them all)."""
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else 0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        done = list(pool.map(lambda job: sh(*job, threads=threads), jobs))
+    return [r for r, _ in done], time.perf_counter() - t0
 
 
 def read_task(task: str, data: Path, train_subset: int, test_subset: int, seed: int):
@@ -108,16 +127,25 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=2000, help="training examples held out for validation")
     ap.add_argument("--train-subset", type=int, default=0, help="random subset of the training set (0 = all)")
     ap.add_argument("--test-subset", type=int, default=0, help="random subset of the test set (0 = all)")
-    ap.add_argument("--reuse-pretrained", action="store_true", help="skip prepare+train if WORK/mlm exists")
+    ap.add_argument("--reuse-pretrained", action="store_true", help="skip prepare+train if the masked LMs exist in WORK")
     ap.add_argument("--pretrained-from", default="", help="use the masked LM of another run of this script "
                     "(its WORK folder); its prepare/train times count in this task's from-nothing time")
-    ap.add_argument("--members", type=int, default=1, help="fine-tune each model this many times (seeds seed, "
-                    "seed+1, ...) and evaluate the ensemble (`eval --model A --model B ...`) as well as each member")
+    ap.add_argument("--members", type=int, default=1, help="fine-tune this many times (seeds seed, seed+1, ...; "
+                    "the masked LMs in turn) and evaluate the ensemble (`eval --model A --model B ...`) and each member")
+    ap.add_argument("--scratch-members", type=int, default=0, help="of the --members, how many start from random "
+                    "weights instead of a masked LM (a mixed ensemble: they err differently)")
+    ap.add_argument("--vocab-sizes", default="8192", help="comma-separated WordPiece vocabulary sizes: one "
+                    "tokenizer and one masked LM each")
+    ap.add_argument("--parallel", type=int, default=1, help="budgetlm jobs at once (prepare, pre-training, "
+                    "fine-tuning), each with cores/parallel threads")
     ap.add_argument("--skip-scratch", action="store_true", help="skip the no-pre-training baseline")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.members < 1:
-        ap.error("--members must be at least 1")
+    if args.members < 1 or args.parallel < 1:
+        ap.error("--members and --parallel must be at least 1")
+    if not 0 <= args.scratch_members <= args.members:
+        ap.error("--scratch-members must be between 0 and --members")
+    vocabs = [int(v) for v in args.vocab_sizes.split(",")]
 
     data, work = Path(args.data), Path(args.work)
     logs = work / "logs"
@@ -138,43 +166,50 @@ def main() -> None:
     print(f"  tf-idf + LR: accuracy {results['tfidf_lr']['accuracy']:.4f}", file=sys.stderr)
 
     timings: dict[str, float] = {}
-    mlm = work / "mlm"
+    # the first vocabulary's folders keep the names of one-tokenizer runs (unsup/, mlm/)
+    tags = ["" if i == 0 else f"-{v}" for i, v in enumerate(vocabs)]
+    mlms = [work / f"mlm{t}" for t in tags]
     if args.pretrained_from:
         other = json.loads((Path(args.pretrained_from) / "results.json").read_text())
-        mlm = Path(args.pretrained_from) / "mlm"
+        mlms = [Path(args.pretrained_from) / Path(m).name for m in other.get("mlms", ["mlm"])]
         for k in ("prepare", "pretrain"):
             timings[k] = other["timings_s"][k]
             results[k] = other.get(k)
         results["pretrained_from"] = args.pretrained_from
-    elif not (args.reuse_pretrained and mlm.exists()):
+    elif not (args.reuse_pretrained and all(m.exists() for m in mlms)):
         unsup = data / "imdb/train_unsup.jsonl.gz"
-        prep_args = ["prepare", "--json", str(unsup), "--out", str(work / "unsup"), "--tokenizer", "wordpiece",
-                     "--vocab-size", "8192", "--tokenizer-train-mb", "20", "--clean", "html", "lowercase",
-                     "--val-fraction", "0.01", "--overwrite"] + (["--max-mb", str(args.unsup_mb)] if args.unsup_mb else [])
-        results["prepare"], timings["prepare"] = sh(prep_args, logs / "prepare.log")
-        train_args = ["train", "--json", "--data", str(work / "unsup"), "--out", str(mlm), "--objective", "masked",
-                      "--budget", args.pretrain_budget, "--model", args.model, "--seq-len", str(args.seq_len),
-                      *args.pretrain_args.split()]
-        if mlm.exists():
-            import shutil
-
-            shutil.rmtree(mlm)
-        results["pretrain"], timings["pretrain"] = sh(train_args, logs / "train.log")
+        prep = [(["prepare", "--json", str(unsup), "--out", str(work / f"unsup{t}"), "--tokenizer", "wordpiece",
+                  "--vocab-size", str(v), "--tokenizer-train-mb", "20", "--clean", "html", "lowercase",
+                  "--val-fraction", "0.01", "--overwrite"] + (["--max-mb", str(args.unsup_mb)] if args.unsup_mb else []),
+                 logs / f"prepare{t}.log") for t, v in zip(tags, vocabs)]
+        res, timings["prepare"] = sh_all(prep, args.parallel)
+        results["prepare"] = res[0] if len(res) == 1 else res
+        pretrain = [(["train", "--json", "--data", str(work / f"unsup{t}"), "--out", str(m), "--objective", "masked",
+                   "--budget", args.pretrain_budget, "--model", args.model, "--seq-len", str(args.seq_len),
+                   *args.pretrain_args.split()], logs / f"train{t}.log") for t, m in zip(tags, mlms)]
+        for m in mlms:  # a new run, not a resume of an earlier one
+            shutil.rmtree(m, ignore_errors=True)
+        res, timings["pretrain"] = sh_all(pretrain, args.parallel)
+        results["pretrain"] = res[0] if len(res) == 1 else res
+    results["mlms"] = [str(m) for m in mlms]
 
     ft_common = ["--train", str(f_train), "--val", str(f_val), "--budget", args.finetune_budget,
                  "--max-len", str(max_len), "--overwrite", *args.finetune_args.split()]
-    variants = [("pretrained", [])] + ([] if args.skip_scratch else [("scratch", ["--from-scratch"])])
-    for name, extra in variants:
-        # --members K: K fine-tunes with seeds seed..seed+K-1, evaluated as an ensemble and (K > 1) alone
+    variants = [("pretrained", args.scratch_members)] + ([] if args.skip_scratch else [("scratch", args.members)])
+    for name, n_scratch in variants:
+        # --members K: K fine-tunes with seeds seed..seed+K-1 taking the masked LMs in turn, the last
+        # n_scratch from random weights; evaluated as an ensemble and (K > 1) alone
         test_keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "seconds")
-        outs, members, ft_s = [], [], 0.0
-        for i in range(args.members):
-            out = work / (f"clf-{name}" if args.members == 1 else f"clf-{name}-{i}")
-            ft, dt = sh(["finetune", "--json", "--model", str(mlm), "--out", str(out), "--seed", str(args.seed + i),
-                         *ft_common, *extra], logs / f"finetune-{name}-{i}.log")
-            ft_s += dt
-            outs.append(out)
-            members.append({"finetune": {k: ft[k] for k in ("steps", "epochs", "best_step", "train_seconds",
+        outs = [work / (f"clf-{name}" if args.members == 1 else f"clf-{name}-{i}") for i in range(args.members)]
+        scratch = [i >= args.members - n_scratch for i in range(args.members)]
+        jobs = [(["finetune", "--json", "--model", str(mlms[i % len(mlms)]), "--out", str(out),
+                  "--seed", str(args.seed + i), *ft_common, *(["--from-scratch"] if scratch[i] else [])],
+                 logs / f"finetune-{name}-{i}.log") for i, out in enumerate(outs)]
+        fts, ft_s = sh_all(jobs, args.parallel)
+        members = []
+        for i, (ft, out) in enumerate(zip(fts, outs)):
+            members.append({"model": mlms[i % len(mlms)].name, "from_scratch": scratch[i],
+                            "finetune": {k: ft[k] for k in ("steps", "epochs", "best_step", "train_seconds",
                                                             "accuracy", "f1_macro", "early_stopped")}})
             if args.members > 1:  # with one member the ensemble's eval below is this member's
                 ev, _ = sh(["eval", "--json", "--model", str(out), "--text", str(f_test)], logs / f"eval-{name}-{i}.log")
@@ -198,7 +233,8 @@ def main() -> None:
 
     rows = [("TF-IDF + logistic regression", results["tfidf_lr"]["accuracy"], results["tfidf_lr"]["f1_macro"])]
     k = f", ensemble of {args.members}" if args.members > 1 else ""
-    rows.append((f"budgetlm, pre-trained (MLM) + fine-tuned{k}", results["pretrained"]["test"]["accuracy"],
+    mix = f" ({args.scratch_members} of them from random weights)" if args.scratch_members else ""
+    rows.append((f"budgetlm, pre-trained (MLM) + fine-tuned{k}{mix}", results["pretrained"]["test"]["accuracy"],
                  results["pretrained"]["test"]["f1_macro"]))
     rows.append(("  same, int8 dynamic quantization", results["pretrained"]["test_int8"]["accuracy"],
                  results["pretrained"]["test_int8"]["f1_macro"]))
@@ -207,7 +243,8 @@ def main() -> None:
                      results["scratch"]["test"]["f1_macro"]))
     for name in ("pretrained", "scratch"):
         for i, m in enumerate(results.get(name, {}).get("members", []) if args.members > 1 else []):
-            rows.append((f"  {name} member {i} alone", m["test"]["accuracy"], m["test"]["f1_macro"]))
+            how = f"{m['model']} tokenizer, random weights" if m["from_scratch"] else m["model"]
+            rows.append((f"  {name} member {i} alone ({how})", m["test"]["accuracy"], m["test"]["f1_macro"]))
     print(f"| {args.task} ({results['sizes']['test']} test examples) | accuracy | F1 macro |")
     print("|---|---|---|")
     for name, acc, f1 in rows:
