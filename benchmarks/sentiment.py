@@ -89,7 +89,8 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def tfidf_baseline(train, val, test) -> dict:
+def tfidf_baseline(train, val, test) -> tuple[dict, list[str]]:
+    """-> (metrics on test, predicted test labels); deterministic, so paired.py can refit it."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -108,7 +109,7 @@ def tfidf_baseline(train, val, test) -> dict:
     yte = [y for _, y in test]
     return {"accuracy": accuracy_score(yte, pred), "f1_macro": f1_score(yte, pred, average="macro"),
             "C": best[1], "val_accuracy": best[0], "seconds": round(time.perf_counter() - t0, 1),
-            "features": "tf-idf word 1-2 grams, sublinear tf"}
+            "features": "tf-idf word 1-2 grams, sublinear tf"}, list(pred)
 
 
 def main() -> None:
@@ -162,7 +163,7 @@ def main() -> None:
     results["sizes"] = {"train": len(train), "val": len(val), "test": len(test)}
     print(f"{args.task}: {len(train)} train / {len(val)} val (held out) / {len(test)} test", file=sys.stderr)
 
-    results["tfidf_lr"] = tfidf_baseline(train, val, test)
+    results["tfidf_lr"], _ = tfidf_baseline(train, val, test)
     print(f"  tf-idf + LR: accuracy {results['tfidf_lr']['accuracy']:.4f}", file=sys.stderr)
 
     timings: dict[str, float] = {}
