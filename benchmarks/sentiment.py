@@ -196,11 +196,11 @@ def main() -> None:
 
     ft_common = ["--train", str(f_train), "--val", str(f_val), "--budget", args.finetune_budget,
                  "--max-len", str(max_len), "--overwrite", *args.finetune_args.split()]
+    test_keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "seconds")
     variants = [("pretrained", args.scratch_members)] + ([] if args.skip_scratch else [("scratch", args.members)])
     for name, n_scratch in variants:
         # --members K: K fine-tunes with seeds seed..seed+K-1 taking the masked LMs in turn, the last
         # n_scratch from random weights; evaluated as an ensemble and (K > 1) alone
-        test_keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "seconds")
         outs = [work / (f"clf-{name}" if args.members == 1 else f"clf-{name}-{i}") for i in range(args.members)]
         scratch = [i >= args.members - n_scratch for i in range(args.members)]
         jobs = [(["finetune", "--json", "--model", str(mlms[i % len(mlms)]), "--out", str(out),
