@@ -140,17 +140,16 @@ ckpt_mod.register_model_kind("classifier", _build_classifier)
 
 def make_encoder(meta: dict[str, Any], run_dir: Path):
     """The tokenizer + input layout a classifier was fine-tuned with."""
+    max_len, truncate = int(meta["max_len"]), meta.get("truncate", "head")  # runs from before --truncate kept the head
     if meta.get("backbone") == "hf":
         from transformers import AutoTokenizer
 
-        return HFEncoder(AutoTokenizer.from_pretrained(str(run_dir / "hf_tokenizer")), int(meta["max_len"]),
-                         meta.get("truncate", "head"))
+        return HFEncoder(AutoTokenizer.from_pretrained(str(run_dir / "hf_tokenizer")), max_len, truncate)
     from budgetlm.data.tokenizer import load_tokenizer
 
     if not meta.get("tokenizer_path"):
         raise BudgetError(f"{run_dir} has no tokenizer.json next to its checkpoint")
-    return BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), bool(meta["model_config"]["causal"]),
-                           int(meta["max_len"]), meta.get("truncate", "head"))
+    return BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), bool(meta["model_config"]["causal"]), max_len, truncate)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -105,15 +105,20 @@ def _from_rows(rows, source: str, text_col: str, pair_col: str, label_col: str, 
     return Labelled(texts, pairs if pair_col else None, labels if has_labels else None, source)
 
 
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise BudgetError(f"no such file: {path}")
+    return path
+
+
 def read_labelled(
     path: str | Path, text_col: str = "text", pair_col: str = "", label_col: str = "label",
     need_labels: bool = True,
 ) -> Labelled:
     """Read a .csv/.tsv (header row) or .jsonl (one object per line) file of labelled texts, plain
     or compressed (data.jsonl.gz)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BudgetError(f"no such file: {path}")
+    path = _existing_file(path)
     fmt, _ = split_suffix(path)
     reader = READERS.get(fmt)
     if reader is None:
@@ -125,9 +130,7 @@ def read_labelled(
 
 def read_lines(path: str | Path) -> list[str]:
     """The non-blank lines of a plain-text file (plain or compressed), one text each."""
-    path = Path(path)
-    if not path.is_file():
-        raise BudgetError(f"no such file: {path}")
+    path = _existing_file(path)
     with damaged_file_errors(path), open_text(path, newline=None) as fh:
         lines = [ln.rstrip("\n") for ln in fh if ln.strip()]
     if not lines:
