@@ -1,0 +1,145 @@
+"""Atomic file-system writes: the one way budgetlm puts a file or a folder on disk.
+
+Readers must never see half a result. Every writer here writes under a temporary name in the same
+folder, flushes it to the disk (fsync), then renames it into place, which POSIX makes atomic:
+
+    atomic_write_text(path, text) / atomic_write_json(path, obj) / atomic_write_bytes(path, data)
+    with atomic_file(path) as fh: ...             a file written piece by piece
+    with atomic_dir(out, replace=...) as tmp: ... a folder built in `tmp`, then swapped in
+
+Temporary names start with `.` and contain `.tmp-`, so folder listings and `remove_stale_temps`
+recognise them; a crash leaves at most such a temporary behind, never a damaged result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+TMP_MARK = ".tmp-"
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file under `root`, then every folder (deepest first)."""
+    root = Path(root)
+    folders = [root]
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb+") as fh:
+                os.fsync(fh.fileno())
+        elif p.is_dir():
+            folders.append(p)
+    for d in sorted(folders, key=lambda d: len(d.parts), reverse=True):
+        fsync_dir(d)
+
+
+def temp_name(path: str | Path) -> Path:
+    """The temporary sibling a write of `path` goes through (hidden, per process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Yield a handle on a temporary sibling of `path`; on success fsync and rename it to `path`.
+    On an exception the temporary is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = temp_name(path)
+    binary = "b" in mode
+    try:
+        with open(tmp, mode, encoding=None if binary else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """JSON (dataclasses, paths and tuples converted, see `config.to_dict`), indented, one final newline."""
+    from budgetlm.config import to_dict
+
+    atomic_write_text(path, json.dumps(to_dict(obj), indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `out` to build a folder in; on success fsync it and rename
+    it to `out`. With `replace`, an existing `out` is swapped out only now, after the new folder is
+    complete, and then removed. On an exception the temporary is removed and `out` is untouched.
+    Callers decide whether `out` may be replaced (see the write guard in `budgetlm.fsio` users)."""
+    out = Path(out)
+    if out.exists() and not replace:
+        raise FileExistsError(f"{out} already exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old{TMP_MARK}{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_temp(path: str | Path) -> bool:
+    """A temporary left by one of the writers above (or by a checkpoint save)."""
+    name = Path(path).name
+    return name.startswith(".") and TMP_MARK in name
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove temporaries that crashed writers left in `folder` (not recursive); return them.
+    Only call this on a folder the caller holds the write lock of."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if is_temp(p):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
+    return removed
