@@ -117,7 +117,7 @@ def test_classifier_runs_are_delegated(runs, tmp_path, capsys, monkeypatch):
     shutil.copytree(root / "causal", clf)
     for ckpt in (clf / "checkpoints").glob("step_*"):
         meta = json.loads((ckpt / "meta.json").read_text())
-        meta["model_kind"] = "classifier"
+        meta["kind"], meta["classifier"] = "classifier", {"labels": ["a", "b"], "max_len": 8}
         (ckpt / "meta.json").write_text(json.dumps(meta))
     fake = types.ModuleType("budgetlm.finetune")
     fake.evaluate_classifier = lambda args: {"accuracy": 0.5, "model": args.model}

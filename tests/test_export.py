@@ -40,7 +40,11 @@ def _cfg(vocab: int, causal: bool, **kw) -> ModelConfig:
 def _save(tmp_path, name, model, meta, tokenizer_file) -> Path:
     from budgetlm.train.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / name, 1, model, {"model_config": to_dict(model.cfg), **meta},
+    from budgetlm.train.checkpoint import CheckpointMeta, ClassifierInfo
+
+    kind = "classifier" if "labels" in meta else "lm"
+    info = ClassifierInfo(meta["labels"], meta["max_len"], pooling=meta["pooling"]) if kind == "classifier" else None
+    save_checkpoint(tmp_path / name, 1, model, CheckpointMeta(kind=kind, model_config=to_dict(model.cfg), classifier=info),
                     tokenizer_path=tokenizer_file)
     return tmp_path / name
 

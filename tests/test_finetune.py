@@ -10,6 +10,7 @@ import torch
 from budgetlm.cli import main
 from budgetlm.config import BudgetError, to_dict
 from budgetlm.labelled import TRUNCATIONS, build_inputs, label_names, read_labelled
+from train_helpers import lm_meta  # noqa: E402
 
 POS = ["good", "great", "lovely", "superb", "fine"]
 NEG = ["bad", "awful", "dull", "poor", "boring"]
@@ -53,7 +54,7 @@ def make_lm_run(root, causal):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=64, causal=causal)
     run = root / ("causal-lm" if causal else "masked-lm")
-    save_checkpoint(run, 10, build_model(cfg), {"model_config": to_dict(cfg)}, tokenizer_path=tok_path)
+    save_checkpoint(run, 10, build_model(cfg), lm_meta(cfg), tokenizer_path=tok_path)
     return run
 
 

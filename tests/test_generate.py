@@ -15,6 +15,7 @@ from budgetlm.config import to_dict
 from budgetlm.generate import TextStream, generate_tokens, generate_uncached, sample_next
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.transformer import Transformer
+from train_helpers import lm_meta  # noqa: E402
 
 V = 64
 
@@ -126,7 +127,7 @@ def run_dir(tmp_path):
         tok_path = tmp_path / f"{name}-tokenizer.json"
         save_tokenizer(tok, tok_path)
         m = tiny_lm(causal=causal, vocab=tok.get_vocab_size())
-        save_checkpoint(tmp_path / name, 1, m, {"model_config": to_dict(m.cfg)}, tokenizer_path=tok_path)
+        save_checkpoint(tmp_path / name, 1, m, lm_meta(m.cfg), tokenizer_path=tok_path)
         return tmp_path / name
 
     return make

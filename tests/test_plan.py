@@ -66,15 +66,14 @@ def test_params_and_state_bytes_equal_the_real_model(cfg):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_activation_bytes_match_saved_tensor_hooks(causal, precision):
-    from budgetlm.bench import _batch, saved_tensor_bytes
+    from budgetlm import runtime
     from budgetlm.models.transformer import Transformer
+    from budgetlm.train.calibrate import _batch, saved_tensor_bytes
 
     cfg = model_config(2, 200, causal=causal, max_seq_len=64)
     model = Transformer(cfg)
-    idx, tgt = _batch(cfg, 3, 32, "cpu")
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    measured = saved_tensor_bytes(model, idx, tgt,
-                                  lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None))
+    rt = runtime.Runtime(torch.device("cpu"), "cpu", precision, "test")
+    measured = saved_tensor_bytes(model, _batch(cfg, 3, 32), rt)
     act = P.activation_bytes(cfg, 3, 32, precision)
     # autocast's weight copies are saved tensors too; the plan counts them as model state
     predicted = sum(act.values()) + P.state_bytes(cfg, precision)["weight_copies"]

@@ -18,6 +18,7 @@ from budgetlm.serve import (  # noqa: E402
     split_at_stop,
     stop_holdback,
 )
+from train_helpers import lm_meta  # noqa: E402
 
 
 class FakeLM:
@@ -233,7 +234,7 @@ def test_real_tiny_models_behind_the_api(tmp_path, capsys):
         save_tokenizer(tok, tmp_path / "tok.json")
         torch.manual_seed(0)
         cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=32)
-        save_checkpoint(tmp_path / "lm", 1, build_model(cfg), {"model_config": to_dict(cfg)},
+        save_checkpoint(tmp_path / "lm", 1, build_model(cfg), lm_meta(cfg),
                         tokenizer_path=tmp_path / "tok.json")
         client = TestClient(create_app(load_service(str(tmp_path / "lm")), ServeConfig()))
         body = client.post("/v1/completions", json={"prompt": "the cat", "max_tokens": 6, "temperature": 0}).json()
@@ -257,7 +258,7 @@ def test_real_tiny_models_behind_the_api(tmp_path, capsys):
         # classifier: fine-tune the same kind of tiny masked run for a moment, then serve it
         mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=32,
                            causal=False)
-        save_checkpoint(tmp_path / "mlm", 1, build_model(mcfg), {"model_config": to_dict(mcfg)},
+        save_checkpoint(tmp_path / "mlm", 1, build_model(mcfg), lm_meta(mcfg),
                         tokenizer_path=tmp_path / "tok.json")
         rows = [{"text": t, "label": "pos" if "good" in t else "neg"} for t in texts]
         (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -294,7 +295,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(tmp_path):
     tok = train_tokenizer("byte", None)
     save_tokenizer(tok, tmp_path / "tok.json")
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, max_seq_len=64)
-    save_checkpoint(tmp_path / "lm", 1, build_model(cfg), {"model_config": to_dict(cfg)}, tokenizer_path=tmp_path / "tok.json")
+    save_checkpoint(tmp_path / "lm", 1, build_model(cfg), lm_meta(cfg), tokenizer_path=tmp_path / "tok.json")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

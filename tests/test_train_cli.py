@@ -100,10 +100,10 @@ def test_resume_from_a_corrupt_checkpoint_is_refused(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", *TINY)[0] == 0
     ckpt = run / "checkpoints" / "step_000002"
-    (ckpt / "state.pt").write_bytes(b"broken")
+    (ckpt / "state.json").write_bytes(b"broken")
     rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "4", "--resume")
     assert rc == 2 and "corrupt" in err
-    assert (ckpt / "state.pt").read_bytes() == b"broken"
+    assert (ckpt / "state.json").read_bytes() == b"broken"
 
 
 def test_unknown_preset(data, tmp_path, capsys):
@@ -138,16 +138,22 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     assert {p["seq_len"] for p in entry["precisions"]["fp32"]} == {32}
     cfg = json.loads((run / "config.json").read_text())
     meta = json.loads(sorted((run / "checkpoints").glob("step_*"))[-1].joinpath("meta.json").read_text())
-    from budgetlm.bench import auto_configure
+    from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
-    from budgetlm.train.cli import PLAN_BUDGET_WITHOUT_CLOCK_S
+    from budgetlm.train.calibrate import auto_plan
+    from budgetlm.train.pretrain import PLAN_BUDGET_WITHOUT_CLOCK_S
 
-    plan = auto_configure(PLAN_BUDGET_WITHOUT_CLOCK_S, len(open_tokens(data, "train")), 32, "causal",
-                          meta["vocab_size"], "fp32", 1, "muon")
+    rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
+    plan = auto_plan(PLAN_BUDGET_WITHOUT_CLOCK_S, len(open_tokens(data, "train")), 32, rt, "causal",
+                     meta["vocab_size"], "muon")
     # planning again reuses the cached calibration (nothing re-measured) and gives the trained plan
     assert json.loads((budgetlm_home / "calibration.json").read_text()) == cal
-    assert meta["model_config"]["n_layer"] == plan.depth
+    assert meta["model_config"]["n_layer"] == plan.model["n_layer"]
     assert meta["model_config"]["n_embd"] == plan.model["n_embd"]
+    # config.json holds the resolved job: the planned shape, the precision and compile setting used
+    assert (cfg["model"], cfg["n_embd"]) == (str(plan.model["n_layer"]), plan.model["n_embd"])
+    assert (cfg["precision"], cfg["compile"], cfg["device"]) == ("fp32", "off", "cpu")
+    assert json.loads((run / "plan.json").read_text())["model"]["n_embd"] == plan.model["n_embd"]
     assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
     assert plan.epochs >= 10 and cfg["dropout"] == 0.2  # many planned epochs: automatic dropout
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given")

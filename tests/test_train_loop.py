@@ -9,7 +9,7 @@ from torch import nn
 
 from budgetlm import runtime
 from budgetlm.config import BudgetError
-from budgetlm.train.loop import LoopConfig, LoopState, StopFlag, train_loop
+from budgetlm.train.loop import LoopConfig, LoopHooks, LoopState, StopFlag, train_loop
 from budgetlm.train.optim import OptimConfig, build_optimizer
 from budgetlm.train.schedule import ScheduleConfig
 from train_helpers import one_thread  # noqa: F401 - autouse fixture
@@ -69,14 +69,14 @@ def test_deadline_stop_counts_only_training_time():
     m, opt = make()
     evals = []
 
-    def slow_eval(model):  # evaluation time must not eat the budget
+    def slow_eval(model, state):  # evaluation time must not eat the budget
         time.sleep(0.2)
         evals.append(1)
         return {"val_loss": 1.0}
 
     t0 = time.perf_counter()
     res = train_loop(m, batches(), opt, rt_cpu(), LoopConfig(budget_s=0.6, eval_every=0.25), ScheduleConfig(),
-                     evaluate=slow_eval, show_progress=False)
+                     hooks=LoopHooks(evaluate=slow_eval), show_progress=False)
     wall = time.perf_counter() - t0
     assert 0.5 <= res.state.elapsed_s <= 0.75
     assert len(evals) == 3  # at 25%, 50%, 75%
@@ -130,7 +130,7 @@ def test_nan_streak_rolls_back_with_lower_lr():
         return LoopState(step=2, tokens=64)
 
     res = train_loop(m, batches(), opt, rt_cpu(), LoopConfig(max_steps=10, nan_patience=3, nan_lr_factor=0.5),
-                     ScheduleConfig(), rollback=rollback, show_progress=False)
+                     ScheduleConfig(), hooks=LoopHooks(rollback=rollback), show_progress=False)
     assert rolled == [1]
     assert res.state.rollbacks == 1 and res.state.lr_scale == 0.5 and res.state.nan_skipped == 3
     assert res.state.step == 10
@@ -167,7 +167,7 @@ def test_stop_flag_interrupts_and_checkpoints_are_called():
         return src()
 
     res = train_loop(m, counting, opt, rt_cpu(), LoopConfig(max_steps=100, checkpoint_every_steps=3),
-                     ScheduleConfig(), checkpoint=lambda st, ev: saved.append(st.step), stop=stop,
+                     ScheduleConfig(), hooks=LoopHooks(checkpoint=lambda st, ev: saved.append(st.step)), stop=stop,
                      show_progress=False)
     assert res.interrupted and saved == [3, 6] and res.state.step == 7
 
@@ -182,12 +182,34 @@ def test_eval_every_steps_and_early_stop_from_the_eval_result():
     m, opt = make()
     seen = []
 
-    def evaluate(model):
+    def evaluate(model, state):
         seen.append(model.calls)
         return {"val_loss": 1.0, "stop": len(seen) == 3}
 
     res = train_loop(m, batches(), opt, rt_cpu(), LoopConfig(max_steps=50, eval_every=0.0, eval_every_steps=4),
-                     ScheduleConfig(), evaluate=evaluate, show_progress=False)
+                     ScheduleConfig(), hooks=LoopHooks(evaluate=evaluate), show_progress=False)
     assert seen == [4, 8, 12]  # one micro-batch per step: the model was called 4, 8, 12 times
     assert res.stopped_early and not res.interrupted
     assert res.state.step == 12
+
+
+def test_hooks_see_the_loop_state_and_on_step_runs_after_each_applied_step():
+    """Evaluation receives the loop state (no step counting in forward); on_step follows every applied
+    optimizer step (weight averaging lives there) and is skipped for a skipped (NaN) step."""
+    torch.manual_seed(0)
+    m = TinyLM()
+    m.poison = {4}
+    opt = build_optimizer("adamw", m, OptimConfig(lr=1e-2))
+    stepped, evaluated = [], []
+
+    def on_step(model, state):
+        assert model is m
+        stepped.append(state.step)
+
+    res = train_loop(m, batches(), opt, rt_cpu(), LoopConfig(max_steps=8, eval_every=0, eval_every_steps=2),
+                     ScheduleConfig(), hooks=LoopHooks(on_step=on_step,
+                                                       evaluate=lambda model, st: evaluated.append(st.step) or {}),
+                     show_progress=False)
+    assert res.state.nan_skipped == 1
+    assert stepped == [1, 2, 3, 5, 6, 7, 8]  # step 4's loss was NaN: no update, no hook
+    assert evaluated == [2, 6]  # every 2nd step; not the skipped 4th, and the last is the caller's

@@ -66,7 +66,7 @@ def test_sigterm_saves_and_exits_zero(data, tmp_path):
     res = json.loads(out)
     assert res["interrupted"] and res["steps"] > 0 and res["elapsed_s"] < 100
     ckpt = run / "checkpoints" / f"step_{res['steps']:06d}"
-    assert (ckpt / "model.safetensors").exists() and (ckpt / "state.pt").exists()
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "state.json").exists()
 
 
 def _free_port():

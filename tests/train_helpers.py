@@ -59,3 +59,12 @@ def subprocess_env() -> dict:
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.pop("BUDGETLM_FAULT_KILL_AFTER_STEP", None)
     return env
+
+
+def lm_meta(cfg, **fields):
+    """The CheckpointMeta of a budgetlm language model of shape `cfg` (a ModelConfig)."""
+    from budgetlm.config import to_dict
+    from budgetlm.train.checkpoint import CheckpointMeta
+
+    return CheckpointMeta(kind="lm", model_config=to_dict(cfg), objective="causal" if cfg.causal else "masked",
+                          **fields)

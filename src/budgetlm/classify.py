@@ -65,21 +65,21 @@ class LoadedClassifier:
 def load_classifier(run: str | Path, device: str = "cpu", quantize: str = "none", which: str = "best") -> LoadedClassifier:
     """A fine-tuned run -> model + encoder + label names. A language model (not fine-tuned) is a
     one-line error that says what to do."""
-    from budgetlm import finetune  # registers the "classifier" model kind
+    from budgetlm import finetune
     from budgetlm.quantize import maybe_quantize
-    from budgetlm.train.checkpoint import load_model, read_meta, resolve_checkpoint
+    from budgetlm.train.checkpoint import load_meta, load_model
 
-    meta0 = read_meta(resolve_checkpoint(run, which))
-    if meta0.get("model_kind") != "classifier":
-        kind = "causal" if meta0.get("model_config", {}).get("causal", True) else "masked"
+    meta0 = load_meta(run, which)
+    if not meta0.is_classifier:
+        kind = "causal" if meta0.causal else "masked"
         raise BudgetError(
             f"{run} is a {kind} language model, not a fine-tuned classifier: "
             f"run `budgetlm finetune --model {run} ...` first"
         )
     model, meta = load_model(run, device=device, which=which)
     model = maybe_quantize(model, quantize)
-    encoder = finetune.make_encoder(meta, Path(meta["checkpoint_dir"]).parent.parent)
-    return LoadedClassifier(model, encoder, [str(x) for x in meta["labels"]], meta, torch.device(device))
+    encoder = finetune.make_encoder(meta)
+    return LoadedClassifier(model, encoder, [str(x) for x in meta.classifier.labels], meta, torch.device(device))
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Ensemble:
         return self.members[0].labels
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self):
         return self.members[0].meta
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
@@ -141,9 +141,10 @@ def _read_inputs(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[s
     path = Path(args.input)
     if is_plain_text(path):
         return read_lines(path), None
-    text_col = args.text_column or meta.get("text_column", "text")
-    pair_col = args.text_pair_column if args.text_pair_column is not None else meta.get("text_pair_column", "")
-    data = read_labelled(path, text_col, pair_col, meta.get("label_column", "label"), need_labels=False)
+    info = meta.classifier
+    text_col = args.text_column or info.text_column
+    pair_col = args.text_pair_column if args.text_pair_column is not None else info.text_pair_column
+    data = read_labelled(path, text_col, pair_col, info.label_column, need_labels=False)
     return data.texts, data.pairs
 
 

@@ -29,16 +29,16 @@ from budgetlm.config import BudgetError
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "hardware": ("budgetlm.hardware", "show local devices and the accelerator catalog", True),
     "plan": ("budgetlm.plan_cli", "plan memory, FLOPs, time and cost for a model, device and budget", True),
-    "bench": ("budgetlm.bench", "measure throughput and memory on this device; write calibration", True),
+    "bench": ("budgetlm.commands.bench", "measure throughput and memory on this device; write calibration", True),
     "prepare": ("budgetlm.data.prepare", "clean, tokenize and pack raw text into token shards", True),
-    "train": ("budgetlm.train.cli", "pre-train a causal or masked model under a wall-clock budget", True),
-    "eval": ("budgetlm.evaluate", "loss, perplexity, bits per byte (LM) or accuracy/F1 (classifier)", True),
-    "generate": ("budgetlm.generate", "sample text from a trained causal model", True),
+    "train": ("budgetlm.commands.train", "pre-train a causal or masked model under a wall-clock budget", True),
+    "eval": ("budgetlm.commands.eval", "loss, perplexity, bits per byte (LM) or accuracy/F1 (classifier)", True),
+    "generate": ("budgetlm.commands.generate", "sample text from a trained causal model", True),
     "finetune": ("budgetlm.finetune", "fine-tune a model for sequence classification", True),
     "classify": ("budgetlm.classify", "classify texts with a fine-tuned model", True),
     "export": ("budgetlm.export", "export a model to Hugging Face format", True),
     "serve": ("budgetlm.serve", "serve a model over HTTP (completions, classification)", False),
-    "demo": ("budgetlm.demo", "run the whole path on the built-in corpus", True),
+    "demo": ("budgetlm.commands.demo", "run the whole path on the built-in corpus", True),
 }
 
 

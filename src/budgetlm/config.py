@@ -123,11 +123,14 @@ def add_dataclass_args(
     prefix: str = "",
     skip: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
+    only_given: bool = False,
 ) -> None:
     """Add one `--flag` per field of `cls`; the field's trailing comment is its help text.
 
     bool fields become `--flag/--no-flag`; `Literal[...]` fields become `choices`; `list[X]` fields
     take several values. `defaults` overrides the dataclass defaults shown and used by this parser.
+    With `only_given`, flags the user did not give stay out of the parsed namespace (their default
+    is still shown in --help), so `from_args(..., base=...)` can tell them from given ones.
     """
     comments = field_comments(cls)
     defaults = defaults or {}
@@ -149,7 +152,8 @@ def add_dataclass_args(
             help_text += f" (default: {default})"
         # argparse %-formats help strings: a literal "25%" in a comment must be escaped.
         help_text = help_text.replace("%", "%%")
-        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "help": help_text,
+                                  "default": argparse.SUPPRESS if only_given else default}
         origin = typing.get_origin(tp)
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -169,9 +173,17 @@ def add_dataclass_args(
         parser.add_argument(flag, **kwargs)
 
 
-def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", **overrides: Any):
-    """Build `cls` from the parsed namespace (fields missing from it keep their defaults)."""
-    values = {}
+def given_args(cls: type, args: argparse.Namespace, *, prefix: str = "") -> dict[str, Any]:
+    """The fields of `cls` present in the parsed namespace (with `only_given`: the flags given)."""
+    return {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
+            if f.init and hasattr(args, prefix + f.name)}
+
+
+def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", base: dict[str, Any] | None = None,
+              **overrides: Any):
+    """Build `cls` from the parsed namespace (fields missing from it keep `base`'s value, else
+    their defaults)."""
+    values = dict(base or {})
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -180,6 +192,41 @@ def from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", **overri
             values[f.name] = getattr(args, key)
     values.update(overrides)
     return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------------
+# config files
+
+
+def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
+    """Field values for `cls` from a JSON file (e.g. a run's config.json) or a TOML file a user wrote
+    (`key = value` lines, or a table named like the command, e.g. [train]). Unknown keys are a
+    one-line error, so a typo does not silently fall back to a default."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BudgetError(f"cannot read config file {path}: {e}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as e:
+        raise BudgetError(f"config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), dict):
+        data = next(iter(data.values()))  # one [section]
+    if not isinstance(data, dict):
+        raise BudgetError(f"config file {path} must hold one object of settings")
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise BudgetError(f"config file {path}: unknown setting(s) {', '.join(unknown[:5])}")
+    return data
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`budgetlm eval`: loss, perplexity and exact bits per byte of a trained language model.
+"""Loss, perplexity and exact bits per byte of a language model; masked-LM accuracy.
 
 Causal models: every token after the first is predicted exactly once (non-overlapping windows of
 the model's context; the last, shorter window covers the tail), so
@@ -10,12 +10,10 @@ which is comparable across tokenizers (nanochat's `evaluate_bpb` makes the same 
 tokenized with the run's tokenizer and its bytes are counted directly.
 
 Masked models: masked-LM loss and accuracy at a fixed masking seed (the same positions every time).
-A fine-tuned classifier run is handed to `budgetlm.finetune.evaluate_classifier`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from budgetlm import runtime, ui
+from budgetlm import runtime
 from budgetlm.config import BudgetError
 
 LN2 = math.log(2.0)
@@ -123,36 +121,19 @@ def masked_metrics(model: torch.nn.Module, tokens, seq_len: int, batch_size: int
 
 
 # --------------------------------------------------------------------------------------------------
-# the command
+# a trained run on a dataset split or on text files
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from budgetlm.classify import model_arg
-
-    model_arg(parser, "run directory (or checkpoint directory) to evaluate")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--data", help="prepared dataset folder: evaluate its val split")
-    src.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files to evaluate")
-    parser.add_argument("--split", default="val", choices=["val", "train"], help="split of --data to evaluate")
-    parser.add_argument("--max-tokens", type=int, default=0, help="evaluate at most this many tokens (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--which", default="latest", choices=["latest", "best"], help="checkpoint to load")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps | xla")
-    parser.add_argument("--precision", default="fp32", help="auto | fp32 | bf16 | fp16 (fp32: exact numbers)")
-    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
-                        help="fine-tuned classifiers: int8 dynamic quantization of linear layers (CPU)")
+def _check_vocab(tok, vocab_size: int) -> None:
+    have = tok.get_vocab_size()
+    if have != vocab_size:
+        raise BudgetError(f"tokenizer vocabulary ({have}) does not match the checkpoint's ({vocab_size}): "
+                          "this data was prepared with a different tokenizer")
 
 
-def _check_vocab(tok, meta: dict[str, Any]) -> None:
-    have, want = tok.get_vocab_size(), meta["model_config"]["vocab_size"]
-    if have != want:
-        raise BudgetError(
-            f"tokenizer vocabulary ({have}) does not match the checkpoint's ({want}): "
-            "this data was prepared with a different tokenizer"
-        )
-
-
-def _text_tokens(paths: list[str], tok, eot: int | None) -> tuple[np.ndarray, int]:
+def text_tokens(paths: list[str], tok, eot: int | None) -> tuple[np.ndarray, int]:
+    """Token ids of UTF-8 text files (an end-of-text token after each, as `prepare` writes) and
+    their byte count."""
     ids: list[int] = []
     n_bytes = 0
     for p in paths:
@@ -163,17 +144,16 @@ def _text_tokens(paths: list[str], tok, eot: int | None) -> tuple[np.ndarray, in
         n_bytes += len(text.encode("utf-8"))
         ids.extend(tok.encode(text, add_special_tokens=False).ids)
         if eot is not None:
-            ids.append(eot)  # end of document, as `prepare` writes after each one
+            ids.append(eot)
     return np.asarray(ids, dtype=np.int64), n_bytes
 
 
-def evaluate_lm(model, meta: dict[str, Any], tokens, n_bytes: int | None, rt: runtime.Runtime,
+def evaluate_lm(model, model_config: dict[str, Any], tokens, n_bytes: int | None, rt: runtime.Runtime,
                 batch_size: int = 8, max_tokens: int | None = None, mask_ids: dict[str, int] | None = None,
                 mask_rate: float = 0.25) -> dict[str, Any]:
-    """The eval numbers for an LM checkpoint over a token array (bytes: of the full array's text)."""
-    cfg = meta["model_config"]
-    seq_len = int(cfg["max_seq_len"])
-    if cfg.get("causal", True):
+    """The eval numbers for a language model over a token array (bytes: of the full array's text)."""
+    seq_len = int(model_config["max_seq_len"])
+    if model_config.get("causal", True):
         r = causal_nll(model, tokens, seq_len, batch_size, rt, max_tokens)
         out = {"objective": "causal", "loss": r["loss"], "perplexity": math.exp(min(r["loss"], 700.0)),
                "tokens": r["predicted"] + 1}
@@ -187,54 +167,38 @@ def evaluate_lm(model, meta: dict[str, Any], tokens, n_bytes: int | None, rt: ru
     from budgetlm.data.loader import MaskingCollator, MaskingConfig
 
     ids = mask_ids or {}
-    collator = MaskingCollator(MaskingConfig(rate=mask_rate), ids["mask"], int(cfg["vocab_size"]),
+    collator = MaskingCollator(MaskingConfig(rate=mask_rate), ids["mask"], int(model_config["vocab_size"]),
                                [v for k, v in ids.items() if k != "unk"])
     r = masked_metrics(model, tokens, seq_len, batch_size, rt, collator, max_tokens)
     return {"objective": "masked", "loss": r["loss"], "accuracy": r["accuracy"], "tokens": r["predicted"],
             "mask_rate": mask_rate, "mask_seed": EVAL_MASK_SEED}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from budgetlm.data.tokenizer import load_tokenizer, special_ids
-    from budgetlm.train.checkpoint import load_model, read_meta, resolve_checkpoint
+def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: list[str] | None = None,
+                 split: str = "val", batch_size: int = 8, max_tokens: int = 0, precision: str = "fp32") -> dict[str, Any]:
+    """Evaluate a loaded language model (`train.checkpoint.load_model`) on a prepared dataset's split
+    or on text files, with exact bits per byte for causal models."""
+    from budgetlm.data.shards import Dataset
+    from budgetlm.data.tokenizer import special_ids
 
-    ckpt = resolve_checkpoint(args.model[0], args.which)
-    meta0 = read_meta(ckpt)
-    if meta0.get("model_kind") == "classifier":
-        from budgetlm.finetune import evaluate_classifier
-
-        return evaluate_classifier(args)
-    if len(args.model) > 1:
-        raise BudgetError("several --model runs make an ensemble of fine-tuned classifiers; "
-                          f"{args.model[0]} is a language model: evaluate one at a time")
-    args.model = args.model[0]
-    if not args.data and not args.text:
-        raise BudgetError("give --data DIR (its val split) or --text FILE... to evaluate")
-    rt = runtime.init_runtime(args.device, args.precision, seed=0)
-    model, meta = load_model(args.model, device=rt.device, which=args.which)
-    mask_rate = float(meta.get("run_config", {}).get("mask_rate", 0.25) or 0.25)
-    if args.data:
-        from budgetlm.data.shards import open_tokens, read_manifest
-
-        manifest = read_manifest(args.data)
-        tok = load_tokenizer(Path(args.data) / "tokenizer.json")
-        _check_vocab(tok, meta)
-        tokens = open_tokens(args.data, args.split)
-        n_bytes = int(manifest["splits"][args.split].get("bytes", 0)) or None
-        source = f"{args.data} ({args.split})"
+    if bool(data) == bool(texts):
+        raise BudgetError("give either --data DIR (its val split) or --text FILE... to evaluate")
+    if batch_size < 1 or max_tokens < 0:
+        raise BudgetError(f"--batch-size must be at least 1 and --max-tokens at least 0, got {batch_size} and {max_tokens}")
+    rt = runtime.init_runtime(device, precision, seed=0)
+    vocab = int(meta.model_config["vocab_size"])
+    if data:
+        ds = Dataset.open(data)
+        tok = ds.tokenizer()
+        _check_vocab(tok, vocab)
+        tokens, n_bytes, source = ds.tokens(split), ds.split_bytes(split) or None, f"{data} ({split})"
     else:
-        if not meta.get("tokenizer_path"):
-            raise BudgetError(f"checkpoint {ckpt} has no tokenizer.json: evaluate with --data instead")
-        tok = load_tokenizer(meta["tokenizer_path"])
-        _check_vocab(tok, meta)
-        eot = special_ids(tok).get("eot")
-        tokens, n_bytes = _text_tokens(args.text, tok, eot)
-        source = ", ".join(args.text)
-    ids = special_ids(tok)
-    result = evaluate_lm(model, meta, tokens, n_bytes, rt, args.batch_size, args.max_tokens or None,
-                         ids, mask_rate)
-    result.update({"model": str(args.model), "checkpoint": meta["checkpoint_dir"], "data": source})
-    rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in result.items()
-            if k in ("loss", "perplexity", "bits_per_byte", "accuracy", "tokens", "bytes")]
-    ui.table(f"eval {args.model} on {source}", ["metric", "value"], rows)
-    return result
+        if tok is None:
+            raise BudgetError(f"checkpoint {meta.path} has no tokenizer.json: evaluate with --data instead")
+        _check_vocab(tok, vocab)
+        tokens, n_bytes = text_tokens(texts, tok, special_ids(tok).get("eot"))
+        source = ", ".join(texts)
+    mask_rate = float(meta.run_config.get("mask_rate", 0.25) or 0.25)
+    result = evaluate_lm(model, meta.model_config, tokens, n_bytes, rt, batch_size, max_tokens or None,
+                         special_ids(tok), mask_rate)
+    return {**result, "checkpoint": meta.path, "data": source}

@@ -464,14 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load the export with transformers and compare logits before finishing")
 
 
-def _labels(meta: dict[str, Any]) -> list[str] | None:
-    for key in ("labels", "label_names"):
-        if isinstance(meta.get(key), list):
-            return [str(x) for x in meta[key]]
-    id2label = meta.get("id2label")
-    if isinstance(id2label, dict):
-        return [str(id2label[k]) for k in sorted(id2label, key=int)]
-    return None
+def _labels(meta) -> list[str] | None:
+    return [str(x) for x in meta.classifier.labels] if meta.classifier else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -485,9 +479,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if out.exists() and not args.overwrite:
         raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
     model, meta = load_model(args.model, device="cpu", which=args.checkpoint)
-    tok = meta.get("tokenizer_path")
-    run_dir = Path(meta["checkpoint_dir"]).parents[1] if meta.get("checkpoint_dir") else Path(args.model)
-    hf_tok = run_dir / "hf_tokenizer"
+    tok = meta.tokenizer_path or None
+    hf_tok = meta.run_dir / "hf_tokenizer"
     if not tok and not hf_tok.is_dir():
         ui.warn("the run has no tokenizer: exporting the model without one")
     result = FORMATS[args.format](model, out, tok, labels=_labels(meta), overwrite=args.overwrite,

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ from budgetlm.labelled import (
     read_labelled,
 )
 from budgetlm.metrics import classification_metrics, metrics_table_rows
+from budgetlm.hf import HFClassifier
 from budgetlm.train import checkpoint as ckpt_mod
+from budgetlm.train.checkpoint import CheckpointMeta, ClassifierInfo
 
 
 @dataclass
@@ -88,68 +90,21 @@ class FinetuneConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# model kinds (rebuilt from a checkpoint's meta.json by train.checkpoint.load_model)
+# encoders
 
 
-class HFClassifier(nn.Module):
-    """An `AutoModelForSequenceClassification` behind budgetlm's `logits, loss = model(idx, ...)`."""
-
-    def __init__(self, hf_model: nn.Module):
-        super().__init__()
-        self.hf = hf_model
-        self.num_labels = hf_model.config.num_labels
-
-    def forward(self, idx, labels=None, attention_mask=None, token_type_ids=None):
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.hf(input_ids=idx, attention_mask=attention_mask, labels=labels, **kwargs)
-        return out.logits, out.loss
-
-
-def _build_budgetlm_classifier(meta: dict[str, Any]) -> nn.Module:
-    from budgetlm.config import from_dict
-    from budgetlm.models.config import ModelConfig
-    from budgetlm.models.heads import SequenceClassifier
-
-    cfg = from_dict(ModelConfig, meta["model_config"])
-    return SequenceClassifier(cfg, int(meta["num_labels"]), pooling=meta.get("pooling"))
-
-
-def _build_hf_classifier(meta: dict[str, Any]) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    config = AutoConfig.for_model(**meta["model_config"])
-    return HFClassifier(AutoModelForSequenceClassification.from_config(config))
-
-
-# meta["backbone"] -> builder; both are saved as model_kind "classifier" so `eval` recognises them
-BACKBONES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
-    "budgetlm": _build_budgetlm_classifier,
-    "hf": _build_hf_classifier,
-}
-
-
-def _build_classifier(meta: dict[str, Any]) -> nn.Module:
-    backbone = meta.get("backbone", "budgetlm")
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown classifier backbone {backbone!r}")
-    return BACKBONES[backbone](meta)
-
-
-ckpt_mod.register_model_kind("classifier", _build_classifier)
-
-
-def make_encoder(meta: dict[str, Any], run_dir: Path):
+def make_encoder(meta: CheckpointMeta):
     """The tokenizer + input layout a classifier was fine-tuned with."""
-    max_len, truncate = int(meta["max_len"]), meta.get("truncate", "head")  # runs from before --truncate kept the head
-    if meta.get("backbone") == "hf":
+    info = meta.classifier
+    if meta.kind == "hf-classifier":
         from transformers import AutoTokenizer
 
-        return HFEncoder(AutoTokenizer.from_pretrained(str(run_dir / "hf_tokenizer")), max_len, truncate)
+        return HFEncoder(AutoTokenizer.from_pretrained(str(meta.run_dir / "hf_tokenizer")), info.max_len, info.truncate)
     from budgetlm.data.tokenizer import load_tokenizer
 
-    if not meta.get("tokenizer_path"):
-        raise BudgetError(f"{run_dir} has no tokenizer.json next to its checkpoint")
-    return BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), bool(meta["model_config"]["causal"]), max_len, truncate)
+    if not meta.tokenizer_path:
+        raise BudgetError(f"{meta.run_dir} has no tokenizer.json next to its checkpoint")
+    return BudgetlmEncoder(load_tokenizer(meta.tokenizer_path), meta.causal, info.max_len, info.truncate)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,11 +121,9 @@ def _load_budgetlm_source(cfg: FinetuneConfig, labels: list[str]):
     from budgetlm.train.checkpoint import load_model
 
     lm, meta = load_model(cfg.model, device="cpu")
-    if meta.get("model_kind") != "lm":
-        raise BudgetError(
-            f"{cfg.model} is already a fine-tuned {meta.get('model_kind')}: pass the pre-trained run"
-        )
-    if not meta.get("tokenizer_path"):
+    if meta.kind != "lm":
+        raise BudgetError(f"{cfg.model} is already a fine-tuned classifier: pass the pre-trained run")
+    if not meta.tokenizer_path:
         raise BudgetError(f"{cfg.model} has no tokenizer.json next to its checkpoint")
     pooling = None if cfg.pooling == "auto" else cfg.pooling
     try:
@@ -183,15 +136,12 @@ def _load_budgetlm_source(cfg: FinetuneConfig, labels: list[str]):
     cfg.max_len = cfg.max_len or min(128, lm.cfg.max_seq_len)
     if cfg.max_len > lm.cfg.max_seq_len:
         raise BudgetError(f"--max-len {cfg.max_len} exceeds the model's context ({lm.cfg.max_seq_len} tokens)")
-    encoder = BudgetlmEncoder(load_tokenizer(meta["tokenizer_path"]), lm.cfg.causal, cfg.max_len, cfg.truncate)
-    ckpt_meta = {
-        "backbone": "budgetlm",
-        "model_config": to_dict(clf.cfg),
-        "pooling": clf.pooling,
-        "source_run": str(Path(cfg.model).resolve()),
-        "source_objective": "causal" if lm.cfg.causal else "masked",
-    }
-    return clf, encoder, ckpt_meta, meta["tokenizer_path"]
+    encoder = BudgetlmEncoder(load_tokenizer(meta.tokenizer_path), lm.cfg.causal, cfg.max_len, cfg.truncate)
+    ckpt_meta = CheckpointMeta(kind="classifier", model_config=to_dict(clf.cfg), objective="classification",
+                               classifier=ClassifierInfo(labels, cfg.max_len, pooling=clf.pooling,
+                                                         source_run=str(Path(cfg.model).resolve()),
+                                                         source_objective="causal" if lm.cfg.causal else "masked"))
+    return clf, encoder, ckpt_meta, meta.tokenizer_path
 
 
 def _load_hf_source(cfg: FinetuneConfig, labels: list[str], out: Path):
@@ -222,7 +172,8 @@ def _load_hf_source(cfg: FinetuneConfig, labels: list[str], out: Path):
             cfg.model, config=config, local_files_only=True, ignore_mismatched_sizes=True
         )
     tok.save_pretrained(str(out / "hf_tokenizer"))
-    ckpt_meta = {"backbone": "hf", "model_config": config.to_dict(), "source_run": str(Path(cfg.model).resolve())}
+    ckpt_meta = CheckpointMeta(kind="hf-classifier", model_config=config.to_dict(), objective="classification",
+                               classifier=ClassifierInfo(labels, cfg.max_len, source_run=str(Path(cfg.model).resolve())))
     return HFClassifier(hf), encoder, ckpt_meta, None
 
 
@@ -359,18 +310,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, encoder, ckpt_meta, tokenizer_path = _load_hf_source(cfg, names, out)
     else:
         model, encoder, ckpt_meta, tokenizer_path = _load_budgetlm_source(cfg, names)
-    ckpt_meta.update(
-        model_kind="classifier", num_labels=len(names), labels=names, max_len=cfg.max_len, truncate=cfg.truncate,
-        text_column=cfg.text_column, text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
-        finetune_config=to_dict(cfg),
-    )
-    model.to(rt.device)
+    ckpt_meta.run_config = to_dict(cfg)
+    ckpt_meta.classifier = replace(ckpt_meta.classifier, max_len=cfg.max_len, truncate=cfg.truncate,
+                                   text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+                                   label_column=cfg.label_column)
+    setup = runtime.prepare_training(model, rt, compile="off")
+    model = setup.model
 
     t_tok = time.perf_counter()
     tr_seqs, tr_tt = encoder(train.texts, train.pairs)
     va_seqs, va_tt = encoder(val.texts, val.pairs)
     ui.info(
-        f"fine-tuning {ckpt_meta['backbone']} model from {cfg.model} on {len(tr_seqs):,} examples "
+        f"fine-tuning {'Hugging Face' if ckpt_meta.kind == 'hf-classifier' else 'budgetlm'} model from {cfg.model} on {len(tr_seqs):,} examples "
         f"({len(names)} classes: {', '.join(names[:10])}), validating on {len(va_seqs):,} "
         f"[tokenized in {time.perf_counter() - t_tok:.1f}s; {rt.device_type} {rt.precision}]"
     )
@@ -381,7 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # every tenth of the budget as well, so a short budget on a large set still gets validations.
     eval_frac = 0.1 if (not max_steps and not cfg.eval_every) else 0.0
 
-    from budgetlm.train.loop import LoopConfig, MetricsLogger, graceful_stop, train_loop
+    from budgetlm.train.loop import LoopConfig, LoopHooks, MetricsLogger, graceful_stop, train_loop
     from budgetlm.train.optim import OptimConfig, build_optimizer
     from budgetlm.train.schedule import ScheduleConfig
 
@@ -403,21 +354,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         averaged = AveragedModel(runtime.unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
     evals: list[dict[str, Any]] = []
-    current = {"step": 0}
 
-    def evaluate(m: nn.Module) -> dict[str, Any]:
+    def evaluate(m: nn.Module, state) -> dict[str, Any]:
         m = averaged.module if averaged is not None else m
         probs = _predict(m, va_seqs, va_tt, encoder.pad_id, rt.device)
         met = classification_metrics(y_val, probs.argmax(-1), names)
         val_loss = float(-np.log(np.clip(probs[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
-        step = current["step"]
+        step = state.step
         score = met[cfg.metric]
         # ties on the metric (common once accuracy saturates) are broken by a clear drop (1e-4) in
         # validation loss, so that noise-level changes do not reset the patience
         improved = score > best["score"] or (score == best["score"] and val_loss < best["loss"] - 1e-4)
         if improved:
             best.update(score=score, loss=val_loss, step=step, metrics=met, bad_evals=0)
-            ckpt_mod.save_checkpoint(out, step, runtime.unwrap(m), {**ckpt_meta, "val_metrics": met},
+            ckpt_mod.save_checkpoint(out, step, runtime.unwrap(m), replace(ckpt_meta, metrics=met),
                                      tokenizer_path=tokenizer_path, keep_last=1)
         else:
             best["bad_evals"] += 1
@@ -431,31 +381,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"val_loss": val_loss, f"val_{cfg.metric}": score, "stop": stop}
 
     t0 = time.perf_counter()
+    hooks = LoopHooks(evaluate=evaluate)
+    if averaged is not None:
+        hooks.on_step = lambda m, state: averaged.update_parameters(m)
     with graceful_stop() as stop:
-
-        def forward(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            current["step"] += 1  # one micro-batch per optimizer step: this counts the loop's steps
-            if averaged is not None:
-                averaged.update_parameters(runtime.unwrap(m))  # the weights after the previous step
-            return m(**batch)[1]
-
-        result = train_loop(
-            model, batches, optimizer, rt, loop_cfg, schedule,
-            forward=forward, evaluate=evaluate, metrics=logger, stop=stop,
-        )
+        result = train_loop(setup, batches, optimizer, rt, loop_cfg, schedule, hooks=hooks, metrics=logger, stop=stop)
     logger.close()
-    current["step"] = result.state.step
     signalled = result.interrupted
     if not evals or evals[-1]["step"] != result.state.step:
-        model.eval()
         with torch.no_grad():
-            evaluate(model)  # the final state always gets a validation
+            evaluate(model, result.state)  # the final state always gets a validation
     elapsed = time.perf_counter() - t0
     if best["metrics"] is None:
         raise BudgetError("no validation ran: the budget ended before the first step")
     summary = {
         "run_dir": str(out),
-        "backbone": ckpt_meta["backbone"],
+        "backbone": "hf" if ckpt_meta.kind == "hf-classifier" else "budgetlm",
         "source": cfg.model,
         "from_scratch": cfg.from_scratch,
         "labels": names,
@@ -573,11 +514,11 @@ def evaluate_classifier(args: argparse.Namespace) -> dict[str, Any]:
     device = "cpu" if device in (None, "auto") else device
     quantize = getattr(args, "quantize", "none") or "none"
     clf = load_ensemble(runs, device=device, quantize=quantize, which=getattr(args, "which", "best"))
-    meta = clf.meta
-    text_col = getattr(args, "text_column", None) or meta.get("text_column", "text")
+    info = clf.meta.classifier
+    text_col = getattr(args, "text_column", None) or info.text_column
     pair_col = getattr(args, "text_pair_column", None)
-    pair_col = meta.get("text_pair_column", "") if pair_col is None else pair_col
-    label_col = getattr(args, "label_column", None) or meta.get("label_column", "label")
+    pair_col = info.text_pair_column if pair_col is None else pair_col
+    label_col = getattr(args, "label_column", None) or info.label_column
     data = read_labelled(paths[0], text_col, pair_col, label_col)
     y = encode_labels(data.labels, clf.labels, data.source)
     t0 = time.perf_counter()

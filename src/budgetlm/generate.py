@@ -17,14 +17,13 @@ was trained on (nanoGPT crops the context the same way, without a cache).
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-from budgetlm import ui
 from budgetlm.config import BudgetError
 
 
@@ -118,89 +117,70 @@ class TextStream:
 
 
 # --------------------------------------------------------------------------------------------------
-# command
+# a whole completion (`budgetlm generate`, the Python API)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="run directory of a trained causal model")
-    parser.add_argument("--prompt", default="", help="text to continue (empty: start of a document)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="most tokens to generate")
-    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
-    parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 = all")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, reported)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    parser.add_argument("--checkpoint", default="latest", choices=["latest", "best"],
-                        help="which checkpoint of the run to load")
+@dataclass
+class Completion:
+    text: str  # the generated text (without the prompt)
+    tokens: int  # tokens generated
+    prompt_tokens: int  # tokens of the prompt (the end-of-text token for an empty one)
+    finish_reason: str  # stop (end-of-text token) | length (max_new_tokens reached)
+    seed: int  # the sampling seed (given, or drawn and reported)
+    seconds: float  # wall time of the generation
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1:
-        raise BudgetError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise BudgetError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise BudgetError(f"--top-k must be >= 0, got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise BudgetError(f"--top-p must be in (0, 1], got {args.top_p}")
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise BudgetError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not temperature >= 0:
+        raise BudgetError(f"--temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise BudgetError(f"--top-k must be >= 0, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise BudgetError(f"--top-p must be in (0, 1], got {top_p}")
 
 
-def load_generator_model(run: str, device: str = "cpu", which: str = "latest"):
-    """(model, tokenizer, meta) for a causal run, with one-line errors for anything else."""
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200,
+             top_p: float = 1.0, seed: int | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
+    """Continue `prompt` with a causal model; `on_text` receives the text as it is produced."""
+    from budgetlm.data.tokenizer import SPECIAL_TOKENS
+
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    eot = tokenizer.token_to_id(SPECIAL_TOKENS["eot"])
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
+    if not ids:
+        if eot is None:
+            raise BudgetError("empty prompt and the tokenizer has no end-of-text token to start from")
+        ids = [eot]
+    seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    gen = torch.Generator().manual_seed(seed)
+    stream = TextStream(tokenizer)
+    t0 = time.perf_counter()
+    for token in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, gen,
+                                 stop_ids=[eot] if eot is not None else []):
+        piece = stream.push(token)
+        if piece and on_text is not None:
+            on_text(piece)
+    n = len(stream.ids)
+    return Completion(stream.text(), n, len(ids), "length" if n == max_new_tokens else "stop", seed,
+                      time.perf_counter() - t0)
+
+
+def load_causal(run: str, device: str = "cpu", which: str = "latest"):
+    """(model, tokenizer, meta) of a causal run, with one-line errors for anything else."""
     from budgetlm.data.tokenizer import load_tokenizer
     from budgetlm.runtime import detect_device_type
     from budgetlm.train.checkpoint import load_model
 
-    dev = detect_device_type(device) if device == "auto" else device
-    model, meta = load_model(run, device=dev, which=which)
-    if meta.get("model_kind", "lm") != "lm" or not getattr(model, "cfg", None) or not model.cfg.causal:
-        kind = "a classifier" if meta.get("model_kind") == "classifier" else "a masked model"
+    model, meta = load_model(run, device=detect_device_type(device), which=which)
+    if meta.is_classifier or not meta.causal:
+        kind = "a classifier" if meta.is_classifier else "a masked model"
         raise BudgetError(f"{run} holds {kind}: `generate` needs a causal model (train --objective causal)")
-    if not meta.get("tokenizer_path"):
+    if not meta.tokenizer_path:
         raise BudgetError(f"{run} has no tokenizer.json next to its checkpoint")
-    tok = load_tokenizer(meta["tokenizer_path"])
+    tok = load_tokenizer(meta.tokenizer_path)
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise BudgetError(f"the tokenizer has {tok.get_vocab_size()} tokens but the model only "
                           f"{model.cfg.vocab_size}: they do not belong together")
     return model, tok, meta
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    _check_args(args)
-    from budgetlm.data.tokenizer import SPECIAL_TOKENS
-
-    model, tok, meta = load_generator_model(args.model, args.device, args.checkpoint)
-    eot = tok.token_to_id(SPECIAL_TOKENS["eot"])
-    prompt_ids = tok.encode(args.prompt, add_special_tokens=False).ids if args.prompt else []
-    if not prompt_ids:
-        if eot is None:
-            raise BudgetError("empty prompt and the tokenizer has no end-of-text token to start from")
-        prompt_ids = [eot]
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    gen = torch.Generator().manual_seed(seed)
-    out = ui.console().file
-    if args.prompt:
-        out.write(args.prompt)
-        out.flush()
-    stream = TextStream(tok)
-    t0 = time.perf_counter()
-    for token in generate_tokens(model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
-                                 args.top_p, gen, stop_ids=[eot] if eot is not None else []):
-        piece = stream.push(token)
-        if piece:
-            out.write(piece)
-            out.flush()
-    elapsed = time.perf_counter() - t0
-    out.write("\n")
-    out.flush()
-    n = len(stream.ids)
-    return {
-        "text": stream.text(),
-        "prompt": args.prompt,
-        "tokens": n,
-        "prompt_tokens": len(prompt_ids),
-        "finish_reason": "length" if n == args.max_new_tokens else "stop",
-        "tokens_per_s": round(n / elapsed, 2) if elapsed > 0 else None,
-        "seed": seed,
-        "checkpoint": meta.get("checkpoint_dir"),
-    }

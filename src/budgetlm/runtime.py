@@ -250,9 +250,9 @@ def autocast(rt: Runtime):
 
 
 def make_grad_scaler(rt: Runtime):
-    """fp16 needs loss scaling to keep small gradients representable; bf16/fp32 do not."""
-    enabled = rt.precision == "fp16" and rt.device_type == "cuda"
-    return torch.amp.GradScaler("cuda", enabled=enabled) if enabled else None
+    """fp16 needs loss scaling to keep small gradients representable (Micikevicius et al. 2018,
+    "Mixed Precision Training"); bf16 and fp32 do not. GradScaler runs on any device type."""
+    return torch.amp.GradScaler(rt.device_type) if rt.precision == "fp16" else None
 
 
 def optimizer_step(rt: Runtime, optimizer: torch.optim.Optimizer, scaler=None) -> None:
@@ -357,6 +357,36 @@ def shard_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
         fully_shard(block)
     fully_shard(model)
     return model
+
+
+@dataclass
+class TrainSetup:
+    """A model made ready for training steps, the same way for pre-training, fine-tuning and the
+    calibration that predicts their speed (so the calibration measures what training runs)."""
+
+    module: torch.nn.Module  # what the loop calls: sharded (FSDP) or DDP-wrapped, maybe compiled
+    model: torch.nn.Module  # the plain model underneath: state dicts, evaluation, checkpoints
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    parallel: str  # none | ddp | fsdp
+    compiled: bool  # torch.compile applied
+    compile_reason: str  # one line: why compile is on or off
+
+
+def prepare_training(model: torch.nn.Module, rt: Runtime, compile: str = "auto", budget_s: float | None = None,
+                     fsdp: bool = False) -> TrainSetup:
+    """Move `model` to the device, shard it (FSDP, under torchrun) or wrap it in DDP, compile it when
+    `compile_wanted` says so, and make the fp16 grad scaler. Build the optimizer from `.model`
+    afterwards: with FSDP its parameters are the sharded ones."""
+    model.to(rt.device)
+    parallel = "none"
+    if rt.ddp:
+        parallel = "fsdp" if fsdp else "ddp"
+    if parallel == "fsdp":
+        shard_model(model, rt)
+    wrapped = wrap_ddp(model, rt) if parallel == "ddp" else model
+    want, reason = compile_wanted(rt, compile, budget_s)
+    module = maybe_compile(wrapped, rt, "on" if want else "off")
+    return TrainSetup(module, model, make_grad_scaler(rt), parallel, module is not wrapped, reason)
 
 
 def full_state(model: torch.nn.Module, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -490,7 +490,7 @@ class ClassifierService:
 
     def __init__(self, loaded, name: str):
         self.clf, self.name = loaded, name
-        self.max_context = int(loaded.meta.get("max_len", 512))
+        self.max_context = int(loaded.meta.classifier.max_len)
 
     def count_tokens(self, text: str) -> int:
         return len(self.clf.encoder([text])[0][0])
@@ -511,18 +511,17 @@ def load_service(run: str, quantize: str = "none", device: str = "cpu") -> Model
     """The right service for what the run holds: a causal LM or a fine-tuned classifier."""
     from pathlib import Path
 
-    from budgetlm.train.checkpoint import read_meta, resolve_checkpoint
+    from budgetlm.train.checkpoint import load_meta
 
     name = Path(run).resolve().name
-    meta = read_meta(resolve_checkpoint(run))
-    if meta.get("model_kind") == "classifier":
+    if load_meta(run).is_classifier:
         from budgetlm.classify import load_classifier
 
         return ClassifierService(load_classifier(run, device=device, quantize=quantize), name)
-    from budgetlm.generate import load_generator_model
+    from budgetlm.generate import load_causal
     from budgetlm.quantize import maybe_quantize
 
-    model, tok, _ = load_generator_model(run, device)  # one-line error for a masked LM
+    model, tok, _ = load_causal(run, device)  # one-line error for a masked LM
     return LMService(maybe_quantize(model, quantize), tok, name)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,36 @@ def open_tokens(data_dir: str | Path, split: str):
     if len(parts) == 1:
         return parts[0]
     return TokenView(parts)
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset folder (what `prepare` writes and `train`/`eval` read)."""
+
+    path: Path  # the folder
+    manifest: dict  # its manifest.json
+    summary: dict = field(default_factory=dict)  # what `prepare` reported when it wrote the folder
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Dataset":
+        return cls(Path(path), read_manifest(path))
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    def tokenizer(self):
+        from budgetlm.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_path)
+
+    def tokens(self, split: str):
+        return open_tokens(self.path, split)
+
+    def split_bytes(self, split: str) -> int:
+        """UTF-8 bytes of the split's text (0 when the manifest does not say)."""
+        return int(self.manifest["splits"].get(split, {}).get("bytes", 0) or 0)

@@ -2,14 +2,15 @@
 
 It knows nothing about objectives or data formats. It receives
 
-    model       an nn.Module (already on the device, possibly DDP/compile-wrapped)
+    setup       a `runtime.TrainSetup` (the model as the loop calls it, the plain model, the grad scaler)
     batches     a callable returning the next micro-batch: a dict of tensors passed as model(**batch)
     optimizer   from `train.optim` (every param group has a `base_lr`)
     rt          the `runtime.Runtime` (device, precision, ranks)
     cfg         LoopConfig (budget, accumulation, clipping, intervals)
     schedule    ScheduleConfig (LR as a function of progress through the budget)
-    hooks       evaluate(model) -> dict, checkpoint(state, metrics), rollback() -> LoopState | None
-            (an evaluation result with "stop": True ends the run early, e.g. on patience)
+    hooks       LoopHooks: evaluate(model, state) -> dict (a result with "stop": True ends the run
+                early, e.g. on patience), checkpoint(state, last_eval), rollback() -> LoopState | None,
+                on_step(model, state) after every applied optimizer step (weight averaging)
 
 and runs optimizer steps until the budget (wall-clock seconds, steps or tokens) is spent or a stop
 signal arrives. The budget clock counts only training: evaluation and checkpoint time are excluded
@@ -190,12 +191,215 @@ class MetricsLogger:
 # the loop
 
 
+@dataclass
+class LoopHooks:
+    """What the caller plugs into the loop; every hook is optional."""
+
+    evaluate: Callable[[torch.nn.Module, LoopState], dict[str, Any]] | None = None  # periodic validation
+    checkpoint: Callable[[LoopState, dict[str, Any] | None], None] | None = None  # save a checkpoint
+    rollback: Callable[[], LoopState | None] | None = None  # restore the last checkpoint after divergence
+    on_step: Callable[[torch.nn.Module, LoopState], None] | None = None  # after each applied optimizer step
+
+
 def _is_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+@dataclass
+class _StepResult:
+    loss: torch.Tensor  # mean loss over the micro-batches (device tensor)
+    tokens: int  # tokens of this step on all ranks
+    seconds: float  # wall time of the step
+    lr: float  # learning rate used
+    finite: bool  # loss and gradient norm were finite (the update was applied)
+
+
+class _Loop:
+    """One run of `train_loop`: the step, the stop rules, logging, evaluation and checkpoints."""
+
+    def __init__(self, setup, batches, optimizer, rt, cfg: LoopConfig, schedule: ScheduleConfig,
+                 state: LoopState, forward, hooks: LoopHooks, metrics, flops_per_token: float,
+                 peak_flops: float, stop: StopFlag):
+        self.setup, self.batches, self.optimizer, self.rt = setup, batches, optimizer, rt
+        self.cfg, self.schedule, self.state, self.forward = cfg, schedule, state, forward
+        self.hooks, self.metrics, self.stop = hooks, metrics, stop
+        self.fpt, self.peak = flops_per_token, peak_flops
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, Any] | None = None
+        self.window: list[float] = []  # losses since the last metric line
+        self.win_tokens, self.win_time = 0, 0.0
+        self.step_ema = 0.0  # smoothed seconds per optimizer step (for the deadline)
+        self.bad_in_a_row = 0
+        self.last_ckpt_wall = time.perf_counter()
+        self.train_loss = float("nan")
+
+    def progress(self, extra_s: float = 0.0) -> float:
+        s, c = self.state, self.cfg
+        return progress(s.elapsed_s + extra_s, s.step, s.tokens, c.budget_s, c.max_steps, c.max_tokens)
+
+    def finished(self) -> bool:
+        """Stop when the next step would end further past the deadline than stopping now."""
+        return self.state.step > 0 and (self.progress(0.5 * self.step_ema) >= 1.0 or self.progress() >= 1.0)
+
+    def step(self) -> _StepResult:
+        """grad_accum micro-batches, clip, optimizer step (skipped on any rank's non-finite value)."""
+        rt, model, scaler, accum = self.rt, self.setup.module, self.setup.scaler, self.cfg.grad_accum
+        t0 = time.perf_counter()
+        lr = set_lr(self.optimizer, lr_multiplier(self.progress(), self.schedule) * self.state.lr_scale)
+        total = torch.zeros((), device=rt.device)
+        tokens, finite = 0, True
+        for micro in range(accum):
+            batch = {k: v.to(rt.device, non_blocking=True) for k, v in self.batches().items()}
+            tokens += batch_tokens(batch)
+            with runtime.no_sync(model, micro == accum - 1), runtime.autocast(rt):
+                loss = self.forward(model, batch)
+            finite = finite and _is_finite(loss.detach())
+            loss = loss / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total += loss.detach()
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        gnorm = self._clip()
+        if scaler is None and finite and not _is_finite(gnorm):
+            finite = False
+        if rt.ddp:  # every rank must agree to skip, or DDP ranks would drift apart
+            finite = runtime.all_reduce_sum(rt, [0.0 if finite else 1.0])[0] == 0.0
+        if finite:
+            runtime.optimizer_step(rt, self.optimizer, scaler)
+        self.optimizer.zero_grad(set_to_none=True)
+        runtime.mark_step(rt)
+        runtime.synchronize(rt)
+        return _StepResult(total, tokens * rt.world_size, time.perf_counter() - t0, lr, finite)
+
+    def _clip(self) -> torch.Tensor:
+        if self.cfg.grad_clip <= 0:
+            return torch.zeros(())
+        gnorm = torch.nn.utils.clip_grad_norm_(self.setup.module.parameters(), self.cfg.grad_clip)
+        return gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
+
+    def account(self, r: _StepResult) -> None:
+        s = self.state
+        s.elapsed_s += r.seconds
+        s.tokens += r.tokens
+        s.step += 1
+        self.step_ema = r.seconds if self.step_ema == 0.0 else 0.9 * self.step_ema + 0.1 * r.seconds
+        if s.step == 1 and self.cfg.budget_s and r.seconds > self.cfg.budget_s:
+            raise BudgetError(f"budget {self.cfg.budget_s:g}s is too small: one optimizer step takes "
+                              f"{r.seconds:.3g}s here; raise --budget or lower the batch size")
+
+    def diverged(self) -> None:
+        """A skipped step; after `nan_patience` in a row, roll back with a lower learning rate."""
+        s = self.state
+        s.nan_skipped += 1
+        self.bad_in_a_row += 1
+        if self.bad_in_a_row < self.cfg.nan_patience:
+            return
+        restored = self.hooks.rollback() if self.hooks.rollback is not None else None
+        if restored is None:
+            raise BudgetError(f"training diverged: {self.bad_in_a_row} non-finite losses in a row and no "
+                              "checkpoint to roll back to; lower --lr")
+        # spent time stays spent
+        restored.elapsed_s, restored.nan_skipped = s.elapsed_s, s.nan_skipped
+        restored.rollbacks, restored.lr_scale = s.rollbacks + 1, s.lr_scale * self.cfg.nan_lr_factor
+        self.state = restored
+        ui.warn(f"{self.bad_in_a_row} non-finite losses in a row: rolled back to step {restored.step} "
+                f"with the learning rate scaled by {restored.lr_scale:g}")
+        self.bad_in_a_row = 0
+
+    def log(self, r: _StepResult) -> str | None:
+        """Every `log_every` steps: a metric line (history, metrics file) and the progress status."""
+        self.window.append(float(runtime.all_reduce_mean(self.rt, float(r.loss))))
+        self.win_tokens += r.tokens
+        self.win_time += r.seconds
+        s = self.state
+        if not (s.step % self.cfg.log_every == 0 or s.step == 1):
+            return None
+        self.train_loss = sum(self.window) / len(self.window)
+        tps = self.win_tokens / max(self.win_time, 1e-9)
+        mfu = self.fpt * tps / (self.peak * self.rt.world_size) if self.fpt else float("nan")
+        rec = {"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3),
+               "loss": round(self.train_loss, 5), "lr": r.lr, "tokens_per_s": round(tps, 1),
+               "mfu": round(mfu, 4) if math.isfinite(mfu) else None}
+        self.record(rec)
+        self.window, self.win_tokens, self.win_time = [], 0, 0.0
+        status = f"loss {self.train_loss:.3f}  {tps:,.0f} tok/s"
+        if math.isfinite(mfu):
+            status += f"  MFU {100 * mfu:.0f}%"
+        if self.cfg.budget_s:
+            status += f"  ETA {format_duration((1.0 - self.progress()) * self.cfg.budget_s)}"
+        return status
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self.history.append(rec)
+        if self.metrics is not None and self.rt.is_main:
+            self.metrics.log(rec)
+
+    def evaluate(self) -> dict[str, Any] | None:
+        if self.hooks.evaluate is None:
+            return None
+        s = self.state
+        with torch.no_grad():
+            result = self.hooks.evaluate(self.setup.model, s)
+        self.setup.module.train()
+        self.last_eval = result
+        vl = result.get("val_loss")
+        if vl is not None and (s.best_val_loss is None or vl < s.best_val_loss):
+            s.best_val_loss = vl
+        self.record({"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3), **result})
+        return result
+
+    def periodic(self) -> bool:
+        """Evaluation and checkpoints, both off the budget clock; True when an evaluation says stop."""
+        s, c = self.state, self.cfg
+        by_fraction = c.eval_every > 0 and self.progress() >= (s.evals_done + 1) * c.eval_every
+        by_steps = c.eval_every_steps > 0 and s.step % c.eval_every_steps == 0
+        if (by_fraction or by_steps) and self.progress() < 1.0:
+            s.evals_done += int(by_fraction)
+            result = self.evaluate()
+            if result is not None and result.get("stop"):
+                return True
+        by_time = c.checkpoint_every_s > 0 and time.perf_counter() - self.last_ckpt_wall >= c.checkpoint_every_s
+        by_step = c.checkpoint_every_steps > 0 and s.step % c.checkpoint_every_steps == 0
+        if self.hooks.checkpoint is not None and (by_time or by_step):
+            self.hooks.checkpoint(s, self.last_eval)
+            self.last_ckpt_wall = time.perf_counter()
+        return False
+
+    def run(self, show_progress: bool) -> LoopResult:
+        interrupted = stopped_early = False
+        budget_text = format_duration(self.cfg.budget_s) if self.cfg.budget_s else "-"
+        self.setup.module.train()
+        with ui.progress(f"train ({budget_text})", total=1000) as bar:
+            while True:
+                if self.stop:
+                    interrupted = True
+                    break
+                if self.finished():
+                    break
+                r = self.step()
+                self.account(r)
+                if not r.finite:
+                    self.diverged()
+                    continue
+                self.bad_in_a_row = 0
+                if self.hooks.on_step is not None:
+                    self.hooks.on_step(self.setup.model, self.state)
+                status = self.log(r)
+                if status is not None and show_progress:
+                    bar.update(bar.task_ids[0], completed=int(1000 * self.progress()), status=status)
+                if self.periodic():
+                    stopped_early = True
+                    break
+            if show_progress:
+                bar.update(bar.task_ids[0], completed=int(1000 * self.progress()))
+        if self.window:
+            self.train_loss = sum(self.window) / len(self.window)
+        return LoopResult(state=self.state, train_loss=self.train_loss, interrupted=interrupted,
+                          stopped_early=stopped_early, history=self.history, last_eval=self.last_eval)
+
+
 def train_loop(
-    model: torch.nn.Module,
+    setup: runtime.TrainSetup | torch.nn.Module,
     batches: Callable[[], dict[str, torch.Tensor]],
     optimizer,
     rt: runtime.Runtime,
@@ -204,181 +408,18 @@ def train_loop(
     *,
     state: LoopState | None = None,
     forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] = default_forward,
-    evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
-    checkpoint: Callable[[LoopState, dict[str, Any] | None], None] | None = None,
-    rollback: Callable[[], LoopState | None] | None = None,
+    hooks: LoopHooks | None = None,
     metrics: MetricsLogger | None = None,
     flops_per_token: float = 0.0,
     peak_flops: float = float("nan"),
     stop: StopFlag | None = None,
-    scaler=None,
     show_progress: bool = True,
 ) -> LoopResult:
-    state = state or LoopState()
-    stop = stop if stop is not None else StopFlag()
-    history: list[dict[str, Any]] = []
-    last_eval: dict[str, Any] | None = None
-    loss_window: list[float] = []
-    step_ema = 0.0  # smoothed seconds per optimizer step (for the deadline and ETA)
-    win_tokens, win_time = 0, 0.0
-    last_ckpt_wall = time.perf_counter()
-    bad_in_a_row = 0
-    interrupted = False
-    stopped_early = False
-    train_loss = float("nan")
-
-    def prog() -> float:
-        return progress(state.elapsed_s, state.step, state.tokens, cfg.budget_s, cfg.max_steps, cfg.max_tokens)
-
-    def run_eval() -> dict[str, Any] | None:
-        nonlocal last_eval
-        if evaluate is None:
-            return None
-        model.eval()
-        with torch.no_grad():
-            result = evaluate(model)
-        model.train()
-        last_eval = result
-        vl = result.get("val_loss")
-        if vl is not None and (state.best_val_loss is None or vl < state.best_val_loss):
-            state.best_val_loss = vl
-        rec = {"step": state.step, "tokens": state.tokens, "elapsed_s": round(state.elapsed_s, 3), **result}
-        history.append(rec)
-        if metrics is not None and rt.is_main:
-            metrics.log(rec)
-        return result
-
-    model.train()
-    budget_text = format_duration(cfg.budget_s) if cfg.budget_s else "-"
-    with ui.progress(f"train ({budget_text})", total=1000) as bar:
-        while True:
-            # ---- stop conditions, checked before each step
-            if stop:
-                interrupted = True
-                break
-            # Stop when the next step would end further past the deadline than before it.
-            p_next = progress(state.elapsed_s + 0.5 * step_ema, state.step, state.tokens,
-                              cfg.budget_s, cfg.max_steps, cfg.max_tokens)
-            if state.step > 0 and (p_next >= 1.0 or prog() >= 1.0):
-                break
-
-            # ---- one optimizer step: grad_accum micro-batches, clip, step
-            t0 = time.perf_counter()
-            lr = set_lr(optimizer, lr_multiplier(prog(), schedule) * state.lr_scale)
-            step_loss = torch.zeros((), device=rt.device)
-            step_tokens = 0
-            finite = True
-            for micro in range(cfg.grad_accum):
-                batch = {k: v.to(rt.device, non_blocking=True) for k, v in batches().items()}
-                step_tokens += batch_tokens(batch)
-                with runtime.no_sync(model, micro == cfg.grad_accum - 1), runtime.autocast(rt):
-                    loss = forward(model, batch)
-                if not _is_finite(loss.detach()):
-                    finite = False
-                loss = loss / cfg.grad_accum
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                step_loss += loss.detach()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.grad_clip > 0:
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if hasattr(gnorm, "full_tensor"):  # FSDP: a DTensor holding the global norm
-                    gnorm = gnorm.full_tensor()
-            else:
-                gnorm = torch.zeros(())
-            if scaler is None and finite and not _is_finite(gnorm):
-                finite = False
-            # Every rank must agree to skip, or DDP ranks would drift apart.
-            if rt.ddp:
-                finite = runtime.all_reduce_sum(rt, [0.0 if finite else 1.0])[0] == 0.0
-            if finite:
-                runtime.optimizer_step(rt, optimizer, scaler)
-            optimizer.zero_grad(set_to_none=True)
-            runtime.mark_step(rt)
-            runtime.synchronize(rt)
-            dt = time.perf_counter() - t0
-            state.elapsed_s += dt
-            step_tokens *= rt.world_size
-            state.tokens += step_tokens
-            state.step += 1
-            step_ema = dt if step_ema == 0.0 else 0.9 * step_ema + 0.1 * dt
-
-            if state.step == 1 and cfg.budget_s and dt > cfg.budget_s:
-                raise BudgetError(
-                    f"budget {cfg.budget_s:g}s is too small: one optimizer step takes "
-                    f"{dt:.3g}s here; raise --budget or lower the batch size"
-                )
-
-            # ---- non-finite handling
-            if not finite:
-                state.nan_skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= cfg.nan_patience:
-                    restored = rollback() if rollback is not None else None
-                    if restored is None:
-                        raise BudgetError(
-                            f"training diverged: {bad_in_a_row} non-finite losses in a row and no "
-                            "checkpoint to roll back to; lower --lr"
-                        )
-                    elapsed, skipped, rb, scale = state.elapsed_s, state.nan_skipped, state.rollbacks, state.lr_scale
-                    state = restored
-                    state.elapsed_s, state.nan_skipped = elapsed, skipped  # spent time stays spent
-                    state.rollbacks, state.lr_scale = rb + 1, scale * cfg.nan_lr_factor
-                    ui.warn(
-                        f"{bad_in_a_row} non-finite losses in a row: rolled back to step {state.step} "
-                        f"with the learning rate scaled by {state.lr_scale:g}"
-                    )
-                    bad_in_a_row = 0
-                continue
-            bad_in_a_row = 0
-            loss_val = float(runtime.all_reduce_mean(rt, float(step_loss)))
-            loss_window.append(loss_val)
-            win_tokens += step_tokens
-            win_time += dt
-
-            # ---- logging
-            if state.step % cfg.log_every == 0 or state.step == 1:
-                train_loss = sum(loss_window) / len(loss_window)
-                tps = win_tokens / max(win_time, 1e-9)
-                mfu = flops_per_token * tps / (peak_flops * rt.world_size) if flops_per_token else float("nan")
-                rec = {"step": state.step, "tokens": state.tokens, "elapsed_s": round(state.elapsed_s, 3),
-                       "loss": round(train_loss, 5), "lr": lr, "tokens_per_s": round(tps, 1),
-                       "mfu": round(mfu, 4) if math.isfinite(mfu) else None}
-                history.append(rec)
-                if metrics is not None and rt.is_main:
-                    metrics.log(rec)
-                loss_window, win_tokens, win_time = [], 0, 0.0
-                eta = (1.0 - prog()) * cfg.budget_s if cfg.budget_s else None
-                status = f"loss {train_loss:.3f}  {tps:,.0f} tok/s"
-                if math.isfinite(mfu):
-                    status += f"  MFU {100 * mfu:.0f}%"
-                if eta is not None:
-                    status += f"  ETA {format_duration(eta)}"
-                if show_progress:
-                    bar.update(bar.task_ids[0], completed=int(1000 * prog()), status=status)
-
-            # ---- periodic evaluation and checkpoints (both off the budget clock)
-            by_fraction = cfg.eval_every > 0 and prog() >= (state.evals_done + 1) * cfg.eval_every
-            by_steps = cfg.eval_every_steps > 0 and state.step % cfg.eval_every_steps == 0
-            if (by_fraction or by_steps) and prog() < 1.0:
-                if by_fraction:
-                    state.evals_done += 1
-                result = run_eval()
-                if result is not None and result.get("stop"):
-                    stopped_early = True
-                    break
-            by_time = cfg.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt_wall >= cfg.checkpoint_every_s
-            by_step = cfg.checkpoint_every_steps > 0 and state.step % cfg.checkpoint_every_steps == 0
-            if checkpoint is not None and (by_time or by_step):
-                checkpoint(state, last_eval)
-                last_ckpt_wall = time.perf_counter()
-
-        if show_progress:
-            bar.update(bar.task_ids[0], completed=int(1000 * prog()))
-    if loss_window:
-        train_loss = sum(loss_window) / len(loss_window)
-    return LoopResult(state=state, train_loss=train_loss, interrupted=interrupted,
-                      stopped_early=stopped_early, history=history, last_eval=last_eval)
+    """Run optimizer steps until the budget is spent, a stop signal arrives or an evaluation asks to
+    stop (see the module docstring). A bare module is trained as it is (no wrapping, no scaler)."""
+    if isinstance(setup, torch.nn.Module):
+        setup = runtime.TrainSetup(setup, setup, None, "none", False, "a plain module")
+    loop = _Loop(setup, batches, optimizer, rt, cfg, schedule, state or LoopState(), forward,
+                 hooks or LoopHooks(), metrics, flops_per_token, peak_flops,
+                 stop if stop is not None else StopFlag())
+    return loop.run(show_progress)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from budgetlm import ui
 from budgetlm.config import format_duration
+from budgetlm.fsio import atomic_file, atomic_write_text
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> bool:
@@ -29,10 +31,9 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 
@@ -63,11 +64,28 @@ def write_report(run_dir: Path, summary: dict[str, Any], history: list[dict[str,
     lines += ["", "Files: `config.json` (run config), `metrics.jsonl` (one line per log step and evaluation), "
               "`checkpoints/` (weights, optimizer state, tokenizer), `summary.json`.", ""]
     path = run_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
 def _fmt(x) -> str | None:
     return None if x is None else f"{x:.4f}"
+
+
+def show_plan(plan, budget_s: float | None) -> None:
+    """The plan a run follows (a `plan.Plan`), as `budgetlm plan` would print its key lines."""
+    m, mem = plan.model, plan.memory["total"]
+    width = m.n_embd if hasattr(m, "n_embd") else m["n_embd"]
+    depth = m.n_layer if hasattr(m, "n_layer") else m["n_layer"]
+    rows = [
+        ["model", f"{depth} layers x {width} wide, {plan.params / 1e6:.2f}M params, seq {plan.seq_len}"],
+        ["tokens", f"{plan.tokens:,}" + (f" ({plan.epochs:.1f} epochs)" if plan.epochs else "")],
+        ["batch", f"{plan.global_batch_tokens:,} tokens/step = micro {plan.micro_batch} x accumulation "
+                  f"{plan.grad_accum} x {plan.num_devices} device(s)"],
+        ["precision", f"{plan.precision}, activation checkpointing {'on' if plan.activation_checkpointing else 'off'}"],
+        ["memory", f"{mem / 2**20:,.0f} MiB of {plan.device_memory_bytes / 2**30:,.1f} GiB"],
+        ["speed", f"{plan.tokens_per_second:,.0f} tokens/s, MFU {plan.mfu:.2f} ({plan.mfu_source})"],
+        ["time", format_duration(budget_s or plan.seconds)],
+    ]
+    rows += [["note", n] for n in plan.notes]
+    ui.table(f"plan on {plan.device}", ["", "value"], rows)

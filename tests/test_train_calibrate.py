@@ -1,21 +1,24 @@
-"""bench.py and calibration.py: measured steps, CPU memory accounting, the calibration file
-(write, merge, corrupt), and the hook `train` uses (auto_configure)."""
+"""train/calibrate.py and calibration.py: measured training steps (through the training loop itself),
+CPU memory accounting, the calibration file (write, merge, corrupt), and the hook `train` uses
+(auto_plan)."""
 
 import json
 
 import pytest
 
-from budgetlm import bench, calibration, cli
+from budgetlm import calibration, cli, runtime
+from budgetlm.train import calibrate as bench
 from budgetlm import plan as P
 from budgetlm.models.presets import model_config
 
+CPU_FP32 = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
 TINY = ["--depths", "1", "2", "--seq-len", "16", "--micro-batch", "2", "--vocab-size", "64",
         "--seconds", "0.05", "--precisions", "fp32", "--no-disk"]
 
 
 def test_measure_counts_memory_exactly_on_cpu():
     cfg = model_config(2, 64, max_seq_len=16)
-    r = bench.measure(cfg, 2, 16, "fp32", "cpu", seconds=0.05)
+    r = bench.measure(cfg, 2, 16, CPU_FP32, seconds=0.05)
     assert r["steps"] >= 2 and r["tokens_per_second"] > 0
     assert r["achieved_flops"] == pytest.approx(r["tokens_per_second"] * P.flops_per_token(cfg, 16))
     s = P.state_bytes(cfg, "fp32")
@@ -74,31 +77,57 @@ def test_bench_refuses_a_corrupt_calibration_without_touching_it(capsys, tmp_pat
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--objective", "prefix"], "causal or masked"),
+    (["--objective", "prefix"], "invalid choice"),
     (["--precisions", "fp64"], "unknown precision"),
-    (["--seconds", "0"], "--seconds > 0"),
+    (["--seconds", "0"], "--seconds must be > 0"),
 ])
 def test_bench_bad_input(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
-    assert cli.main(["bench", *TINY, *argv]) == 2
+    try:
+        code = cli.main(["bench", *TINY, *argv])
+    except SystemExit as e:  # argparse refuses a bad choice itself
+        code = e.code
+    assert code == 2
     assert needle in capsys.readouterr().err
 
 
-def test_auto_configure_calibrates_once_then_reuses(tmp_path, monkeypatch):
+def test_auto_plan_calibrates_once_then_reuses(tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
     calls = []
     real = bench.calibrate
 
-    def counting(*a, **k):
-        calls.append(a)
-        return real([1], 16, a[2], 2, 64, a[5], 0.02, a[7], a[8], write=True, disk=False, show=False, memory=False)
+    def counting(cfg, rt=None):
+        calls.append(cfg)
+        assert cfg.precisions == ["fp32"] and cfg.seq_len == 16 and cfg.compile == "off"
+        return real(bench.dataclasses.replace(cfg, depths=[1], micro_batch=2, seconds=0.02, rounds=1), rt)
 
     monkeypatch.setattr(bench, "calibrate", counting)
-    p1 = bench.auto_configure(20, 5000, 16, "causal", 64, precision="fp32")
-    p2 = bench.auto_configure(20, 5000, 16, "causal", 64, precision="fp32")
+    p1 = bench.auto_plan(20, 5000, 16, CPU_FP32, "causal", 64)
+    p2 = bench.auto_plan(20, 5000, 16, CPU_FP32, "causal", 64)
     assert len(calls) == 1
     assert p1.mfu_source == p2.mfu_source == "calibration" and p1.precision == "fp32"
     assert p2.model["vocab_size"] == 64 and p2.micro_batch * p2.grad_accum >= 1 and p2.fits
+    # a compiled run is calibrated compiled: the eager points do not serve it
+    assert not bench.points_for(calibration.load()["devices"].popitem()[1], "fp32", 16, compile=True)
+
+
+def test_measure_runs_what_training_runs(monkeypatch):
+    """The measured steps go through runtime.prepare_training and the training loop."""
+    seen = {}
+    real_prepare, real_loop = bench.runtime.prepare_training, bench.train_loop
+
+    def prepare(model, rt, compile="auto", **kw):
+        seen["compile"] = compile
+        return real_prepare(model, rt, compile=compile, **kw)
+
+    def loop(*a, **k):
+        seen["loop"] = seen.get("loop", 0) + 1
+        return real_loop(*a, **k)
+
+    monkeypatch.setattr(bench.runtime, "prepare_training", prepare)
+    monkeypatch.setattr(bench, "train_loop", loop)
+    bench.measure(model_config(1, 64, max_seq_len=16), 2, 16, CPU_FP32, seconds=0.02, compile="off", memory=False)
+    assert seen == {"compile": "off", "loop": 2}  # warm-up, then the timed steps
 
 
 def test_disk_read_speed_is_positive(tmp_path):

@@ -1,0 +1,61 @@
+"""`budgetlm eval --model RUN (--data DIR | --text FILE...)`: loss, perplexity and bits per byte of a
+language model, masked-LM accuracy, or a fine-tuned classifier's accuracy, precision, recall and F1
+on a labelled file (several --model runs: an ensemble)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from budgetlm import ui
+from budgetlm.config import BudgetError
+
+
+def model_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--model", required=True, action="append",
+                        help=help + "; repeat it to average several fine-tuned classifiers (an ensemble)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model_arg(parser, "run directory (or checkpoint directory) to evaluate")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--data", help="prepared dataset folder: evaluate its --split")
+    src.add_argument("--text", nargs="+", metavar="FILE",
+                     help="UTF-8 text files (language models) or one labelled .csv/.tsv/.jsonl file (classifiers)")
+    parser.add_argument("--split", default="val", choices=["val", "train"], help="split of --data to evaluate (default: val)")
+    parser.add_argument("--max-tokens", type=int, default=0, metavar="N", help="evaluate at most this many tokens (default: 0 = all)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="windows (or texts) per forward pass (default: 8)")
+    parser.add_argument("--which", default="latest", choices=["latest", "best"], help="checkpoint to load (default: latest)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps | xla (default: auto)")
+    parser.add_argument("--precision", default="fp32", help="auto | fp32 | bf16 | fp16 (default: fp32, exact numbers)")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"],
+                        help="fine-tuned classifiers: int8 dynamic quantization of linear layers, CPU (default: none)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from budgetlm.evaluate import evaluate_run
+    from budgetlm.train.checkpoint import load_meta, load_model
+
+    meta = load_meta(args.model[0], args.which)
+    if meta.is_classifier:
+        from budgetlm.finetune import evaluate_classifier
+
+        return evaluate_classifier(args)
+    if len(args.model) > 1:
+        raise BudgetError("several --model runs make an ensemble of fine-tuned classifiers; "
+                          f"{args.model[0]} is a language model: evaluate one at a time")
+    if not args.data and not args.text:
+        raise BudgetError("give --data DIR (its val split) or --text FILE... to evaluate")
+    from budgetlm.data.tokenizer import load_tokenizer
+    from budgetlm.runtime import detect_device_type
+
+    device = detect_device_type(args.device)
+    model, meta = load_model(args.model[0], device=device, which=args.which)
+    tok = load_tokenizer(meta.tokenizer_path) if meta.tokenizer_path else None
+    result = evaluate_run(model, meta, tok, device, args.data, args.text, args.split, args.batch_size,
+                          args.max_tokens, args.precision)
+    result["model"] = args.model[0]
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in result.items()
+            if k in ("loss", "perplexity", "bits_per_byte", "accuracy", "tokens", "bytes")]
+    ui.table(f"eval {args.model[0]} on {result['data']}", ["metric", "value"], rows)
+    return result

@@ -1,0 +1,44 @@
+"""Hugging Face interop that budgetlm's own code paths need: a fine-tuned `transformers` classifier
+behind budgetlm's forward contract, and its checkpoint kind. `transformers` is imported lazily, so
+budgetlm works without it until an HF model is used."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from budgetlm.config import BudgetError
+
+
+class HFClassifier(nn.Module):
+    """An `AutoModelForSequenceClassification` behind budgetlm's `logits, loss = model(idx, ...)`."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+        self.num_labels = hf_model.config.num_labels
+
+    def forward(self, idx, labels=None, attention_mask=None, token_type_ids=None):
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.hf(input_ids=idx, attention_mask=attention_mask, labels=labels, **kwargs)
+        return out.logits, out.loss
+
+
+def require_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise BudgetError("this needs Hugging Face transformers: pip install 'budgetlm[hf]'") from None
+    return transformers
+
+
+def build_hf_classifier(model_config: dict[str, Any], head: dict[str, Any]) -> nn.Module:
+    transformers = require_transformers()
+    config = transformers.AutoConfig.for_model(**model_config)
+    return HFClassifier(transformers.AutoModelForSequenceClassification.from_config(config))
+
+
+MODEL_KINDS: dict[str, Callable[[dict[str, Any], dict[str, Any]], nn.Module]] = {
+    "hf-classifier": build_hf_classifier,
+}

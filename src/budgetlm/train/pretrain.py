@@ -1,0 +1,516 @@
+"""Pre-training under a wall-clock budget: `train(TrainConfig) -> RunResult`.
+
+Wires the pieces together: dataset + tokenizer -> model (explicit, or the planner's plan for the
+budget) -> runtime (device, precision, DDP/FSDP) -> optimizer, schedule, loader -> `train.loop` with
+evaluation and checkpoint hooks -> final evaluation on the whole val split, final checkpoint,
+RUN/report.md with a loss curve. `resume=True` continues a run with its budget accounting intact.
+
+Run directory: config.json (the resolved run config: the model shape, precision and compile setting
+actually used; `budgetlm train --config RUN/config.json` re-runs the same job), plan.json (the plan
+the run followed, when it was planned), metrics.jsonl, checkpoints/, report.md, loss.png,
+summary.json. Nothing is written before the first optimizer step has succeeded, and an existing run
+is never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from budgetlm import runtime, ui
+from budgetlm.config import BudgetError, format_duration, parse_duration, to_dict
+from budgetlm.data.shards import Dataset
+from budgetlm.fsio import atomic_write_json
+from budgetlm.models.config import ModelConfig
+from budgetlm.models.presets import describe, heads_for, model_config, num_params
+from budgetlm.plan import Plan, flops_per_token
+from budgetlm.train import checkpoint as ck
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # prepared dataset folder (written by `budgetlm prepare`)
+    out: str = ""  # run directory to create (or to continue with --resume)
+    objective: Literal["causal", "masked"] = "causal"  # next-token LM (GPT) or masked LM (BERT)
+    budget: str = ""  # wall-clock training budget, e.g. 90s, 10m, 2h, 1d (eval/checkpoint time excluded)
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no step limit)
+    max_tokens: int = 0  # stop after this many training tokens (0 = no token limit)
+    model: str = "auto"  # auto (sized for the budget), a preset (tiny, mini, small, ...) or a depth
+    n_embd: int = 0  # model width in channels (0 = derived from the depth)
+    seq_len: int = 0  # context length in tokens (0 = auto: 256 causal, 128 masked)
+    batch_size: int = 0  # global batch in sequences per optimizer step (0 = auto)
+    micro_batch: int = 0  # sequences per forward pass on each device (0 = the whole batch)
+    optimizer: Literal["adamw", "muon"] = "muon"  # muon (hidden matrices) + AdamW (the rest), or plain adamw
+    lr: float = 0.0  # peak learning rate (0 = auto: 1e-2 with muon, 3e-3 with adamw)
+    weight_decay: float = 0.1  # decoupled weight decay on matrices
+    warmup: float = 0.02  # fraction of the budget spent on linear LR warm-up
+    decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
+    cooldown: float = 0.4  # wsd: final fraction of the budget spent decaying the LR to 0
+    grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
+    dropout: float = -1.0  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
+    mask_rate: float = 0.25  # masked objective: fraction of tokens to predict (Cramming: 25%)
+    sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
+    device: str = "auto"  # auto | cpu | cuda | mps | xla
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto measures bf16 speed on CPU)
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile (auto: on for CUDA, and on CPU for budgets of 5m or more)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state across ranks (FSDP2) instead of DDP
+    seed: int = 0  # random seed (weights, data order, masking)
+    eval_every: float = 0.25  # evaluate every this fraction of the budget (0 = only at the end)
+    eval_tokens: int = 65536  # val tokens used by the periodic evaluations (the final one uses all)
+    checkpoint_every: str = "10m"  # real time between periodic checkpoints
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
+    keep_last: int = 2  # periodic checkpoints kept (the best one is always kept)
+    log_every: int = 10  # optimizer steps between metric lines
+    resume: bool = False  # continue the run in --out from its latest checkpoint
+    init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
+
+
+# Settings that may change when a run is resumed; the others are the saved run's.
+RESUME_OVERRIDES = ("budget", "max_steps", "max_tokens", "data", "device", "precision", "compile",
+                    "activation_checkpointing", "checkpoint_every", "checkpoint_every_steps", "keep_last",
+                    "log_every", "eval_every")
+# Peak LR per optimizer, tuned on Tiny Shakespeare (4 layers x 256, 4,096-token batches): muon at 1e-2
+# beat 3e-3 (docs/bench/training.md); AdamW's 3e-3 is the usual choice for models this small.
+AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
+# Sequences per optimizer step when a preset, a depth or --init-from gives the model (the planner
+# sizes the batch itself): 16 x 256 causal tokens, 64 x 128 masked ones.
+FIXED_MODEL_BATCH = {"causal": 16, "masked": 64}
+DEFAULT_SEQ_LEN = {"causal": 256, "masked": 128}
+# Without --budget (only --max-steps/--max-tokens) the planner sizes the model as for this long.
+PLAN_BUDGET_WITHOUT_CLOCK_S = 600.0
+# Repeated data loses value after a few epochs (Muennighoff et al. 2023) and small corpora overfit:
+# runs planned to see the data DROPOUT_EPOCHS times or more get residual dropout. On 10-minute Tiny
+# Shakespeare runs (~20 epochs) 0.2 beat 0.1 and 0.3; below 20 epochs it hurt (docs/bench/training.md).
+# Muennighoff's R*_D = 15.4 puts the point where repeats lose most of their value in the same place.
+DROPOUT_EPOCHS = 20.0
+AUTO_DROPOUT = 0.2
+
+
+@dataclass
+class RunResult:
+    """What a training run reports (also RUN/summary.json)."""
+
+    run_dir: str  # the run folder
+    objective: str  # causal | masked
+    steps: int  # optimizer steps taken
+    tokens: int  # training tokens consumed (all ranks)
+    elapsed_s: float  # training seconds (the budget clock)
+    train_loss: float  # training loss averaged over the last logged window
+    val_loss: float | None  # validation loss of the final evaluation (whole val split)
+    params: int  # model parameters
+    model: str  # one-line description of the model
+    precision: str  # fp32 | bf16 | fp16, as used
+    compiled: bool  # torch.compile was used
+    device: str  # cpu | cuda | mps | xla
+    world_size: int  # processes
+    parallel: str  # none | ddp | fsdp
+    nan_skipped: int  # steps skipped for a non-finite loss or gradient
+    rollbacks: int  # returns to a checkpoint after divergence
+    interrupted: bool  # stopped by a signal (resume with resume=True)
+    tokens_per_s: float  # achieved training throughput
+    val_bpb: float | None = None  # bits per UTF-8 byte on the val split (causal)
+    val_accuracy: float | None = None  # masked-token accuracy (masked)
+    mfu: float | None = None  # model FLOPs utilisation against the device's peak
+    peak_flops_note: str = ""  # what the MFU is measured against
+    planned_tokens_per_s: float | None = None  # what the plan predicted (planned runs)
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json: optional figures that do not apply (bits/byte of a masked model) are left out."""
+        optional = {f.name for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
+        return {k: v for k, v in to_dict(self).items() if not (k in optional and v in (None, ""))}
+
+
+# --------------------------------------------------------------------------------------------------
+# the config
+
+
+def resolve_config(cfg: TrainConfig, given: dict[str, Any] | None = None) -> TrainConfig:
+    """Check `cfg` before anything is written. With `resume`, the saved run's config, with the
+    RESUME_OVERRIDES the caller gave (`given`: the settings given explicitly; default: those that
+    differ from TrainConfig's defaults)."""
+    if not cfg.out:
+        raise BudgetError("give --out RUN: the run directory to write")
+    out = Path(cfg.out)
+    if cfg.init_from and cfg.resume:
+        raise BudgetError("--init-from starts a new run from another run's weights; --resume continues this one: pick one")
+    if cfg.resume:
+        cfg = _resumed(cfg, given)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BudgetError(f"{out} already exists and is not empty: pass --resume to continue it, or choose another --out")
+    if not cfg.data:
+        raise BudgetError("give --data DIR: a dataset folder written by `budgetlm prepare`")
+    if not (cfg.budget or cfg.max_steps or cfg.max_tokens):
+        raise BudgetError("give a budget: --budget DURATION (e.g. 10m), --max-steps N or --max-tokens N")
+    if not (cfg.dropout == -1 or 0 <= cfg.dropout < 1):
+        raise BudgetError(f"--dropout must be in [0, 1) (or -1 for auto), got {cfg.dropout:g}")
+    if cfg.budget:
+        parse_duration(cfg.budget)  # validate early, one clear line
+    parse_duration(cfg.checkpoint_every)
+    return cfg
+
+
+def _resumed(cfg: TrainConfig, given: dict[str, Any] | None) -> TrainConfig:
+    from budgetlm.config import from_dict, load_config_file
+
+    saved = Path(cfg.out) / "config.json"
+    if not saved.is_file():
+        raise BudgetError(f"cannot resume: {cfg.out} holds no run (no config.json); start it without --resume")
+    old = from_dict(TrainConfig, load_config_file(saved, TrainConfig))
+    if given is None:
+        defaults = TrainConfig()
+        given = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if getattr(cfg, k) != getattr(defaults, k)}
+    changes = {k: v for k, v in given.items() if k in RESUME_OVERRIDES}
+    return dataclasses.replace(old, **changes, resume=True, out=cfg.out, init_from="")
+
+
+# --------------------------------------------------------------------------------------------------
+# choosing the model
+
+
+@dataclass
+class ModelChoice:
+    """The model a run trains and the settings chosen with it."""
+
+    model: ModelConfig  # the shape trained
+    cfg: TrainConfig  # the run config with automatic choices filled in
+    reason: str  # one line: where the model came from
+    source: ck.CheckpointMeta | None = None  # the checkpoint whose weights it starts from
+    plan: Plan | None = None  # the planner's plan, for planned runs
+
+
+def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt) -> ModelChoice:
+    """The compute-optimal model for the budget and the data on this device (rank 0 plans; every
+    rank trains rank 0's plan)."""
+    from budgetlm.models.kinds import model_config_from
+    from budgetlm.train.calibrate import auto_plan
+
+    train_tokens = len(data.tokens("train"))
+    plan = None
+    if rt.is_main:
+        compiles, _ = runtime.compile_wanted(rt, cfg.compile, budget_s)
+        plan = auto_plan(budget_s or PLAN_BUDGET_WITHOUT_CLOCK_S, train_tokens, T, rt, cfg.objective,
+                         data.vocab_size, cfg.optimizer, compiles)
+    plan = runtime.broadcast_object(rt, plan)
+    epochs = plan.tokens / max(train_tokens, 1)
+    fill: dict[str, Any] = {"batch_size": plan.global_batch_tokens // T, "micro_batch": plan.micro_batch,
+                            "activation_checkpointing": bool(plan.activation_checkpointing),
+                            "dropout": AUTO_DROPOUT if epochs >= DROPOUT_EPOCHS else 0.0}
+    m = plan.model if isinstance(plan.model, ModelConfig) else model_config_from(plan.model)
+    reason = (f"planned: {m.n_layer} layers x {m.n_embd} wide is the compute-optimal size for "
+              f"~{plan.tokens / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan.tokens_per_second:,.0f} "
+              f"tokens/s ({plan.mfu_source} MFU {plan.mfu:.2f})")
+    if fill["dropout"]:
+        reason += f"; dropout {fill['dropout']:g} (>= {DROPOUT_EPOCHS:g} epochs)"
+    if cfg.batch_size:
+        fill.pop("micro_batch")  # the planned micro-batch was for the planned batch
+    defaults = TrainConfig()
+    fill = {k: v for k, v in fill.items() if getattr(cfg, k) == getattr(defaults, k)}  # the user's flags win
+    return ModelChoice(m, dataclasses.replace(cfg, **fill), "auto: " + reason, plan=plan)
+
+
+def _source(path: str, cfg: TrainConfig, data: Dataset) -> ck.CheckpointMeta:
+    """The checkpoint a run continues (--resume) or starts from (--init-from), checked against the data."""
+    meta = ck.load_meta(path)
+    if meta.kind != "lm":
+        raise BudgetError(f"{path} holds a fine-tuned classifier, not a language model")
+    if meta.causal != (cfg.objective == "causal"):
+        kind = "causal" if meta.causal else "masked"
+        raise BudgetError(f"{path} is a {kind} model: pass --objective {kind}")
+    want = int(meta.model_config.get("vocab_size", 0))
+    if data.vocab_size != want:
+        raise BudgetError(f"the tokenizer of {data.path} has {data.vocab_size} tokens but the checkpoint's model "
+                          f"expects {want}: the data was prepared with a different tokenizer")
+    a, b = data.tokenizer_path, Path(meta.tokenizer_path or "/nonexistent")
+    if a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes():
+        raise BudgetError(f"the tokenizer of {data.path} differs from the one the checkpoint was trained with")
+    return meta
+
+
+def choose_model(cfg: TrainConfig, data: Dataset, budget_s: float | None, rt) -> ModelChoice:
+    """The model of this run and the run config with the automatic choices filled in."""
+    from budgetlm.models.kinds import model_config_from
+
+    T = cfg.seq_len or DEFAULT_SEQ_LEN[cfg.objective]
+    if cfg.resume:
+        meta = _source(cfg.out, cfg, data)
+        choice = ModelChoice(model_config_from(meta.model_config), cfg, f"resumed from {Path(meta.path).name}", meta)
+    elif cfg.init_from:
+        # RoPE has no learned positions: --seq-len may change the context of the source model
+        meta = _source(cfg.init_from, cfg, data)
+        mcfg = model_config_from(meta.model_config)
+        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or FIXED_MODEL_BATCH[cfg.objective],
+                                  seq_len=cfg.seq_len or mcfg.max_seq_len, dropout=max(cfg.dropout, 0.0))
+        choice = ModelChoice(mcfg, cfg, f"weights from {meta.path}", meta)
+    elif cfg.model == "auto":
+        choice = _planned(cfg, data, budget_s, T, rt)
+    else:
+        try:
+            mcfg = model_config(cfg.model, data.vocab_size, causal=cfg.objective == "causal", max_seq_len=T)
+        except ValueError as e:
+            raise BudgetError(str(e)) from None
+        choice = ModelChoice(mcfg, dataclasses.replace(cfg, batch_size=cfg.batch_size or FIXED_MODEL_BATCH[cfg.objective]),
+                             f"--model {cfg.model}")
+    c = choice.cfg
+    c = dataclasses.replace(c, lr=c.lr or AUTO_LR[c.optimizer], seq_len=c.seq_len or T, dropout=max(c.dropout, 0.0))
+    mcfg = choice.model
+    if c.n_embd and not (cfg.resume or cfg.init_from) and c.n_embd != mcfg.n_embd:
+        mcfg = dataclasses.replace(mcfg, n_embd=c.n_embd, n_head=heads_for(c.n_embd))
+    mcfg = dataclasses.replace(mcfg, max_seq_len=c.seq_len, dropout=c.dropout)
+    # the resolved shape, so that config.json re-runs the same job
+    c = dataclasses.replace(c, model=str(mcfg.n_layer), n_embd=mcfg.n_embd)
+    return dataclasses.replace(choice, model=mcfg, cfg=c)
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+def _fault_hook(step: int) -> None:
+    """Fault injection for the crash tests: BUDGETLM_FAULT_KILL_AFTER_STEP=N SIGKILLs the process
+    right after the checkpoint of step N is on disk (a power cut, as far as the run can tell)."""
+    want = os.environ.get("BUDGETLM_FAULT_KILL_AFTER_STEP")
+    if want and int(want) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Run:
+    """One training run: the objects it builds and the hooks the loop calls."""
+
+    def __init__(self, cfg: TrainConfig, choice: ModelChoice, data: Dataset, rt, budget_s: float | None):
+        self.cfg, self.choice, self.data, self.rt, self.budget_s = cfg, choice, data, rt, budget_s
+        self.out = Path(cfg.out)
+        self.mcfg = choice.model
+        self.val_tokens = data.tokens("val")
+        self.fsdp = cfg.fsdp and rt.ddp
+        world = rt.world_size
+        if cfg.batch_size % world:
+            raise BudgetError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
+        per_rank = cfg.batch_size // world
+        self.micro = min(cfg.micro_batch or per_rank, per_rank)
+        if per_rank % self.micro:
+            raise BudgetError(f"--micro-batch {self.micro} does not divide the per-device batch {per_rank}")
+        self.accum = per_rank // self.micro
+        if cfg.fsdp and not rt.ddp:
+            ui.warn("--fsdp has no effect in a single process: launch with torchrun --nproc_per_node N")
+        if self.fsdp and cfg.optimizer != "adamw":
+            raise BudgetError("--fsdp needs --optimizer adamw: Muon orthogonalises whole matrices, which FSDP "
+                              "splits across ranks")
+
+    def build(self):
+        """Model (with source weights), training set-up, optimizer, loader, and the loop state."""
+        from budgetlm.data.loader import MaskingCollator, MaskingConfig, TokenLoader
+        from budgetlm.data.tokenizer import special_ids
+        from budgetlm.models.transformer import build_model
+        from budgetlm.train.loop import LoopState
+        from budgetlm.train.optim import OptimConfig, build_optimizer
+
+        cfg, rt = self.cfg, self.rt
+        model = build_model(self.mcfg)
+        model.activation_checkpointing = cfg.activation_checkpointing
+        if self.choice.source is not None:
+            ck.load_weights(model, self.choice.source, "cpu")  # full weights, before any sharding
+        self.setup = runtime.prepare_training(model, rt, cfg.compile, self.budget_s, self.fsdp)
+        self.optimizer = build_optimizer(cfg.optimizer, self.setup.model,
+                                         OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
+        self.collator = None
+        if not self.mcfg.causal:
+            ids = special_ids(self.data.tokenizer())
+            self.collator = MaskingCollator(MaskingConfig(rate=cfg.mask_rate), ids["mask"], self.mcfg.vocab_size,
+                                            [v for k, v in ids.items() if k != "unk"])
+        self.loader = TokenLoader(self.data.tokens("train"), self.mcfg.max_seq_len, self.micro, seed=cfg.seed,
+                                  mode=cfg.sampling, rank=rt.rank, world_size=rt.world_size, collator=self.collator)
+        self.state = LoopState()
+        if cfg.resume:
+            self.state = self._restore(ck.load_state(self.choice.source), load_weights=False)
+
+    def _restore(self, saved: dict[str, Any], load_weights: bool):
+        from budgetlm.train.loop import LoopState
+
+        if self.fsdp:
+            model_state = None
+            if load_weights:
+                ck.load_weights(self.unsharded(), self.choice.source)
+                model_state = self.unsharded().state_dict()
+            runtime.load_full_state(self.setup.model, self.optimizer, model_state, saved["optimizer"])
+        else:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.loader.load_state_dict(saved["loader"])
+        runtime.set_rng_state(saved["rng"])
+        if self.setup.scaler is not None and saved.get("scaler"):
+            self.setup.scaler.load_state_dict(saved["scaler"])
+        return LoopState.from_dict(saved["loop"])
+
+    @functools.cache  # noqa: B019 - one per run
+    def unsharded(self):
+        """FSDP: an unsharded CPU copy of the model, built once, that checkpoints are written from."""
+        from budgetlm.models.transformer import build_model
+
+        return build_model(self.mcfg)
+
+    def meta(self, metrics: dict[str, Any] | None) -> ck.CheckpointMeta:
+        return ck.CheckpointMeta(kind="lm", model_config=to_dict(self.mcfg), objective=self.cfg.objective,
+                                 run_config=to_dict(self.cfg), data=str(self.data.path),
+                                 vocab_size=self.data.vocab_size, metrics=metrics or {})
+
+    def save(self, st, last_eval: dict[str, Any] | None, val_loss: float | None = None) -> None:
+        rt = self.rt
+        if self.fsdp:
+            model_state, optim_state = runtime.full_state(self.setup.model, self.optimizer)  # every rank takes part
+        if rt.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            # resolved and re-runnable: `train --config RUN/config.json --out NEW` repeats this job
+            atomic_write_json(self.out / "config.json", dataclasses.replace(self.cfg, resume=False))
+            if self.choice.plan is not None:
+                atomic_write_json(self.out / "plan.json", self.choice.plan.to_json())
+            to_save = self.setup.model
+            if self.fsdp:
+                to_save = self.unsharded()
+                to_save.load_state_dict(model_state)
+            payload = {"optimizer": optim_state if self.fsdp else self.optimizer.state_dict(), "loop": st.to_dict(),
+                       "loader": self.loader.state_dict(), "rng": runtime.rng_state(),
+                       "scaler": self.setup.scaler.state_dict() if self.setup.scaler is not None else None}
+            ck.save_checkpoint(self.out, st.step, to_save, self.meta(last_eval), payload,
+                               self.data.tokenizer_path, self.cfg.keep_last, val_loss)
+        runtime.barrier(rt)
+        _fault_hook(st.step)
+
+    def rollback(self):
+        ckpts = ck.list_checkpoints(self.out)
+        if not ckpts:
+            return None
+        meta = ck.load_meta(ckpts[-1])
+        if not self.fsdp:
+            ck.load_weights(self.setup.model, meta, self.rt.device)
+        self.choice = dataclasses.replace(self.choice, source=meta)
+        return self._restore(ck.load_state(meta), load_weights=True)
+
+    def evaluate(self, model, max_tokens: int | None) -> dict[str, Any]:
+        from budgetlm.evaluate import bits_per_byte, causal_nll, masked_metrics
+
+        if len(self.val_tokens) == 0:
+            return {}
+        T, batch = self.mcfg.max_seq_len, max(1, self.micro)
+        if self.mcfg.causal:
+            r = causal_nll(model, self.val_tokens, T, batch, self.rt, max_tokens)
+            res = {"val_loss": r["loss"]}
+            vbytes = self.data.split_bytes("val")
+            if vbytes and (not max_tokens or max_tokens >= len(self.val_tokens)):
+                res["val_bpb"] = bits_per_byte(r["nll"], vbytes)
+            return res
+        r = masked_metrics(model, self.val_tokens, T, batch, self.rt, self.collator, max_tokens)
+        return {"val_loss": r["loss"], "val_accuracy": r["accuracy"]}
+
+    def loop(self, stop, metrics):
+        from budgetlm.train.loop import LoopConfig, LoopHooks, train_loop
+        from budgetlm.train.schedule import ScheduleConfig
+
+        cfg = self.cfg
+        loop_cfg = LoopConfig(
+            budget_s=self.budget_s, max_steps=cfg.max_steps or None, max_tokens=cfg.max_tokens or None,
+            grad_accum=self.accum, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
+            checkpoint_every_s=parse_duration(cfg.checkpoint_every), checkpoint_every_steps=cfg.checkpoint_every_steps,
+            log_every=max(1, cfg.log_every))
+        hooks = LoopHooks(evaluate=lambda m, st: self.evaluate(m, cfg.eval_tokens), rollback=self.rollback,
+                          checkpoint=lambda st, last: self.save(st, last))
+        self.peak, self.peak_note = runtime.peak_flops(self.rt)
+        return train_loop(self.setup, self.loader, self.optimizer, self.rt, loop_cfg,
+                          ScheduleConfig(warmup=cfg.warmup, decay=cfg.decay, cooldown=cfg.cooldown),
+                          state=self.state, hooks=hooks, metrics=metrics, flops_per_token=self.fpt,
+                          peak_flops=self.peak, stop=stop, show_progress=self.rt.is_main)
+
+    @property
+    def fpt(self) -> float:
+        return flops_per_token(self.mcfg, self.mcfg.max_seq_len, None if self.mcfg.causal else self.cfg.mask_rate)
+
+    def show(self) -> None:
+        cfg, rt, T = self.cfg, self.rt, self.mcfg.max_seq_len
+        parallel = {"fsdp": " (FSDP)", "ddp": " (DDP)"}.get(self.setup.parallel, "")
+        runtime.print0(rt, f"[bold]model[/] {describe(self.mcfg)}  ({self.choice.reason})")
+        runtime.print0(rt, f"[bold]device[/] {rt.device_type} x{rt.world_size}{parallel}, precision {rt.precision} "
+                           f"({rt.precision_reason}); compile {'on' if self.setup.compiled else 'off'} "
+                           f"({self.setup.compile_reason})")
+        runtime.print0(rt, f"[bold]batch[/] {cfg.batch_size} x {T} = {cfg.batch_size * T:,} tokens/step "
+                           f"(micro {self.micro}, accumulation {self.accum}), lr {cfg.lr:g}, {cfg.optimizer}")
+        runtime.print0(rt, f"[bold]data[/] {len(self.data.tokens('train')):,} train / {len(self.val_tokens):,} val "
+                           f"tokens; budget {format_duration(self.budget_s) if self.budget_s else '-'}")
+
+    def result(self, loop_result, final_eval: dict[str, Any]) -> RunResult:
+        st, rt = loop_result.state, self.rt
+        tps = round(st.tokens / max(st.elapsed_s, 1e-9), 1)
+        mfu = round(self.fpt * tps / (self.peak * rt.world_size), 4) if math.isfinite(self.peak) else None
+        plan = self.choice.plan
+        return RunResult(
+            run_dir=str(self.out), objective=self.cfg.objective, steps=st.step, tokens=st.tokens,
+            elapsed_s=round(st.elapsed_s, 2), train_loss=loop_result.train_loss, val_loss=final_eval.get("val_loss"),
+            params=num_params(self.mcfg), model=describe(self.mcfg), precision=rt.precision,
+            compiled=self.setup.compiled, device=rt.device_type, world_size=rt.world_size,
+            parallel=self.setup.parallel, nan_skipped=st.nan_skipped, rollbacks=st.rollbacks,
+            interrupted=loop_result.interrupted, tokens_per_s=tps, val_bpb=final_eval.get("val_bpb"),
+            val_accuracy=final_eval.get("val_accuracy"), mfu=mfu, peak_flops_note=self.peak_note if mfu else "",
+            planned_tokens_per_s=round(plan.tokens_per_second, 1) if plan is not None else None)
+
+
+def _resolved_precision(cfg: TrainConfig, rt) -> TrainConfig:
+    """The precision, device and compile setting actually used go into config.json."""
+    return dataclasses.replace(cfg, precision=rt.precision, device=rt.device_type)
+
+
+def train(cfg: TrainConfig, given: dict[str, Any] | None = None) -> RunResult:
+    """Pre-train a causal or masked model as `cfg` says; see the module docstring."""
+    from budgetlm.train.loop import MetricsLogger, graceful_stop
+    from budgetlm.train.report import write_report
+
+    cfg = resolve_config(cfg, given)
+    data = Dataset.open(cfg.data)
+    if len(data.tokens("train")) == 0:
+        raise BudgetError(f"{data.path} has an empty train split")
+    budget_s = parse_duration(cfg.budget) if cfg.budget else None
+    rt = runtime.init_runtime(cfg.device, cfg.precision, cfg.seed)
+    choice = choose_model(cfg, data, budget_s, rt)
+    run = _Run(_resolved_precision(choice.cfg, rt), choice, data, rt, budget_s)
+    if rt.is_main and choice.plan is not None:
+        from budgetlm.train.report import show_plan
+
+        show_plan(choice.plan, budget_s)
+    run.build()
+    run.cfg = dataclasses.replace(run.cfg, compile="on" if run.setup.compiled else "off")
+    run.show()
+    metrics = MetricsLogger(run.out / "metrics.jsonl" if rt.is_main else None,
+                            run.out / "tensorboard" if rt.is_main else None)
+    try:
+        with graceful_stop() as stop:
+            result = run.loop(stop, metrics)
+            final_eval: dict[str, Any] = {}
+            if not result.interrupted:
+                final_eval = run.evaluate(run.setup.model, None)
+                if final_eval:
+                    st = result.state
+                    metrics.log({"step": st.step, "tokens": st.tokens, "elapsed_s": round(st.elapsed_s, 3),
+                                 "final": True, **final_eval})
+            run.save(result.state, final_eval or result.last_eval, final_eval.get("val_loss"))
+    finally:
+        metrics.close()
+    summary = run.result(result, final_eval)
+    if rt.is_main:
+        atomic_write_json(run.out / "summary.json", summary.to_json())
+        write_report(run.out, summary.to_json(), result.history)
+        _say_done(summary, rt)
+    runtime.shutdown(rt)
+    return summary
+
+
+def _say_done(s: RunResult, rt) -> None:
+    if s.interrupted:
+        ui.warn(f"interrupted at step {s.steps}: checkpoint saved; continue with --resume")
+        return
+    vb = f", val bpb {s.val_bpb:.3f}" if s.val_bpb is not None else ""
+    vl = f"; val loss {s.val_loss:.4f}{vb}" if s.val_loss is not None else ""
+    runtime.print0(rt, f"[bold]done[/] {s.steps} steps, {s.tokens:,} tokens in {format_duration(s.elapsed_s)}{vl}")
+    runtime.print0(rt, f"report: {Path(s.run_dir) / 'report.md'}")
