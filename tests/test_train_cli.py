@@ -220,3 +220,38 @@ def test_init_from_refuses_a_source_that_does_not_fit(case, data, tmp_path, caps
     assert rc == 2 and len(errors) == 1, err
     assert {"objective": "--objective causal", "tokenizer": "tokenizer", "resume": "--resume", "missing": "no model"}[case] in errors[0]
     assert not (tmp_path / "cont").exists()
+
+
+def test_out_inside_the_data_or_a_file_is_refused(data, tmp_path, capsys):
+    before = sorted(p.name for p in data.iterdir())
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(data / "run"), "--max-steps", "1", *TINY)
+    assert rc == 2 and "lies inside the input" in err
+    assert sorted(p.name for p in data.iterdir()) == before
+    (tmp_path / "afile").write_text("keep")
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "afile"), "--max-steps", "1", *TINY)
+    assert rc == 2 and "is a file" in err and (tmp_path / "afile").read_text() == "keep"
+
+
+def test_a_failed_run_leaves_nothing_and_a_run_killed_before_its_first_checkpoint_starts_again(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--budget", "0.0001", *TINY)
+    assert rc == 2 and "too small" in err
+    assert not run.exists() or not any(p.name != ".budgetlm.lock" for p in run.iterdir())
+    # what a SIGKILL before the first checkpoint leaves: the marker and a metrics file
+    run.mkdir(exist_ok=True)
+    from budgetlm import fsio
+
+    fsio.write_marker(run, "train")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "2", "--resume", *TINY)
+    assert rc == 0, err
+    assert "starting it again" in err and res["steps"] == 2
+
+
+def test_two_trainings_into_one_folder_at_once(data, tmp_path, capsys):
+    from budgetlm import fsio
+
+    run = tmp_path / "run"
+    with fsio.FolderLock(run):
+        rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "1", *TINY)
+    assert rc == 2 and "is being written by" in err

@@ -143,3 +143,127 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
                     p.unlink()
             removed.append(p)
     return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# the write guard: what a command may write, and who is writing
+
+
+MARKER = ".budgetlm.json"  # in every folder a command made: {"kind": ..., "version": 1}
+LOCK = ".budgetlm.lock"  # flock'ed while a process writes the folder
+
+
+def _relation(out: Path, src: Path) -> str | None:
+    if out == src:
+        return "is"
+    if out in src.parents:
+        return "contains"
+    if src in out.parents:
+        return "lies inside"
+    return None
+
+
+def check_output(out: str | Path, inputs: list[str | Path] = (), kind: str = "", overwrite: bool = False,
+                 continuing: bool = False, made_by: str | None = None) -> Path:
+    """Refuse an output that would destroy something the command did not make. Returns `out` resolved.
+
+    - `out` must not be, contain or lie inside any input (an output never overwrites an input);
+    - a plain file at `out` is never replaced;
+    - an existing non-empty folder is replaced only with `overwrite`, and only if the same kind of
+      command made it (its MARKER says so), so a user's own files are never removed;
+      `continuing` (resume) accepts a folder of the same kind without `overwrite`.
+    `made_by` overrides the marker (for folders written before markers existed).
+    Raises BudgetError (a one-line message) otherwise."""
+    from budgetlm.config import BudgetError
+
+    out_r = Path(out).expanduser().resolve()
+    for src in inputs:
+        if not src:
+            continue
+        rel = _relation(out_r, Path(src).expanduser().resolve())
+        if rel:
+            raise BudgetError(f"the output {out} {rel} the input {src}: choose an output outside the inputs")
+    if not out_r.exists() and not out_r.is_symlink():
+        return out_r
+    if not out_r.is_dir():
+        raise BudgetError(f"{out} is a file, not a folder: choose another output (it is never replaced)")
+    if not any(p.name not in (MARKER, LOCK) for p in out_r.iterdir()):
+        return out_r  # empty (or only our bookkeeping)
+    made_by = made_by or read_marker(out_r)
+    if continuing and made_by == kind:
+        return out_r
+    if not overwrite:
+        raise BudgetError(f"{out} already exists and is not empty: choose another output"
+                          + (" or pass --overwrite" if made_by == kind else ""))
+    if made_by != kind:
+        what = f"a budgetlm {made_by} folder" if made_by else "not a folder budgetlm made"
+        raise BudgetError(f"{out} is {what}: --overwrite replaces only a {kind} output of budgetlm; "
+                          "choose another output")
+    return out_r
+
+
+def read_marker(folder: str | Path) -> str | None:
+    """The kind of command that made `folder`, or None."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+        return str(data["kind"]) if isinstance(data, dict) and "kind" in data else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    atomic_write_json(Path(folder) / MARKER, {"kind": kind, "version": 1})
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder being written (flock on FOLDER/.budgetlm.lock).
+    The kernel drops it when the process dies, so a crash never leaves a stale lock."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._fh = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        from budgetlm.config import BudgetError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.folder / LOCK, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise BudgetError(f"{self.folder} is being written by {holder}: wait for it, or use another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def space_error(e: OSError, where: str | Path, need_bytes: int | None = None):
+    """A BudgetError for a full disk (ENOSPC/EDQUOT), else None: the caller re-raises `e`."""
+    import errno
+
+    from budgetlm.config import BudgetError
+
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    need = f" (needs about {need_bytes / 1e6:,.0f} MB)" if need_bytes else ""
+    try:
+        free = f"; {shutil.disk_usage(Path(where).resolve().parent if not Path(where).exists() else where).free / 1e6:,.0f} MB free"
+    except OSError:
+        free = ""
+    return BudgetError(f"no space left on the device holding {where}{need}{free}: free some space and retry")

@@ -14,16 +14,18 @@ is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from budgetlm import runtime, ui
+from budgetlm import fsio, runtime, ui
 from budgetlm.config import BudgetError, format_duration, parse_duration, to_dict
 from budgetlm.data.shards import Dataset
 from budgetlm.fsio import atomic_write_json
@@ -140,10 +142,17 @@ def resolve_config(cfg: TrainConfig, given: dict[str, Any] | None = None) -> Tra
     out = Path(cfg.out)
     if cfg.init_from and cfg.resume:
         raise BudgetError("--init-from starts a new run from another run's weights; --resume continues this one: pick one")
-    if cfg.resume:
+    made_by = fsio.read_marker(out) or ("train" if (out / "config.json").is_file() else None)
+    restart = out.is_dir() and made_by == "train" and not ck.list_checkpoints(out)
+    if cfg.resume and restart:
+        ui.warn(f"{out} has no checkpoint yet (its run stopped before the first one): starting it again")
+        cfg = dataclasses.replace(cfg, resume=False)
+    elif cfg.resume:
         cfg = _resumed(cfg, given)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BudgetError(f"{out} already exists and is not empty: pass --resume to continue it, or choose another --out")
+    try:
+        fsio.check_output(out, [cfg.data, cfg.init_from], "train", continuing=cfg.resume or restart, made_by=made_by)
+    except BudgetError as e:
+        raise BudgetError(f"{e}; to continue a run pass --resume" if out.is_dir() and not cfg.resume else str(e)) from None
     if not cfg.data:
         raise BudgetError("give --data DIR: a dataset folder written by `budgetlm prepare`")
     if not (cfg.budget or cfg.max_steps or cfg.max_tokens):
@@ -463,11 +472,42 @@ def _resolved_precision(cfg: TrainConfig, rt) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, given: dict[str, Any] | None = None) -> RunResult:
-    """Pre-train a causal or masked model as `cfg` says; see the module docstring."""
+    """Pre-train a causal or masked model as `cfg` says; see the module docstring.
+
+    The run folder is locked while the run writes it (a second `train` into it is refused) and marked
+    as a training run. A run that fails before its first checkpoint leaves nothing behind; one killed
+    before it can simply be started again."""
+    cfg = resolve_config(cfg, given)
+    out = Path(cfg.out)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 owns the folder
+    created = not out.exists()
+    with fsio.FolderLock(out) if main else contextlib.nullcontext():
+        if main:
+            _claim(out)
+        try:
+            return _train(cfg)
+        except BaseException:
+            if main and created and not ck.list_checkpoints(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _claim(out: Path) -> None:
+    """Mark the folder as a training run; clear what a crashed run left (half-written checkpoints,
+    or everything when it never reached a checkpoint)."""
+    ck.remove_temps(out)
+    fsio.remove_stale_temps(out)
+    if not ck.list_checkpoints(out):
+        for p in out.iterdir():
+            if p.name not in (fsio.LOCK,):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    fsio.write_marker(out, "train")
+
+
+def _train(cfg: TrainConfig) -> RunResult:
     from budgetlm.train.loop import MetricsLogger, graceful_stop
     from budgetlm.train.report import write_report
 
-    cfg = resolve_config(cfg, given)
     data = Dataset.open(cfg.data)
     if len(data.tokens("train")) == 0:
         raise BudgetError(f"{data.path} has an empty train split")
