@@ -167,7 +167,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
 def test_dropout_out_of_range_is_one_line_error(data, tmp_path, capsys):
     rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "1",
                        "--dropout", "1.5")
-    assert rc != 0 and "--dropout must be in [0, 1)" in err and "Traceback" not in err
+    assert rc == 2 and "--dropout must be [0, 0.95] or -1" in err and "Traceback" not in err
 
 
 def test_final_evaluation_runs_without_dropout(data, tmp_path, capsys):
@@ -255,3 +255,21 @@ def test_two_trainings_into_one_folder_at_once(data, tmp_path, capsys):
     with fsio.FolderLock(run):
         rc, _, err = train(capsys, "--data", str(data), "--out", str(run), "--max-steps", "1", *TINY)
     assert rc == 2 and "is being written by" in err
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--max-steps", "-5"], "--max-steps must be [0, 1e+12]"),
+    (["--max-tokens", "-5"], "--max-tokens must be"),
+    (["--lr", "-0.01"], "--lr must be"),
+    (["--warmup", "5"], "--warmup must be [0, 0.99]"),
+    (["--n-embd", "7"], "--n-embd must be [32, 65536] or 0"),
+    (["--n-embd", "48"], "multiple of 32"),
+    (["--seed", "-1"], "--seed must be"),
+    (["--lr", "nan"], "--lr must be"),
+    (["--batch-size", "10000000"], "needs about"),
+])
+def test_bad_numbers_are_refused_before_any_work(data, tmp_path, capsys, flags, needle):
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "1",
+                       *[f for f in TINY if f not in ("--batch-size", "4")], *flags)
+    assert rc == 2 and needle in err and "internal error" not in err, err
+    assert not (tmp_path / "r").exists()

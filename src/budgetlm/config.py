@@ -78,6 +78,48 @@ def format_duration(seconds: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# ranges: every numeric setting says what it accepts, checked before any work starts
+
+
+def ranged(default: Any, lo: float | None = None, hi: float | None = None, *, above: bool = False,
+           also: tuple[Any, ...] = ()) -> Any:
+    """A dataclass field whose value must lie in [lo, hi] ((lo, hi] with `above`), or be one of
+    `also` (e.g. 0 = auto, -1 = auto). `check_ranges` enforces it; --help shows it."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi, above, also)})
+
+
+def range_text(lo, hi, above: bool, also: tuple) -> str:
+    parts = []
+    if lo is not None and hi is not None:
+        parts.append(f"{'(' if above else '['}{lo:g}, {hi:g}]")
+    elif lo is not None:
+        parts.append(f"{'>' if above else '>='} {lo:g}")
+    elif hi is not None:
+        parts.append(f"<= {hi:g}")
+    parts += [f"{a:g}" for a in also]
+    return " or ".join(parts)
+
+
+def check_ranges(obj: Any, prefix: str = "--") -> None:
+    """BudgetError naming the first field of `obj` outside its `ranged` bounds (NaN never passes)."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        spec = f.metadata.get("range")
+        if spec is None:
+            continue
+        lo, hi, above, also = spec
+        v = getattr(obj, f.name)
+        if v in also and not (isinstance(v, float) and math.isnan(v)):
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (lo is None or (v > lo if above else v >= lo)) and (hi is None or v <= hi)
+        if not ok:
+            flag = prefix + f.name.replace("_", "-") if prefix == "--" else f.name
+            raise BudgetError(f"{flag} must be {range_text(lo, hi, above, also)}, got {v!r}")
+
+
+# --------------------------------------------------------------------------------------------------
 # field comments -> help text
 
 
@@ -148,8 +190,14 @@ def add_dataclass_args(
             default = None
         flag = "--" + (prefix + f.name).replace("_", "-")
         help_text = comments.get(f.name, "")
-        if default is not None and not isinstance(default, bool):
-            help_text += f" (default: {default})"
+        if "range" in f.metadata:
+            help_text += f"; {range_text(*f.metadata['range'])}"
+        if isinstance(default, bool):
+            help_text += f" (default: {'on' if default else 'off'})"
+        elif default in (None, "", []):
+            help_text += " (default: none)"
+        else:
+            help_text += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
         # argparse %-formats help strings: a literal "25%" in a comment must be escaped.
         help_text = help_text.replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "help": help_text,

@@ -21,12 +21,12 @@ import math
 import os
 import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from budgetlm import fsio, runtime, ui
-from budgetlm.config import BudgetError, format_duration, parse_duration, to_dict
+from budgetlm.config import BudgetError, check_ranges, format_duration, parse_duration, ranged, to_dict
 from budgetlm.data.shards import Dataset
 from budgetlm.fsio import atomic_write_json
 from budgetlm.models.config import ModelConfig
@@ -41,37 +41,42 @@ class TrainConfig:
     out: str = ""  # run directory to create (or to continue with --resume)
     objective: Literal["causal", "masked"] = "causal"  # next-token LM (GPT) or masked LM (BERT)
     budget: str = ""  # wall-clock training budget, e.g. 90s, 10m, 2h, 1d (eval/checkpoint time excluded)
-    max_steps: int = 0  # stop after this many optimizer steps (0 = no step limit)
-    max_tokens: int = 0  # stop after this many training tokens (0 = no token limit)
+    max_steps: int = ranged(0, 0, 10**12)  # stop after this many optimizer steps (0 = no step limit)
+    max_tokens: int = ranged(0, 0, 10**15)  # stop after this many training tokens (0 = no token limit)
     model: str = "auto"  # auto (sized for the budget), a preset (tiny, mini, small, ...) or a depth
-    n_embd: int = 0  # model width in channels (0 = derived from the depth)
-    seq_len: int = 0  # context length in tokens (0 = auto: 256 causal, 128 masked)
-    batch_size: int = 0  # global batch in sequences per optimizer step (0 = auto)
-    micro_batch: int = 0  # sequences per forward pass on each device (0 = the whole batch)
+    n_embd: int = ranged(0, 32, 65536, also=(0,))  # model width in channels (0 = derived from the depth)
+    seq_len: int = ranged(0, 8, 1 << 20, also=(0,))  # context length in tokens (0 = auto: 256 causal, 128 masked)
+    batch_size: int = ranged(0, 1, 1 << 24, also=(0,))  # global batch in sequences per optimizer step (0 = auto)
+    micro_batch: int = ranged(0, 1, 1 << 24, also=(0,))  # sequences per forward pass on each device (0 = the whole batch)
     optimizer: Literal["adamw", "muon"] = "muon"  # muon (hidden matrices) + AdamW (the rest), or plain adamw
-    lr: float = 0.0  # peak learning rate (0 = auto: 1e-2 with muon, 3e-3 with adamw)
-    weight_decay: float = 0.1  # decoupled weight decay on matrices
-    warmup: float = 0.02  # fraction of the budget spent on linear LR warm-up
+    lr: float = ranged(0.0, 0.0, 10.0)  # peak learning rate (0 = auto: 1e-2 with muon, 3e-3 with adamw)
+    weight_decay: float = ranged(0.1, 0.0, 10.0)  # decoupled weight decay on matrices
+    warmup: float = ranged(0.02, 0.0, 0.99)  # fraction of the budget spent on linear LR warm-up
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
-    cooldown: float = 0.4  # wsd: final fraction of the budget spent decaying the LR to 0
-    grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
-    dropout: float = -1.0  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
-    mask_rate: float = 0.25  # masked objective: fraction of tokens to predict (Cramming: 25%)
+    cooldown: float = ranged(0.4, 0.0, 1.0)  # wsd: final fraction of the budget spent decaying the LR to 0
+    grad_clip: float = ranged(1.0, 0.0, 1e6)  # clip the gradient norm to this (0 = off)
+    dropout: float = ranged(-1.0, 0.0, 0.95, also=(-1.0,))  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
+    mask_rate: float = ranged(0.25, 0.0, 0.95, above=True)  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
     device: str = "auto"  # auto | cpu | cuda | mps | xla
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto measures bf16 speed on CPU)
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile (auto: on for CUDA, and on CPU for budgets of 5m or more)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state across ranks (FSDP2) instead of DDP
-    seed: int = 0  # random seed (weights, data order, masking)
-    eval_every: float = 0.25  # evaluate every this fraction of the budget (0 = only at the end)
-    eval_tokens: int = 65536  # val tokens used by the periodic evaluations (the final one uses all)
+    seed: int = ranged(0, 0, 2**63 - 1)  # random seed (weights, data order, masking)
+    eval_every: float = ranged(0.25, 0.0, 1.0)  # evaluate every this fraction of the budget (0 = only at the end)
+    eval_tokens: int = ranged(65536, 2, 10**12)  # val tokens used by the periodic evaluations (the final one uses all)
     checkpoint_every: str = "10m"  # real time between periodic checkpoints
-    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
-    keep_last: int = 2  # periodic checkpoints kept (the best one is always kept)
-    log_every: int = 10  # optimizer steps between metric lines
+    checkpoint_every_steps: int = ranged(0, 0, 10**12)  # also checkpoint every N optimizer steps (0 = off)
+    keep_last: int = ranged(2, 1, 10**6)  # periodic checkpoints kept (the best one is always kept)
+    log_every: int = ranged(10, 1, 10**9)  # optimizer steps between metric lines
     resume: bool = False  # continue the run in --out from its latest checkpoint
     init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.n_embd % 32:
+            raise BudgetError(f"--n-embd must be a multiple of 32 (heads of 32 or 64 channels), got {self.n_embd}")
 
 
 # Settings that may change when a run is resumed; the others are the saved run's.
@@ -157,8 +162,6 @@ def resolve_config(cfg: TrainConfig, given: dict[str, Any] | None = None) -> Tra
         raise BudgetError("give --data DIR: a dataset folder written by `budgetlm prepare`")
     if not (cfg.budget or cfg.max_steps or cfg.max_tokens):
         raise BudgetError("give a budget: --budget DURATION (e.g. 10m), --max-steps N or --max-tokens N")
-    if not (cfg.dropout == -1 or 0 <= cfg.dropout < 1):
-        raise BudgetError(f"--dropout must be in [0, 1) (or -1 for auto), got {cfg.dropout:g}")
     if cfg.budget:
         parse_duration(cfg.budget)  # validate early, one clear line
     parse_duration(cfg.checkpoint_every)
@@ -466,6 +469,26 @@ class _Run:
             planned_tokens_per_s=round(plan.tokens_per_second, 1) if plan is not None else None)
 
 
+def _check_memory(run: "_Run") -> None:
+    """Refuse, before anything is allocated, a micro-batch the plan says cannot fit in this
+    device's memory (the OS would kill the process without a word)."""
+    from budgetlm.catalog import load_catalog
+    from budgetlm.hardware import local_device
+    from budgetlm.plan import memory_breakdown
+
+    if run.rt.device_type not in ("cpu", "cuda"):
+        return
+    device, _ = local_device(load_catalog())
+    cfg, T = run.cfg, run.mcfg.max_seq_len
+    need = memory_breakdown(run.mcfg, device, run.micro, T, run.rt.precision, cfg.activation_checkpointing,
+                            cfg.optimizer, run.rt.world_size if run.fsdp else 1,
+                            pred_fraction=None if run.mcfg.causal else cfg.mask_rate)["total"]
+    if device.memory_bytes and need > device.memory_bytes:
+        raise BudgetError(f"a micro-batch of {run.micro} x {T} tokens needs about {need / 2**30:,.1f} GiB but "
+                          f"{device.name} has {device.memory_bytes / 2**30:,.1f} GiB: lower --batch-size or "
+                          "--micro-batch (accumulation keeps the batch), or --seq-len")
+
+
 def _resolved_precision(cfg: TrainConfig, rt) -> TrainConfig:
     """The precision, device and compile setting actually used go into config.json."""
     return dataclasses.replace(cfg, precision=rt.precision, device=rt.device_type)
@@ -515,6 +538,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     rt = runtime.init_runtime(cfg.device, cfg.precision, cfg.seed)
     choice = choose_model(cfg, data, budget_s, rt)
     run = _Run(_resolved_precision(choice.cfg, rt), choice, data, rt, budget_s)
+    _check_memory(run)
     if rt.is_main and choice.plan is not None:
         from budgetlm.train.report import show_plan
 
