@@ -134,3 +134,38 @@ def test_disk_read_speed_is_positive(tmp_path):
     speed = bench.disk_read_speed(tmp_path, size_bytes=2 * 2**20)
     assert speed is None or speed > 0
     assert not list(tmp_path.iterdir())  # the temporary file is gone
+
+
+def test_a_noisy_calibration_is_measured_again(monkeypatch, tmp_path):
+    """Rounds that disagree (another process took the cores) are re-measured, not kept."""
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    times = iter([0.1, 0.3] + [0.1, 0.102] * 5)  # first attempt disagrees 3x, the second agrees
+
+    def fake_measure(cfg, mb, seq_len, rt, seconds, optimizer, compile, memory=True):
+        t = next(times)
+        return {"depth": cfg.n_layer, "seq_len": seq_len, "step_seconds": t, "tokens_per_second": mb * seq_len / t,
+                "flops_per_token": 1.0, "achieved_flops": mb * seq_len / t, "params": 1}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    out = bench.calibrate(bench.CalibrationConfig(depths=[1], seq_len=16, precisions=["fp32"], vocab_size=64,
+                                                  rounds=2, disk=False, memory=False), CPU_FP32)
+    (point,) = out["precisions"]["fp32"]
+    assert point["round_spread"] == pytest.approx(1.02) and point["step_seconds"] == 0.1
+
+
+def test_a_run_far_from_its_plan_corrects_the_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    from budgetlm.catalog import load_catalog
+    from budgetlm.hardware import local_device
+
+    cfg = model_config(3, 64, max_seq_len=16, width=64)
+    fpt = P.flops_per_token(cfg, 16)
+    for tps in (1000.0, 500.0):  # a second run of the same shape replaces the first one's point
+        bench.record_run({"depth": 3, "width": 64, "seq_len": 16, "compile": False, "tokens_per_second": tps,
+                          "flops_per_token": fpt, "achieved_flops": fpt * tps}, "fp32")
+    entry = next(iter(calibration.load()["devices"].values()))
+    assert [p["tokens_per_second"] for p in entry["precisions"]["fp32"]] == [500.0]
+    device, _ = local_device(load_catalog())
+    plan = P.estimate(cfg, device, 1e6, 16, calibration=bench.points_for(entry, "fp32", 16, False),
+                      precisions=("fp32",))
+    assert plan.tokens_per_second == pytest.approx(500.0)

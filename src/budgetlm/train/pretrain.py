@@ -127,6 +127,7 @@ class RunResult:
     mfu: float | None = None  # model FLOPs utilisation against the device's peak
     peak_flops_note: str = ""  # what the MFU is measured against
     planned_tokens_per_s: float | None = None  # what the plan predicted (planned runs)
+    plan_correction: str = ""  # set when the achieved speed was far from the plan's and corrected it
 
     def to_json(self) -> dict[str, Any]:
         """summary.json: optional figures that do not apply (bits/byte of a masked model) are left out."""
@@ -563,11 +564,34 @@ def _train(cfg: TrainConfig) -> RunResult:
         metrics.close()
     summary = run.result(result, final_eval)
     if rt.is_main:
+        summary.plan_correction = _correct_plan(run, summary)
         atomic_write_json(run.out / "summary.json", summary.to_json())
         write_report(run.out, summary.to_json(), result.history)
         _say_done(summary, rt)
     runtime.shutdown(rt)
     return summary
+
+
+def _correct_plan(run: _Run, s: RunResult) -> str:
+    """When the run's speed is more than CORRECT_BEYOND from its plan's, record the run in this
+    device's calibration so that the next plan predicts from what actually ran; say so."""
+    from budgetlm.train.calibrate import CORRECT_BEYOND, record_run
+
+    plan = run.choice.plan
+    if plan is None or s.interrupted or s.steps < 20 or run.rt.world_size > 1:
+        return ""
+    ratio = s.tokens_per_s / plan.tokens_per_second
+    if abs(ratio - 1) <= CORRECT_BEYOND:
+        return ""
+    m, T = run.mcfg, run.mcfg.max_seq_len
+    record_run({"depth": m.n_layer, "width": m.n_embd, "params": s.params, "seq_len": T, "micro_batch": run.micro,
+                "precision": run.rt.precision, "compile": s.compiled, "optimizer": run.cfg.optimizer, "steps": s.steps,
+                "tokens_per_second": s.tokens_per_s, "flops_per_token": run.fpt,
+                "achieved_flops": run.fpt * s.tokens_per_s, "source": "training run"}, run.rt.precision)
+    note = (f"achieved {s.tokens_per_s:,.0f} tokens/s, {ratio:.0%} of the plan's {plan.tokens_per_second:,.0f}: "
+            "this device's calibration now includes this run's speed, so the next plan predicts from it")
+    ui.info(f"[bold]plan[/] {note}")
+    return note
 
 
 def _say_done(s: RunResult, rt) -> None:
