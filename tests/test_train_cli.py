@@ -273,3 +273,13 @@ def test_bad_numbers_are_refused_before_any_work(data, tmp_path, capsys, flags, 
                        *[f for f in TINY if f not in ("--batch-size", "4")], *flags)
     assert rc == 2 and needle in err and "internal error" not in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_progress_lines_in_a_log(data, tmp_path, capsys):
+    """Output to a file (not a terminal): plain progress lines while training, not silence."""
+    rc, res, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--budget", "3s",
+                         "--progress-every", "0.5", *TINY)
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("train (3.0s): ")]
+    assert len(lines) >= 3, err
+    assert all("loss" in ln and "tok/s" in ln and "of the budget left" in ln and "elapsed" in ln for ln in lines[:-1])

@@ -6,18 +6,10 @@ With `--json` the one JSON object owns stdout, so human-readable output and prog
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 _state = {"json": False, "console": None}
@@ -57,21 +49,82 @@ def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     console().print(t)
 
 
-@contextmanager
-def progress(description: str, total: float | None, unit: str = "") -> Iterator[Progress]:
-    """A progress bar on stderr (never disturbs --json stdout); silent when stderr is no terminal
-    unless BUDGETLM_PROGRESS=1."""
-    import os
+PROGRESS_EVERY_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
-    enabled = sys.stderr.isatty() or os.environ.get("BUDGETLM_PROGRESS") == "1"
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn() if unit == "" else TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    ]
-    with Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=False) as p:
-        p.add_task(description, total=total, status="")
-        yield p
+
+class Progress:
+    """Progress of a long job. On a terminal: one bar (percent done, elapsed, one time-left figure).
+    Elsewhere (a log file, nohup, Slurm, CI): a plain line on stderr every `every_s` seconds, and a
+    last one when a job that long ends, so a log shows the job moving (short jobs stay quiet)."""
+
+    def __init__(self, description: str, total: float | None, unit: str = "", every_s: float | None = None,
+                 eta: bool = True):
+        import os
+        import time
+
+        self.description, self.total, self.unit = description, total, unit
+        env = os.environ.get("BUDGETLM_PROGRESS_EVERY")
+        self.every_s = every_s if every_s is not None else float(env) if env else PROGRESS_EVERY_S
+        self.completed, self.status = 0.0, ""
+        self.t0 = self.last_line = time.perf_counter()
+        self.tty = sys.stderr.isatty() and not os.environ.get("BUDGETLM_PLAIN_PROGRESS")
+        self._bar = None
+        if self.tty:
+            columns = [TextColumn("[bold]{task.description}"), BarColumn(),
+                       TextColumn("{task.percentage:>3.0f}%") if total else TextColumn(""),
+                       TimeElapsedColumn()]
+            if eta:
+                columns.append(TimeRemainingColumn())
+            columns.append(TextColumn("{task.fields[status]}"))
+            self._bar = RichProgress(*columns, console=Console(stderr=True), transient=False)
+            self._task = self._bar.add_task(description, total=total, status="")
+
+    def __enter__(self) -> "Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        if self._bar is not None:
+            self._bar.stop()
+        elif exc[0] is None and time.perf_counter() - self.t0 >= self.every_s:
+            self._line()
+
+    def advance(self, _task: int = 0, amount: float = 1.0) -> None:
+        """Add `amount` done (the first argument is ignored: the signature of rich's advance)."""
+        self.update(completed=self.completed + amount)
+
+    def update(self, completed: float | None = None, status: str | None = None) -> None:
+        import time
+
+        if completed is not None:
+            self.completed = completed
+        if status is not None:
+            self.status = status
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.completed, status=self.status)
+        elif time.perf_counter() - self.last_line >= self.every_s:
+            self._line()
+
+    def _line(self) -> None:
+        import time
+
+        from budgetlm.config import format_duration
+
+        self.last_line = time.perf_counter()
+        done = f"{100 * self.completed / self.total:3.0f}%" if self.total else self._amount(self.completed)
+        parts = [f"{self.description}: {done}", self.status, f"elapsed {format_duration(self.last_line - self.t0)}"]
+        sys.stderr.write("  ".join(p for p in parts if p) + "\n")
+        sys.stderr.flush()
+
+    def _amount(self, x: float) -> str:
+        return f"{x / 1e6:,.1f} MB" if self.unit == "bytes" else f"{x:,.0f} {self.unit}".strip()
+
+
+def progress(description: str, total: float | None, unit: str = "", every_s: float | None = None,
+             eta: bool = True) -> Progress:
+    """`with ui.progress("reading", total=n_bytes, unit="bytes") as bar: bar.advance(0, n)`; see Progress.
+    Progress always goes to stderr, so it never disturbs --json on stdout."""
+    return Progress(description, total, unit, every_s, eta)

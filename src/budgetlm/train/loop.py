@@ -53,6 +53,7 @@ class LoopConfig:
     checkpoint_every_s: float = 600.0  # real seconds between periodic checkpoints (0 = only at the end)
     checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
     log_every: int = 10  # optimizer steps between metric lines
+    progress_every_s: float | None = None  # seconds between progress lines when stderr is no terminal (None: ui's default)
     nan_patience: int = 5  # non-finite steps in a row before rolling back to the last checkpoint
     nan_lr_factor: float = 0.5  # LR multiplier applied at each roll-back
 
@@ -322,11 +323,12 @@ class _Loop:
                "mfu": round(mfu, 4) if math.isfinite(mfu) else None}
         self.record(rec)
         self.window, self.win_tokens, self.win_time = [], 0, 0.0
-        status = f"loss {self.train_loss:.3f}  {tps:,.0f} tok/s"
+        status = f"step {s.step:,}  loss {self.train_loss:.3f}  lr {r.lr:.2e}  {tps:,.0f} tok/s"
         if math.isfinite(mfu):
             status += f"  MFU {100 * mfu:.0f}%"
         if self.cfg.budget_s:
-            status += f"  ETA {format_duration((1.0 - self.progress()) * self.cfg.budget_s)}"
+            status += (f"  trained {format_duration(s.elapsed_s)}, "
+                       f"{format_duration(max(0.0, self.cfg.budget_s - s.elapsed_s))} of the budget left")
         return status
 
     def record(self, rec: dict[str, Any]) -> None:
@@ -369,7 +371,9 @@ class _Loop:
         interrupted = stopped_early = False
         budget_text = format_duration(self.cfg.budget_s) if self.cfg.budget_s else "-"
         self.setup.module.train()
-        with ui.progress(f"train ({budget_text})", total=1000) as bar:
+        bar_cm = ui.progress(f"train ({budget_text})", total=100.0, every_s=self.cfg.progress_every_s, eta=False) \
+            if show_progress else contextlib.nullcontext()
+        with bar_cm as bar:
             while True:
                 if self.stop:
                     interrupted = True
@@ -386,12 +390,12 @@ class _Loop:
                     self.hooks.on_step(self.setup.model, self.state)
                 status = self.log(r)
                 if status is not None and show_progress:
-                    bar.update(bar.task_ids[0], completed=int(1000 * self.progress()), status=status)
+                    bar.update(completed=100.0 * min(1.0, self.progress()), status=status)
                 if self.periodic():
                     stopped_early = True
                     break
             if show_progress:
-                bar.update(bar.task_ids[0], completed=int(1000 * self.progress()))
+                bar.update(completed=100.0 * min(1.0, self.progress()))
         if self.window:
             self.train_loss = sum(self.window) / len(self.window)
         return LoopResult(state=self.state, train_loss=self.train_loss, interrupted=interrupted,

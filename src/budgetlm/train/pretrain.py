@@ -70,6 +70,7 @@ class TrainConfig:
     checkpoint_every_steps: int = ranged(0, 0, 10**12)  # also checkpoint every N optimizer steps (0 = off)
     keep_last: int = ranged(2, 1, 10**6)  # periodic checkpoints kept (the best one is always kept)
     log_every: int = ranged(10, 1, 10**9)  # optimizer steps between metric lines
+    progress_every: float = ranged(30.0, 0.1, 86400.0)  # seconds between progress lines when the output is a log, not a terminal
     resume: bool = False  # continue the run in --out from its latest checkpoint
     init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
 
@@ -82,7 +83,7 @@ class TrainConfig:
 # Settings that may change when a run is resumed; the others are the saved run's.
 RESUME_OVERRIDES = ("budget", "max_steps", "max_tokens", "data", "device", "precision", "compile",
                     "activation_checkpointing", "checkpoint_every", "checkpoint_every_steps", "keep_last",
-                    "log_every", "eval_every")
+                    "log_every", "eval_every", "progress_every")
 # Peak LR per optimizer, tuned on Tiny Shakespeare (4 layers x 256, 4,096-token batches): muon at 1e-2
 # beat 3e-3 (docs/bench/training.md); AdamW's 3e-3 is the usual choice for models this small.
 AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
@@ -429,7 +430,7 @@ class _Run:
             budget_s=self.budget_s, max_steps=cfg.max_steps or None, max_tokens=cfg.max_tokens or None,
             grad_accum=self.accum, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
             checkpoint_every_s=parse_duration(cfg.checkpoint_every), checkpoint_every_steps=cfg.checkpoint_every_steps,
-            log_every=max(1, cfg.log_every))
+            log_every=max(1, cfg.log_every), progress_every_s=cfg.progress_every)
         hooks = LoopHooks(evaluate=lambda m, st: self.evaluate(m, cfg.eval_tokens), rollback=self.rollback,
                           checkpoint=lambda st, last: self.save(st, last))
         self.peak, self.peak_note = runtime.peak_flops(self.rt)
