@@ -130,7 +130,10 @@ class Completion:
     seconds: float  # wall time of the generation
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                   seed: int | None = None) -> None:
+    if seed is not None and not 0 <= seed < 2**63:
+        raise BudgetError(f"--seed must be in [0, 2^63), got {seed}")
     if max_new_tokens < 1:
         raise BudgetError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not temperature >= 0:
@@ -146,7 +149,7 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperatu
     """Continue `prompt` with a causal model; `on_text` receives the text as it is produced."""
     from budgetlm.data.tokenizer import SPECIAL_TOKENS
 
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     eot = tokenizer.token_to_id(SPECIAL_TOKENS["eot"])
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
     if not ids:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from budgetlm.generate import check_sampling, complete, load_causal
 
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     model, tok, meta = load_causal(args.model, args.device, args.checkpoint)
     out = ui.console().file
     out.write(args.prompt)

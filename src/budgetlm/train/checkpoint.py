@@ -29,6 +29,7 @@ nonsense. Nothing in a checkpoint is executed: weights and state are safetensors
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -198,8 +199,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, meta
     meta = dataclasses.replace(meta, step=step, val_loss=val_loss, format_version=FORMAT_VERSION)
     try:
         _write_files(tmp, model, meta, state, tokenizer_path)
-    except OSError:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save (disk full) leaves nothing behind
+        if not isinstance(e, OSError) and "os error 28" in str(e):  # safetensors' own error for ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device") from None
         raise
     if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
         old = root / f".old-step_{step:06d}.tmp-{os.getpid()}"

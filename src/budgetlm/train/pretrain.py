@@ -390,8 +390,12 @@ class _Run:
             payload = {"optimizer": optim_state if self.fsdp else self.optimizer.state_dict(), "loop": st.to_dict(),
                        "loader": self.loader.state_dict(), "rng": runtime.rng_state(),
                        "scaler": self.setup.scaler.state_dict() if self.setup.scaler is not None else None}
-            ck.save_checkpoint(self.out, st.step, to_save, self.meta(last_eval), payload,
-                               self.data.tokenizer_path, self.cfg.keep_last, val_loss)
+            try:
+                ck.save_checkpoint(self.out, st.step, to_save, self.meta(last_eval), payload,
+                                   self.data.tokenizer_path, self.cfg.keep_last, val_loss)
+            except OSError as e:  # a full disk is the user's to fix, not an internal error
+                need = 4 * num_params(self.mcfg) * (3 if self.cfg.optimizer == "adamw" else 2)
+                raise fsio.space_error(e, self.out, need) or e from None
         runtime.barrier(rt)
         _fault_hook(st.step)
 

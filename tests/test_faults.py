@@ -1,0 +1,181 @@
+"""The fault and bad-input suite: every bad value a command can be given is refused with one line
+and exit code 2, and no file that existed before (inputs, earlier runs, the user's own files) is
+changed by the attempt.
+
+Each row of CASES is (command line, expected exit code, fragment of the one-line message). The
+command line may use {data} (a prepared dataset), {run} (a trained causal run), {mlm} (a masked
+run), {text} (a UTF-8 text file), {utf16} (a UTF-16 file), {user} (a folder of the user's own
+files) and {tmp} (an empty scratch folder). Before each case every file under the fixtures is
+hashed, and after it the hashes must be the same. A new flag adds a row.
+
+The slower fault cases (a kill during a write, a full disk) are marked `faults` and run with
+    python -m pytest -m faults tests/test_faults.py
+The summary line at the end of the run counts cases tried, clean refusals and files changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from budgetlm.cli import main
+from train_helpers import TINY, make_dataset, one_thread, subprocess_env  # noqa: F401
+
+TALLY = {"tried": 0, "refused": 0, "files_changed": 0}
+
+CASES: list[tuple[str, int, str]] = [
+    # train
+    ("train --data {data} --out {tmp}/r --max-steps -5", 2, "--max-steps must be"),
+    ("train --data {data} --out {tmp}/r --max-tokens -5", 2, "--max-tokens must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --lr -0.01", 2, "--lr must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --warmup 5", 2, "--warmup must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --n-embd 7", 2, "--n-embd must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --seed 1e23", 2, "invalid int value"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --seed -1", 2, "--seed must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --dropout 1.5", 2, "--dropout must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --mask-rate 0", 2, "--mask-rate must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --batch-size 1000000000", 2, "--batch-size must be"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --model 2 --batch-size 5000000", 2, "needs about"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --device cuda", 2, "no cuda device"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --device tpu9", 2, "unknown device"),
+    ("train --data {data} --out {tmp}/r --max-steps 1 --precision fp64", 2, "unknown precision"),
+    ("train --data {data} --out {tmp}/r --budget soon", 2, "malformed duration"),
+    ("train --data {data} --out {run} --max-steps 1", 2, "already exists"),
+    ("train --data {data} --out {data} --max-steps 1", 2, "is the input"),
+    ("train --data {data} --out {data}/inner --max-steps 1", 2, "lies inside the input"),
+    ("train --data {data} --out {user} --max-steps 1", 2, "already exists"),
+    ("train --data {text} --out {tmp}/r --max-steps 1", 2, "not found"),
+    ("train --data {user} --out {tmp}/r --max-steps 1", 2, "not a prepared dataset"),
+    ("train --data {data} --out {tmp}/r --init-from {user} --max-steps 1", 2, "holds no checkpoint"),
+    ("train --config {text} --out {tmp}/r", 2, "config file"),
+    # eval
+    ("eval --model {run} --data {data} --batch-size -3", 2, "--batch-size must be"),
+    ("eval --model {run} --data {data} --batch-size 0", 2, "--batch-size must be"),
+    ("eval --model {run} --data {data} --max-tokens -1", 2, "--max-tokens"),
+    ("eval --model {run} --data {data} --device cuda", 2, "no cuda device"),
+    ("eval --model {run} --text {utf16}", 2, "UTF-8"),
+    ("eval --model {user} --data {data}", 2, "holds no checkpoint"),
+    ("eval --model {run}", 2, "give --data"),
+    # generate
+    ("generate --model {run} --max-new-tokens 0", 2, "--max-new-tokens must be"),
+    ("generate --model {run} --temperature -1", 2, "--temperature must be"),
+    ("generate --model {run} --temperature nan", 2, "--temperature must be"),
+    ("generate --model {run} --top-p 0", 2, "--top-p must be"),
+    ("generate --model {run} --top-k -1", 2, "--top-k must be"),
+    ("generate --model {run} --seed -4", 2, "--seed must be"),
+    ("generate --model {run} --device cuda", 2, "no cuda device"),
+    ("generate --model {mlm}", 2, "needs a causal model"),
+    # bench
+    ("bench --seconds 0", 2, "--seconds must be > 0"),
+    ("bench --depths 0", 2, "--depths must be positive"),
+    ("bench --precisions fp64", 2, "unknown precision"),
+    # demo
+    ("demo --budget soon --out {tmp}/d", 2, "malformed duration"),
+    ("demo --max-new-tokens 0 --out {tmp}/d", 2, "--max-new-tokens must be"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = make_dataset(root)
+    for name, objective in (("run", "causal"), ("mlm", "masked")):
+        assert main(["train", "--data", str(data), "--out", str(root / name), "--max-steps", "2",
+                     "--objective", objective, *TINY]) == 0
+    (root / "text.txt").write_text("the king and the queen\n", encoding="utf-8")
+    (root / "utf16.txt").write_bytes("the king and the queen\n".encode("utf-16"))
+    user = root / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("my own file")
+    return {"data": data, "run": root / "run", "mlm": root / "mlm", "text": root / "text.txt",
+            "utf16": root / "utf16.txt", "user": user, "root": root}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, code, fragment", CASES, ids=[c[0][:60] for c in CASES])
+def test_bad_input_is_refused_and_changes_nothing(world, tmp_path, capsys, line, code, fragment):
+    fields = {k: str(v) for k, v in world.items()} | {"tmp": str(tmp_path)}
+    argv = [a.format(**fields) for a in shlex.split(line)]
+    before = snapshot(world["root"])
+    got, err = run_cli(argv, capsys)
+    after = snapshot(world["root"])
+    changed = sum(before.get(k) != v for k, v in after.items()) + len(set(before) - set(after))
+    TALLY["tried"] += 1
+    TALLY["files_changed"] += changed
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    clean = got == code and len(lines) >= 1 and "Traceback" not in err and "internal error" not in err
+    TALLY["refused"] += int(clean)
+    assert got == code, err
+    assert fragment in lines[-1], err
+    assert "Traceback" not in err and "internal error" not in err
+    assert changed == 0, sorted(k for k in after if before.get(k) != after[k])
+
+
+def test_a_full_disk_while_checkpointing_is_a_clear_error(world, tmp_path, capsys, monkeypatch):
+    from budgetlm.train import statefile
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(statefile, "save_state", full)
+    code, err = run_cli(["train", "--data", str(world["data"]), "--out", str(tmp_path / "r"), "--max-steps", "2",
+                         *TINY], capsys)
+    assert code == 2 and "no space left on the device" in err and "needs about" in err
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").glob("checkpoints/.tmp*"))
+
+
+@pytest.mark.faults
+def test_kill_during_checkpoint_writes_always_leaves_a_loadable_run(world, tmp_path):
+    """SIGKILL right after the checkpoint of step N: --resume continues to the same final step."""
+    run = tmp_path / "r"
+    base = [sys.executable, "-m", "budgetlm", "train", "--data", str(world["data"]), "--out", str(run),
+            "--checkpoint-every-steps", "2", *TINY]
+    env = subprocess_env() | {"BUDGETLM_FAULT_KILL_AFTER_STEP": "4"}
+    proc = subprocess.run([*base, "--max-steps", "8"], env=env, capture_output=True)
+    assert proc.returncode == -9
+    proc = subprocess.run([*base[:8], "--max-steps", "8", "--resume", "--json"], env=subprocess_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert json.loads(proc.stdout)["steps"] == 8
+
+
+@pytest.mark.faults
+def test_a_real_full_disk(world, tmp_path, capsys):
+    """A 2 MB tmpfs (needs root): the run stops with the no-space message, nothing half-written stays."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, err = run_cli(["train", "--data", str(world["data"]), "--out", str(mnt / "r"), "--max-steps", "2",
+                             *TINY, "--n-embd", "256"], capsys)  # ~4 MB of weights for a 2 MB disk
+        assert code == 2 and "no space left" in err, err
+        assert not list(mnt.rglob(".tmp-*"))
+    finally:
+        subprocess.run(["umount", str(mnt)])
+        shutil.rmtree(mnt, ignore_errors=True)
+
+
+def pytest_terminal_summary_line() -> str:
+    return (f"fault suite: {TALLY['tried']} bad inputs tried, {TALLY['refused']} clean refusals, "
+            f"{TALLY['files_changed']} files changed")
