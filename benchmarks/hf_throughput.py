@@ -11,7 +11,7 @@ eager model. Each contender runs in its own process (the runtime's allocator set
 process-wide and must not leak into the other contender), `--steps` optimizer steps after
 `--warmup` untimed ones (compilation happens there); rounds alternate the contenders so that load
 from other processes hits them alike, and the best round of each is kept.
-MFU = model FLOPs per token (6N + 12 L C T, `budgetlm.models.presets.flops_per_token`) x tokens/s,
+MFU = model FLOPs per token (6N + 12 L C T, `budgetlm.plan.flops_per_token`) x tokens/s,
 divided by the *measured* matmul peak of this CPU in the precision used (`budgetlm.runtime`).
 
 Needs `accelerate` (transformers' Trainer requires it; not a budgetlm dependency):
@@ -33,8 +33,9 @@ import torch
 
 from budgetlm import runtime
 from budgetlm.models.config import ModelConfig
-from budgetlm.models.presets import flops_per_token, num_params
+from budgetlm.models.presets import num_params
 from budgetlm.models.transformer import build_model
+from budgetlm.plan import flops_per_token
 from budgetlm.train.loop import LoopConfig, train_loop
 from budgetlm.train.optim import OptimConfig, build_optimizer
 from budgetlm.train.schedule import ScheduleConfig

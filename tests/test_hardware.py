@@ -1,5 +1,5 @@
-"""hardware.py and catalog.py: the packaged catalog, name matching, detection (CUDA/TPU mocked),
-and the command."""
+"""hardware.py, catalog.py and calibration's peak rule: the packaged catalog, name matching,
+detection (CUDA/TPU mocked), measured CPU peaks, and the command."""
 
 import json
 import subprocess
@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from budgetlm import cli, hardware
-from budgetlm.catalog import PRECISIONS, catalog_info, load_catalog
+from budgetlm import calibration, cli, hardware
+from budgetlm.catalog import PRECISIONS, TRAINING_PEAK_COLUMNS, catalog_info, load_catalog, match_device
 
 CATALOG = load_catalog()
 
@@ -36,33 +36,71 @@ def test_catalog_has_the_devices_with_sources_and_dates():
     assert all(d.price_usd_per_hour is None or d.price_usd_per_hour > 0 for d in CATALOG.values())
 
 
-@pytest.mark.parametrize("fragment, cid", sorted(hardware.CUDA_NAMES.items()))
-def test_every_cuda_name_maps_to_a_catalog_entry(fragment, cid):
-    assert cid in CATALOG
-    assert hardware.match_cuda(f"NVIDIA {fragment}", 10**10) in CATALOG
+def test_every_match_fragment_names_its_own_entry():
+    """Each entry's fragments, in a name as torch reports it, resolve to that entry; no two entries
+    share a fragment and memory threshold (so the answer never depends on the catalog's order)."""
+    seen = set()
+    for d in CATALOG.values():
+        for frag in d.match:
+            assert (d.kind, frag.lower(), d.match_min_memory_bytes) not in seen, (d.id, frag)
+            seen.add((d.kind, frag.lower(), d.match_min_memory_bytes))
+            name = f"NVIDIA GeForce {frag}" if d.kind == "gpu" else f"TPU {frag}"
+            assert match_device(name, CATALOG, d.memory_bytes, d.kind) == d.id, (d.id, frag)
+    assert sum(bool(d.match) for d in CATALOG.values()) >= 22  # every NVIDIA GPU and TPU
 
 
-def test_cuda_matching_prefers_specific_names():
-    assert hardware.match_cuda("NVIDIA H100 PCIe", 80e9) == "nvidia-h100-pcie"
-    assert hardware.match_cuda("NVIDIA H100 80GB HBM3", 80e9) == "nvidia-h100-sxm"
-    assert hardware.match_cuda("NVIDIA A100-SXM4-80GB", 80e9) == "nvidia-a100-sxm4-80gb"
-    assert hardware.match_cuda("Tesla V100-SXM2-32GB", 32e9) == "nvidia-v100-sxm2-32gb"
-    assert hardware.match_cuda("NVIDIA GeForce RTX 4090", 24e9) == "nvidia-rtx-4090"
-    assert hardware.match_cuda("Some Future GPU", 24e9) is None
+@pytest.mark.parametrize("name, memory, cid", [
+    ("NVIDIA H100 PCIe", 80e9, "nvidia-h100-pcie"),  # the longest fragment wins over "H100"
+    ("NVIDIA H100 80GB HBM3", 85e9, "nvidia-h100-sxm"),
+    ("NVIDIA A100-SXM4-80GB", 85e9, "nvidia-a100-sxm4-80gb"),  # memory tells the A100s apart
+    ("NVIDIA A100-SXM4-40GB", 42.5e9, "nvidia-a100-sxm4-40gb"),
+    ("Tesla V100-SXM2-32GB", 34e9, "nvidia-v100-sxm2-32gb"),  # ... and the V100s
+    ("Tesla V100-SXM2-16GB", 16.9e9, "nvidia-v100-sxm2-16gb"),
+    ("NVIDIA GeForce RTX 4090", 24e9, "nvidia-rtx-4090"),
+    ("NVIDIA GeForce RTX 2080 Ti", 11e9, "nvidia-rtx-2080-ti"),
+    ("Tesla T4", 15e9, "nvidia-t4"),
+    ("NVIDIA L4", 24e9, "nvidia-l4"),
+    ("NVIDIA L40S", 48e9, None),  # whole words: "L4" is not in "L40S"
+    ("Some Future GPU", 24e9, None),
+])
+def test_cuda_names_match_the_catalog(name, memory, cid):
+    assert match_device(name, CATALOG, int(memory), "gpu") == cid
 
 
-@pytest.mark.parametrize("fragment, cid", sorted(hardware.TPU_NAMES.items()))
-def test_every_tpu_name_maps_to_a_catalog_entry(fragment, cid):
-    assert cid in CATALOG and hardware.match_name(f"TPU {fragment}", hardware.TPU_NAMES) == cid
+@pytest.mark.parametrize("name, cid", [("TPU v5 lite", "google-tpu-v5e"), ("v5litepod-8", "google-tpu-v5e"),
+                                       ("TPU v5p", "google-tpu-v5p"), ("TPU v4", "google-tpu-v4"),
+                                       ("TPU v6e", "google-tpu-v6e"), ("TPU v2", "google-tpu-v2")])
+def test_tpu_names_match_the_catalog(name, cid):
+    assert match_device(name, CATALOG, 0, "tpu") == cid
+
+
+def test_a_user_catalog_can_teach_a_new_card(tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"devices": [{"id": "nvidia-l40s", "kind": "gpu", "match": ["L40S"],
+                                             "memory_gb": 48, "tflops": {"bf16": 362}}]}))
+    catalog = load_catalog(mine)
+    assert match_device("NVIDIA L40S", catalog, 48_000_000_000) == "nvidia-l40s"
+    assert catalog["nvidia-l40s"].training_peak("bf16") == 362e12
+
+
+def test_training_peaks_come_from_the_catalog_columns():
+    a100, t4 = CATALOG["nvidia-a100-sxm4-80gb"], CATALOG["nvidia-t4"]
+    assert a100.training_peak("fp32") == 156e12  # fp32 training runs matmuls in TF32
+    assert t4.training_peak("fp32") == 8.1e12 and t4.training_peak("bf16") is None
+    assert "datasheet dense tf32" in a100.peak_note("fp32")
+    for precision, columns in TRAINING_PEAK_COLUMNS.items():
+        assert all(c in PRECISIONS for c in columns) and a100.training_peak(precision)
 
 
 def test_cpu_info_and_flops_per_cycle():
     info = hardware.cpu_info()
     assert info["cores"] >= 1 and info["memory_bytes"] > 2**28 and info["peak_flops_estimate"]["fp32"] > 0
     assert hardware.cpu_flops_per_cycle({"avx2", "fma"}) == {"fp32": 32.0, "bf16": None}
-    assert hardware.cpu_flops_per_cycle({"avx512f", "avx512_bf16"})["bf16"] == 64.0
-    assert hardware.cpu_flops_per_cycle({"avx512f", "amx_bf16"})["bf16"] == 256.0
+    assert hardware.cpu_flops_per_cycle({"avx2", "fma", "avx512f"})["fp32"] == 64.0  # two 512-bit FMA units
+    assert hardware.cpu_flops_per_cycle({"avx512f", "avx512_bf16"})["bf16"] == 128.0
+    assert hardware.cpu_flops_per_cycle({"avx512f", "amx_bf16"})["bf16"] == 512.0
     assert hardware.cpu_flops_per_cycle(set())["fp32"] == 8.0
+    assert "ISA estimate" in info["peak_notes"]["fp32"]
 
 
 def test_local_device_prefers_a_matched_accelerator(monkeypatch):
@@ -77,6 +115,26 @@ def test_local_device_prefers_a_matched_accelerator(monkeypatch):
     assert cpu.id == "local-cpu" and cpu.kind == "cpu" and cpu.peak_flops["fp32"] > 0
 
 
+def test_a_measured_peak_replaces_the_cpu_estimate_not_the_catalog(monkeypatch, tmp_path):
+    monkeypatch.setitem(hardware.DETECTORS, "cuda", lambda: [])
+    path = tmp_path / "calibration.json"
+    cpu, info, entry = calibration.local(CATALOG, path)
+    assert entry is None and "ISA estimate" in cpu.peak_note("fp32")
+    calibration.save_measured_peak(hardware.device_key(info), info["name"], "cpu", "fp32", 2.5e11, path)
+    calibration.save_measured_peak(hardware.device_key(info), info["name"], "cpu", "fp32", 1e11, path)  # the max stays
+    cpu, _, entry = calibration.local(CATALOG, path)
+    assert cpu.training_peak("fp32") == 2.5e11 and "measured fp32" in cpu.peak_note("fp32")
+    # a later calibration entry without the peak keeps it
+    calibration.save_device(hardware.device_key(info), {"name": info["name"], "precisions": {}}, path)
+    assert calibration.measured_peak(hardware.device_key(info), "fp32", path) == 2.5e11
+    # a catalog GPU keeps its datasheet figure whatever was measured
+    h100 = calibration.with_measured_peaks(CATALOG["nvidia-h100-sxm"], {"measured_peak_flops": {"bf16": 1e12}})
+    assert h100.training_peak("bf16") == 989.5e12
+    unknown = hardware.local_device(CATALOG, [{"type": "cuda", "name": "Future GPU", "memory_bytes": 10**10,
+                                               "catalog_id": None}])[0]
+    assert calibration.with_measured_peaks(unknown, {"measured_peak_flops": {"fp32": 5e13}}).training_peak("fp32") == 5e13
+
+
 def test_tpu_detection_with_torch_xla_mocked(monkeypatch):
     xm = types.SimpleNamespace(xla_device=lambda: "xla:0", xla_device_hw=lambda d: "TPU")
     runtime = types.SimpleNamespace(device_type=lambda: "TPU v5 lite")
@@ -89,7 +147,9 @@ def test_tpu_detection_with_torch_xla_mocked(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_xla.core.xla_model", xm)
     monkeypatch.setitem(sys.modules, "torch_xla.runtime", runtime)
     found = hardware.tpu_devices()
-    assert found == [{"type": "xla", "name": "TPU v5 lite", "precisions": ["bf16"], "catalog_id": "google-tpu-v5e"}]
+    assert found == [{"type": "xla", "name": "TPU v5 lite", "precisions": ["bf16"]}]
+    monkeypatch.setitem(hardware.DETECTORS, "cuda", lambda: [])
+    assert hardware.local_devices(CATALOG)[0]["catalog_id"] == "google-tpu-v5e"
 
 
 def test_hardware_command_json(capsys):
@@ -125,8 +185,9 @@ def test_cuda_devices_with_torch_cuda_mocked(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
     (d,) = hardware.cuda_devices()
-    assert d["catalog_id"] == "nvidia-rtx-3090" and d["compute_capability"] == "8.6"
+    assert d["compute_capability"] == "8.6"
     assert d["precisions"] == ["fp32", "tf32", "fp16", "bf16"]  # no fp8 below compute capability 8.9
+    assert hardware.local_devices(CATALOG)[0]["catalog_id"] == "nvidia-rtx-3090"
     props.major, props.minor, props.name = 7, 5, "Tesla T4"
     (t4,) = hardware.cuda_devices()
-    assert t4["precisions"] == ["fp32", "fp16"] and t4["catalog_id"] == "nvidia-t4"
+    assert t4["precisions"] == ["fp32", "fp16"] and hardware.local_devices(CATALOG)[0]["catalog_id"] == "nvidia-t4"

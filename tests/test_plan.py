@@ -1,5 +1,6 @@
-"""plan.py and plan_cli.py: exact parameter/state/activation arithmetic against the real model,
-FLOPs and time, compute-optimal sizing, the configuration search, and the command's contract."""
+"""budgetlm.plan, api.plan/compare and the plan command: exact parameter/state/activation arithmetic
+against the real model, FLOPs and time, compute-optimal sizing, the configuration search, compare
+rows equal to single-device plans, and the command's contract."""
 
 import json
 import math
@@ -14,7 +15,6 @@ from budgetlm import plan as P
 from budgetlm.catalog import Device, get_device, load_catalog
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
-from budgetlm.models.presets import flops_per_token as preset_fpt
 from budgetlm.models.presets import model_config, num_params
 
 CATALOG = load_catalog()
@@ -37,7 +37,16 @@ def _run(argv, capsys):
 
 
 def test_plan_imports_without_torch():
-    code = "import sys, budgetlm.plan, budgetlm.plan_cli; sys.exit('torch' in sys.modules)"
+    code = "import sys, budgetlm.plan, budgetlm.commands.plan; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_api_plan_for_a_catalog_device_never_imports_torch():
+    code = ("import sys, budgetlm.api as api\n"
+            "p = api.plan(device='nvidia-rtx-3090', budget='1d')\n"
+            "c = api.compare(device='nvidia-t4', budget='1h', model='small')\n"
+            "assert p.fits and c and p.model.n_layer > 0\n"
+            "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -110,13 +119,18 @@ def test_checkpointing_and_fsdp_reduce_memory():
     assert sum(four.values()) < 0.5 * sum(one.values())
 
 
-def test_flops_per_token_matches_presets_and_kaplan():
-    cfg = model_config(4, 8192, max_seq_len=512)
-    assert P.flops_per_token(cfg, 512) == preset_fpt(cfg, 512)
-    masked = model_config(4, 8192, causal=False, max_seq_len=512)
-    dense = P.flops_per_token(masked, 512, pred_fraction=1.0)
-    assert dense == preset_fpt(masked, 512)
-    assert P.flops_per_token(masked, 512, pred_fraction=0.25) < dense
+def test_flops_per_token_is_6n_plus_attention_with_the_masked_head_discounted():
+    L, C, V, T = 4, 256, 8192, 512
+    cfg = model_config(L, V, max_seq_len=T)
+    norms = 2 * C * L + C  # vectors: no matmul
+    assert P.flops_per_token(cfg, T) == 6 * (num_params(cfg) - norms) + 12 * L * C * T
+    assert P.flops_per_token(cfg, T, pred_fraction=0.1) == P.flops_per_token(cfg, T)  # causal: every position
+    masked = model_config(L, V, causal=False, max_seq_len=T)
+    dense = P.flops_per_token(masked, T, pred_fraction=1.0)
+    assert dense == 6 * (num_params(masked) - norms - C) + 12 * L * C * T  # + the head norm
+    head = V * C + C * C  # output projection and the prediction head's dense layer
+    assert P.flops_per_token(masked, T, pred_fraction=0.25) == dense - 6 * 0.75 * head
+    assert P.flops_per_token(masked, T) == P.flops_per_token(masked, T, P.DEFAULT_PRED_FRACTION)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,7 +171,7 @@ def test_auto_plan_grows_with_budget_but_not_with_scarce_data():
     small = P.auto_plan(dev, 600, None, 512, vocab_size=32000)
     big = P.auto_plan(dev, 86400, None, 512, vocab_size=32000)
     assert big.params > small.params and big.seconds == pytest.approx(86400)
-    assert big.sizing["candidates"] and big.sizing["chosen_depth"] == big.depth
+    assert big.sizing["candidates"] and big.sizing["chosen_depth"] == big.model.n_layer
     scarce = P.auto_plan(dev, 86400, 10_000_000, 512, vocab_size=32000)
     # repeats make excess parameters worth less still (Muennighoff et al. 2023): no bigger model
     assert scarce.params == big.params and scarce.epochs > 4
@@ -168,10 +182,10 @@ def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     dev = get_device("cpu", CATALOG)
     p = P.auto_plan(dev, 600, 300_000, 256, vocab_size=2048)
     m = p.model
-    assert m["n_embd"] % P.WIDTH_STEP == 0 and P.MIN_ASPECT <= m["n_embd"] / m["n_layer"] <= P.MAX_ASPECT
-    assert m["n_head"] * (64 if m["n_embd"] % 64 == 0 else 32) == m["n_embd"]
+    assert m.n_embd % P.WIDTH_STEP == 0 and P.MIN_ASPECT <= m.n_embd / m.n_layer <= P.MAX_ASPECT
+    assert m.n_head * (64 if m.n_embd % 64 == 0 else 32) == m.n_embd
     cands = p.sizing["candidates"]
-    assert (cands[0]["depth"], cands[0]["width"]) == (m["n_layer"], m["n_embd"]) and len({c["width"] for c in cands}) > 1
+    assert (cands[0]["depth"], cands[0]["width"]) == (m.n_layer, m.n_embd) and len({c["width"] for c in cands}) > 1
 
     def distance(c):
         n_opt = P.BESIROGLU.optimal_params(6 * c["scaling_params"] * c["tokens"])
@@ -189,10 +203,10 @@ def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
 def test_auto_plan_prefers_min_depth_but_goes_shallower_when_it_must():
     dev = get_device("cpu", CATALOG)
     tiny_budget = P.auto_plan(dev, 5, None, 128, vocab_size=2048)  # N_opt far below any 3-layer shape
-    assert tiny_budget.depth == P.MIN_DEPTH
+    assert tiny_budget.model.n_layer == P.MIN_DEPTH
     assert all(c["depth"] >= P.MIN_DEPTH for c in tiny_budget.sizing["candidates"])
     shallow = P.auto_plan(dev, 600, None, 128, vocab_size=2048, max_depth=2)  # nothing 3 deep to choose
-    assert shallow.fits and shallow.depth == 2
+    assert shallow.fits and shallow.model.n_layer == 2
 
 
 def test_nothing_fits_says_what_would():
@@ -235,12 +249,64 @@ def test_plan_compare_is_a_sorted_list(capsys, tmp_path, monkeypatch):
     assert code == 0
     plans = json.loads(out)
     assert isinstance(plans, list) and len(plans) > 20 and JSON_KEYS <= set(plans[0])
-    assert len({p["tokens"] for p in plans}) == 1  # the same job everywhere
-    fitting = [p["seconds"] for p in plans if p["fits"]]
-    assert fitting == sorted(fitting) and plans[0]["fits"]
+    assert len({(p["depth"], p["model"]["n_embd"]) for p in plans}) == 1  # the same model everywhere
+    assert all(p["seconds"] == pytest.approx(3600) for p in plans)  # and the same budget
+    fitting = [p["tokens"] for p in plans if p["fits"]]
+    assert fitting == sorted(fitting, reverse=True) and plans[0]["fits"]
     b200 = next(p for p in plans if p["device"] == "nvidia-b200")
     t4 = next(p for p in plans if p["device"] == "nvidia-t4")
-    assert b200["seconds"] < t4["seconds"]
+    assert b200["tokens"] > t4["tokens"]
+
+
+COMPARE_DEVICES = ["nvidia-rtx-3090", "nvidia-h100-sxm", "nvidia-t4", "google-tpu-v5e", "nvidia-a100-sxm4-40gb"]
+
+
+@pytest.mark.parametrize("model, extra", [("auto", []), ("small", ["--n-embd", "448"]),
+                                          ("auto", ["--objective", "masked", "--seq-len", "128", "--tokens", "2e8"])])
+def test_compare_rows_equal_single_device_plans(model, extra, capsys):
+    """Each compare row is the plan of its device for the same budget and model shape (with auto,
+    the auto plan's shape on --device)."""
+    base = ["plan", "--budget", "1d", *extra, "--json"]
+    code, out, _ = _run([*base, "--device", "nvidia-rtx-3090", "--model", model, "--compare"], capsys)
+    assert code == 0
+    rows = {p["device"]: p for p in json.loads(out)}
+    shape = {(p["depth"], p["model"]["n_embd"]) for p in rows.values()}
+    assert len(shape) == 1
+    ((depth, width),) = shape
+    if model == "auto":
+        code, out, _ = _run([*base, "--device", "nvidia-rtx-3090"], capsys)
+        auto = json.loads(out)
+        assert (auto["depth"], auto["model"]["n_embd"]) == (depth, width)
+    else:
+        assert width == 448
+    for device in COMPARE_DEVICES:
+        code, out, _ = _run([*base, "--device", device, "--model", str(depth), "--n-embd", str(width)], capsys)
+        assert code == 0 and json.loads(out) == rows[device], device
+
+
+def test_compare_of_the_issue_example_keeps_the_planned_width():
+    """RTX 3090, 1 day, auto model: the compare row is the plan (bf16, about $6), not a model
+    re-derived from the depth alone (fp32, 24 days, $148)."""
+    from budgetlm import api
+
+    single = api.plan(device="nvidia-rtx-3090", budget="1d")
+    row = next(p for p in api.compare(device="nvidia-rtx-3090", budget="1d") if p.device == "nvidia-rtx-3090")
+    assert row.model == single.model and row.precision == single.precision == "bf16"
+    assert row.cost_usd == pytest.approx(single.cost_usd) == pytest.approx(6.0)
+    assert row.tokens == single.tokens and row.seconds == pytest.approx(86400)
+
+
+def test_api_plan_takes_a_config_and_overrides():
+    from budgetlm import api
+
+    cfg = P.PlanConfig(device="nvidia-t4", budget="2h", model="mini")
+    p = api.plan(cfg, n_embd=192, objective="masked")
+    assert (p.model.n_layer, p.model.n_embd, p.objective, p.device) == (4, 192, "masked", "nvidia-t4")
+    assert P.Plan.from_json(json.loads(json.dumps(p.to_json()))) == p
+    with pytest.raises(BudgetError, match="--n-embd needs a depth"):
+        api.plan(device="nvidia-t4", budget="1h", n_embd=128)
+    with pytest.raises(BudgetError, match="--budget is required"):
+        api.plan(device="nvidia-t4")
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -251,6 +317,9 @@ def test_plan_compare_is_a_sorted_list(capsys, tmp_path, monkeypatch):
     (["--device", "cpu", "--budget", "1h", "--model", "gigantic"], "unknown model size"),
     (["--device", "cpu", "--budget", "1h", "--tokens", "-5"], "must be positive"),
     (["--device", "apple-m4-max", "--budget", "1h"], "no compute figure"),
+    (["--device", "cpu", "--budget", "1h", "--tokens", "5", "--data", "x"], "not both"),
+    (["--device", "cpu", "--budget", "1h", "--model", "2", "--n-embd", "100"], "not divisible"),
+    (["--device", "cpu", "--budget", "1h", "--n-embd", "128"], "--n-embd needs a depth"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))

@@ -107,10 +107,30 @@ def test_unwrap_peels_wrappers():
     assert runtime.unwrap(outer) is inner
 
 
-def test_peak_flops_cpu_is_measured():
+def test_peak_flops_cpu_is_the_highest_measured_and_the_plans_peak(monkeypatch):
+    from budgetlm import api, hardware
+
+    monkeypatch.setitem(hardware.DETECTORS, "cuda", lambda: [])
     rt = runtime.Runtime(torch.device("cpu"), "cpu", "fp32", "test")
     flops, note = runtime.peak_flops(rt)
     assert flops > 1e8 and "measured" in note
+    monkeypatch.setattr(runtime, "cpu_matmul_flops", lambda *a: flops / 2)  # a run disturbed by other work
+    assert runtime.peak_flops(rt)[0] == flops  # the highest measurement, kept in the calibration file
+    plan = api.plan(device="local", budget="1m", precision="fp32", model="tiny")
+    assert plan.peak_flops == flops and "measured" in plan.peak_source
+    monkeypatch.setattr(runtime, "cpu_matmul_flops", lambda *a: flops * 2)
+    assert runtime.peak_flops(rt)[0] == flops * 2
+    assert api.plan(device="local", budget="1m", precision="fp32", model="tiny").peak_flops == flops * 2
+
+
+def test_peak_flops_cuda_comes_from_the_catalog(monkeypatch):
+    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=85 * 10**9)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    rt = runtime.Runtime(torch.device("cpu"), "cuda", "bf16", "test")
+    flops, note = runtime.peak_flops(rt)
+    assert flops == 989.5e12 and "nvidia-h100-sxm" in note
+    rt.precision = "fp32"
+    assert runtime.peak_flops(rt)[0] == 494.5e12  # TF32 tensor cores
 
 
 def test_xla_dispatch_with_mocked_torch_xla(monkeypatch):

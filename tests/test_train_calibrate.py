@@ -106,7 +106,7 @@ def test_auto_plan_calibrates_once_then_reuses(tmp_path, monkeypatch):
     p2 = bench.auto_plan(20, 5000, 16, CPU_FP32, "causal", 64)
     assert len(calls) == 1
     assert p1.mfu_source == p2.mfu_source == "calibration" and p1.precision == "fp32"
-    assert p2.model["vocab_size"] == 64 and p2.micro_batch * p2.grad_accum >= 1 and p2.fits
+    assert p2.model.vocab_size == 64 and p2.micro_batch * p2.grad_accum >= 1 and p2.fits
     # a compiled run is calibrated compiled: the eager points do not serve it
     assert not bench.points_for(calibration.load()["devices"].popitem()[1], "fp32", 16, compile=True)
 

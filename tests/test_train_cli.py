@@ -148,12 +148,12 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
                      meta["vocab_size"], "muon")
     # planning again reuses the cached calibration (nothing re-measured) and gives the trained plan
     assert json.loads((budgetlm_home / "calibration.json").read_text()) == cal
-    assert meta["model_config"]["n_layer"] == plan.model["n_layer"]
-    assert meta["model_config"]["n_embd"] == plan.model["n_embd"]
+    assert meta["model_config"]["n_layer"] == plan.model.n_layer
+    assert meta["model_config"]["n_embd"] == plan.model.n_embd
     # config.json holds the resolved job: the planned shape, the precision and compile setting used
-    assert (cfg["model"], cfg["n_embd"]) == (str(plan.model["n_layer"]), plan.model["n_embd"])
+    assert (cfg["model"], cfg["n_embd"]) == (str(plan.model.n_layer), plan.model.n_embd)
     assert (cfg["precision"], cfg["compile"], cfg["device"]) == ("fp32", "off", "cpu")
-    assert json.loads((run / "plan.json").read_text())["model"]["n_embd"] == plan.model["n_embd"]
+    assert json.loads((run / "plan.json").read_text())["model"]["n_embd"] == plan.model.n_embd
     assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
     assert plan.epochs >= 10 and cfg["dropout"] == 0.2  # many planned epochs: automatic dropout
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given")

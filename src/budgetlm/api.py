@@ -30,6 +30,140 @@ if TYPE_CHECKING:  # the heavy modules load when a function needs them, so `plan
 # --------------------------------------------------------------------------------------------------
 # plan
 
+from budgetlm.catalog import Device  # noqa: E402
+from budgetlm.plan import PRECISION_ORDER, Plan, PlanConfig  # noqa: E402  (torch-free, as all of `plan` is)
+
+
+def plan(config: PlanConfig | None = None, **settings: Any) -> Plan:
+    """Plan a training run for a device and a budget (`budgetlm plan`): the compute-optimal model
+    (model="auto") or a given depth or preset (and n_embd), with memory, time and cost.
+    `settings` are PlanConfig fields: `plan(device="nvidia-rtx-3090", budget="1d")`.
+    Bad input, and a given model that does not fit, raise a one-line BudgetError. No torch is
+    imported unless device="local" has to look for a GPU."""
+    job = _PlanJob.of(config, settings)
+    device, cal = job.device(job.cfg.device)
+    if job.cfg.model == "auto":
+        return job.auto(device, cal)
+    depth, width = job.shape()
+    p = job.fixed(device, cal, depth, width)
+    if not p.fits:
+        from budgetlm.plan import estimate
+
+        c = job.cfg
+        fits_on = [d.id for d in job.catalog.values() if any(d.training_peak(q) for q in PRECISION_ORDER)
+                   and estimate(p.model, d, 1, c.seq_len, c.num_devices, c.optimizer, None, None, c.pred_fraction).fits]
+        raise BudgetError(f"model {depth} x {p.model.n_embd} ({p.params / 1e6:,.1f}M parameters) does not fit on "
+                          f"{device.id}: {p.notes[0].removeprefix('does not fit: ')}"
+                          + (f"; it fits on {', '.join(fits_on[:5])}" if fits_on else "; it fits on no catalog device"))
+    return p
+
+
+def compare(config: PlanConfig | None = None, **settings: Any) -> list[Plan]:
+    """The same budget and model shape on every catalog device with a compute figure for the
+    precision asked: each row is exactly `plan(device=<id>, model=<depth>, n_embd=<width>)` with the
+    same other settings, so fits, precision, batch, memory, tokens, time and cost are the
+    single-device plan's (rows that do not fit are kept, marked fits=False). With model="auto" the
+    shape is the auto plan's on `device`. Order: fitting rows first, then the most tokens trained in
+    the budget (the fastest device) first, the lower cost first on a tie."""
+    job = _PlanJob.of(config, settings)
+    if job.cfg.model == "auto":
+        ref = job.auto(*job.device(job.cfg.device))
+        depth, width = ref.model.n_layer, ref.model.n_embd
+    else:
+        job.device(job.cfg.device)  # an unknown id fails here, as it does without --compare
+        depth, width = job.shape()
+    rows = [job.fixed(*job.device(d.id), depth, width) for d in job.catalog.values() if job.can_plan(d)]
+    rows.sort(key=lambda p: (not p.fits, -p.tokens, p.cost_usd if p.cost_usd is not None else float("inf")))
+    return rows
+
+
+@dataclasses.dataclass
+class _PlanJob:
+    """A PlanConfig resolved once: budget in seconds, data, catalog and calibration file."""
+
+    cfg: PlanConfig  # the settings, checked
+    budget_s: float  # the budget in seconds
+    data_tokens: int | None  # tokens of data available (None: unlimited)
+    vocab_size: int  # tokenizer vocabulary
+    catalog: dict[str, Device]  # id -> device: the packaged catalog and the user's file
+    calibrations: dict[str, Any]  # the calibration file's devices
+
+    @classmethod
+    def of(cls, config: PlanConfig | None, settings: dict[str, Any]) -> _PlanJob:
+        from budgetlm import calibration
+        from budgetlm.catalog import load_catalog
+        from budgetlm.config import parse_duration
+
+        cfg = dataclasses.replace(config or PlanConfig(), **settings)
+        cfg.check()
+        budget_s = parse_duration(cfg.budget)
+        tokens, vocab = (int(cfg.tokens) if cfg.tokens is not None else None), cfg.vocab_size
+        if cfg.data:
+            from budgetlm.data.shards import read_manifest
+
+            manifest = read_manifest(cfg.data)
+            tokens = int(manifest["splits"]["train"]["tokens"])
+            vocab = vocab or int(manifest["tokenizer"]["vocab_size"])
+        return cls(cfg, budget_s, tokens, vocab or 8192, load_catalog(cfg.catalog_file),
+                   calibration.load(cfg.calibration)["devices"])
+
+    @property
+    def precisions(self) -> tuple[str, ...] | None:
+        return None if self.cfg.precision == "auto" else (self.cfg.precision,)
+
+    def can_plan(self, device: Device) -> bool:
+        """The device has a peak FLOP/s for the precision asked (any, with auto)."""
+        return any(device.training_peak(p) for p in self.precisions or PRECISION_ORDER)
+
+    def device(self, name: str) -> tuple[Device, dict[str, Any] | None]:
+        """(device, its calibration entry or None) for a catalog id or "local". A calibration
+        applies to the local device, and to the catalog entry the local accelerator matched."""
+        from budgetlm import calibration
+        from budgetlm.catalog import get_device
+
+        if name == "local":
+            dev, _, cal = calibration.local(self.catalog, self.cfg.calibration)
+        else:
+            dev = get_device(name, self.catalog)
+            cal = next((e for e in self.calibrations.values()
+                        if e.get("catalog_id") == dev.id and dev.kind != "cpu"), None)
+        if not self.can_plan(dev) and self.precisions:
+            supported = ", ".join(p for p in PRECISION_ORDER if dev.training_peak(p)) or "none"
+            raise BudgetError(f"{dev.id} has no {self.cfg.precision} peak in the catalog; it supports {supported}")
+        if not self.can_plan(dev):
+            raise BudgetError(f"{dev.id} has no compute figure in the catalog (memory only); "
+                              "run `budgetlm bench` on it or add tflops in --catalog-file")
+        return dev, cal
+
+    def shape(self) -> tuple[int, int]:
+        """(depth, width) of a given model; width 0 = 64 x depth."""
+        from budgetlm.models.presets import depth_of
+
+        try:
+            return depth_of(self.cfg.model), self.cfg.n_embd
+        except ValueError as e:
+            raise BudgetError(str(e)) from None
+
+    def auto(self, device: Device, cal: dict[str, Any] | None) -> Plan:
+        from budgetlm.plan import auto_plan
+
+        c = self.cfg
+        return auto_plan(device, self.budget_s, self.data_tokens, c.seq_len, c.objective, self.vocab_size, cal,
+                         c.num_devices, c.optimizer, precisions=self.precisions, pred_fraction=c.pred_fraction)
+
+    def fixed(self, device: Device, cal: dict[str, Any] | None, depth: int, width: int) -> Plan:
+        from budgetlm.models.presets import model_config
+        from budgetlm.plan import estimate
+
+        c = self.cfg
+        try:
+            mcfg = model_config(depth, self.vocab_size, causal=c.objective == "causal", max_seq_len=c.seq_len,
+                                width=width or None)
+        except ValueError as e:
+            raise BudgetError(f"model {depth} x {width}: {e}") from None
+        return estimate(mcfg, device, 0, c.seq_len, c.num_devices, c.optimizer, cal, self.data_tokens,
+                        c.pred_fraction, self.precisions, budget_s=self.budget_s)
+
 # --------------------------------------------------------------------------------------------------
 # prepare
 

@@ -8,22 +8,35 @@ Location: ``$BUDGETLM_HOME/calibration.json`` (default ``~/.cache/budgetlm``). L
         "precisions": {"bf16": [{"depth": 2, "seq_len": 128, "micro_batch": 8,
                                  "flops_per_token": ..., "tokens_per_second": ...,
                                  "achieved_flops": ..., "mfu": ...}, ...]},
-        "disk_read_bytes_per_second": ...}}}
+        "disk_read_bytes_per_second": ...,
+        "measured_peak_flops": {"fp32": ...}}}}
 
 The device key is the local device's name (e.g. ``cpu:AMD EPYC`` or ``cuda:NVIDIA H100 80GB HBM3``),
 so one file serves several machines sharing a home directory.
+
+Peak FLOP/s, one rule for `plan` and training's MFU (`runtime.peak_flops`): the catalog's datasheet
+figure when the device is in the catalog; otherwise (a CPU, an accelerator the catalog lacks) the
+measured dense-matmul peak, which `runtime.peak_flops` measures at the start of each training run,
+keeping the highest figure seen under ``measured_peak_flops`` (other work on the machine only slows
+a measurement); until something was measured, a CPU's ISA estimate (cores x GHz x FLOP/cycle,
+`hardware.cpu_flops_per_cycle`). The plan says which (`Plan.peak_source`). A dense matmul is the
+most a CPU sustains (no model outruns it), where the ISA figure is a guess about FMA units and clocks.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from budgetlm.catalog import Device, load_catalog
 from budgetlm.config import BudgetError, write_json_atomic
+from budgetlm.hardware import device_key, local_device
 
 VERSION = 1
+MEASURED_PEAK = "measured_peak_flops"  # entry key: precision -> measured dense-matmul FLOP/s
 
 
 def home() -> Path:
@@ -60,6 +73,9 @@ def load(path: str | Path | None = None) -> dict[str, Any]:
             ):
                 raise BudgetError(f"calibration file {path}: {key!r}/{prec} points are corrupt; "
                                   "delete it and run `budgetlm bench`")
+        peaks = entry.get(MEASURED_PEAK, {})
+        if not isinstance(peaks, dict) or not all(isinstance(v, (int, float)) for v in peaks.values()):
+            raise BudgetError(f"calibration file {path}: {key!r} has a corrupt {MEASURED_PEAK}; delete it")
     return data
 
 
@@ -68,10 +84,54 @@ def for_device(key: str, path: str | Path | None = None) -> dict[str, Any] | Non
 
 
 def save_device(key: str, entry: dict[str, Any], path: str | Path | None = None) -> Path:
-    """Merge one device's entry into the file (atomic write; other devices are kept)."""
+    """Merge one device's entry into the file (atomic write; other devices are kept, and so is the
+    device's measured peak when `entry` does not carry one)."""
     path = Path(path) if path else default_path()
     data = load(path)
+    old = data["devices"].get(key) or {}
+    if MEASURED_PEAK in old and MEASURED_PEAK not in entry:
+        entry = {**entry, MEASURED_PEAK: old[MEASURED_PEAK]}
     data["devices"][key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, data)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# measured peak FLOP/s (see the module docstring for the rule)
+
+
+def measured_peak(key: str, precision: str, path: str | Path | None = None) -> float | None:
+    """The stored dense-matmul FLOP/s of a device in a precision, None when none was measured."""
+    return ((for_device(key, path) or {}).get(MEASURED_PEAK) or {}).get(precision)
+
+
+def save_measured_peak(key: str, name: str, kind: str, precision: str, flops: float,
+                       path: str | Path | None = None) -> Path:
+    """Store a measured dense-matmul peak (the higher one, when the precision was measured before:
+    a measurement disturbed by other work only reads low)."""
+    entry = dict(for_device(key, path) or {"name": name, "kind": kind, "precisions": {}})
+    peaks = dict(entry.get(MEASURED_PEAK) or {})
+    peaks[precision] = max(float(flops), peaks.get(precision) or 0.0)
+    return save_device(key, {**entry, MEASURED_PEAK: peaks}, path)
+
+
+def with_measured_peaks(device: Device, entry: dict[str, Any] | None) -> Device:
+    """`device` with the measured peaks of its calibration entry where the catalog has no figure
+    (a CPU's ISA estimate counts as none)."""
+    peaks = dict(device.peak_flops)
+    notes = dict(device.peak_notes)
+    for precision, flops in ((entry or {}).get(MEASURED_PEAK) or {}).items():
+        if precision in peaks and (device.kind == "cpu" or not peaks[precision]):
+            peaks[precision] = float(flops)
+            notes[precision] = f"measured {precision} dense matmul on this device (calibration file)"
+    return replace(device, peak_flops=peaks, peak_notes=notes)
+
+
+def local(catalog: dict[str, Device] | None = None, path: str | Path | None = None,
+          devices: list[dict[str, Any]] | None = None) -> tuple[Device, dict[str, Any], dict[str, Any] | None]:
+    """(device, detected info, calibration entry or None) of this machine: what `plan --device
+    local`, `budgetlm hardware` and `train` plan for, with the peak rule above applied."""
+    device, info = local_device(catalog if catalog is not None else load_catalog(), devices)
+    entry = load(path)["devices"].get(device_key(info))
+    return with_measured_peaks(device, entry), info, entry

@@ -3,7 +3,12 @@
 A user file (``--catalog-file PATH`` or ``$BUDGETLM_CATALOG``) is JSON, either a list of devices or
 ``{"devices": [...]}``. An entry whose ``id`` is already known overrides only the fields it gives (the
 usual case: your negotiated price); a new ``id`` adds a device and must give at least
-``memory_gb`` and ``tflops``.
+``memory_gb`` and ``tflops``. An entry's ``match`` fragments tie a detected GPU or TPU name to it
+(`match_device`), so a user file can teach budgetlm a card the packaged catalog lacks.
+
+This is the only source of peak FLOP/s: the planner, `budgetlm hardware` and training's MFU
+(`runtime.peak_flops`) all read `Device.training_peak`. Where the catalog has no figure (a CPU, an
+unknown accelerator) `calibration.local` fills in the measured one.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import copy
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +27,14 @@ from budgetlm.config import BudgetError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 ENV_VAR = "BUDGETLM_CATALOG"
+
+# Training precision -> catalog columns whose peak its matmuls reach, first available wins. fp32
+# training runs matmuls in TF32 where the GPU has it (runtime turns allow_tf32 on).
+TRAINING_PEAK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "fp32": ("tf32", "fp32"),
+    "bf16": ("bf16",),
+    "fp16": ("fp16",),
+}
 
 
 @dataclass
@@ -35,9 +49,24 @@ class Device:
     price_usd_per_hour: float | None  # on-demand USD per device-hour; None = not rented
     interconnect: str = ""  # links between devices
     extra: dict[str, Any] = field(default_factory=dict)  # sources, notes, dates (kept for --catalog)
+    match: tuple[str, ...] = ()  # name fragments of detected devices that are this entry (whole words)
+    match_min_memory_bytes: int = 0  # ... only when the detected device has at least this memory (bytes)
+    peak_notes: dict[str, str] = field(default_factory=dict)  # per column: where a non-catalog peak comes from
 
     def supports(self, precision: str) -> bool:
         return bool(self.peak_flops.get(precision))
+
+    def training_peak(self, precision: str) -> float | None:
+        """Dense peak FLOP/s that training in `precision` (fp32 | bf16 | fp16) can reach; None when
+        the device has no figure for it."""
+        return next((self.peak_flops[c] for c in TRAINING_PEAK_COLUMNS[precision] if self.peak_flops.get(c)), None)
+
+    def peak_note(self, precision: str) -> str:
+        """One line: where `training_peak(precision)` comes from."""
+        col = next((c for c in TRAINING_PEAK_COLUMNS[precision] if self.peak_flops.get(c)), None)
+        if col is None:
+            return f"no {precision} peak for {self.id}"
+        return self.peak_notes.get(col) or f"catalog {self.id}: datasheet dense {col} peak"
 
 
 def _packaged() -> dict[str, Any]:
@@ -60,6 +89,8 @@ def _device_from_entry(e: dict[str, Any]) -> Device:
         price_usd_per_hour=e.get("price_usd_per_hour"),
         interconnect=str(e.get("interconnect", "")),
         extra={k: v for k, v in e.items() if k not in ("tflops",)},
+        match=(e["match"],) if isinstance(e.get("match"), str) else tuple(str(m) for m in e.get("match") or ()),
+        match_min_memory_bytes=int(float(e.get("match_min_memory_gb") or 0) * 1e9),
     )
 
 
@@ -117,3 +148,16 @@ def get_device(device_id: str, catalog: dict[str, Device]) -> Device:
     raise BudgetError(
         f"unknown device {device_id!r}{hint} (`budgetlm hardware --catalog` lists all {len(ids)} ids)"
     )
+
+
+def match_device(name: str, catalog: dict[str, Device], memory_bytes: int = 0, kind: str = "gpu") -> str | None:
+    """The catalog id of a detected device (a torch.cuda or torch_xla name) of `kind`, from the
+    entries' `match` fragments: a fragment matches as whole words, case-insensitively ("L4" is not
+    in "L40S"). The longest matching fragment wins ("H100 PCIe" over "H100"); among entries with the
+    same fragment, the highest `match_min_memory_gb` the device reaches (V100 16/32 GB, A100 40/80 GB);
+    the id breaks what ties remain, so the answer never depends on the catalog's order."""
+    found = [(-len(frag), -d.match_min_memory_bytes, d.id) for d in catalog.values() if d.kind == kind
+             for frag in d.match
+             if memory_bytes >= d.match_min_memory_bytes
+             and re.search(rf"(?<![0-9a-z]){re.escape(frag.lower())}(?![0-9a-z])", name.lower())]
+    return min(found)[2] if found else None

@@ -27,8 +27,8 @@ from budgetlm.config import BudgetError
 
 # name -> (module, one-line description, produces a result that --json can print)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
-    "hardware": ("budgetlm.hardware", "show local devices and the accelerator catalog", True),
-    "plan": ("budgetlm.plan_cli", "plan memory, FLOPs, time and cost for a model, device and budget", True),
+    "hardware": ("budgetlm.commands.hardware", "show local devices and the accelerator catalog", True),
+    "plan": ("budgetlm.commands.plan", "plan memory, FLOPs, time and cost for a model, device and budget", True),
     "bench": ("budgetlm.commands.bench", "measure throughput and memory on this device; write calibration", True),
     "prepare": ("budgetlm.data.prepare", "clean, tokenize and pack raw text into token shards", True),
     "train": ("budgetlm.commands.train", "pre-train a causal or masked model under a wall-clock budget", True),

@@ -8,7 +8,7 @@ loop stay device-agnostic (torchtitan keeps parallelism apart from the model; na
   initialisation from the torchrun environment (gloo on CPU, nccl on CUDA), precision choice;
 - `autocast(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
 - `maybe_compile(model, mode)`, `wrap_ddp(model, rt)`, `unwrap(model)`;
-- `peak_flops(rt)` for MFU (on CPU measured with a matmul, and said so);
+- `peak_flops(rt)` for MFU (the planner's peak: catalog, else a measured matmul, said so);
 - `seed_everything`, `rng_state`/`set_rng_state` (for exact resume), `print0`, `all_reduce_mean`.
 
 The xla path (TPU through torch_xla) is small and UNVERIFIED: no TPU was available while writing it;
@@ -472,38 +472,55 @@ def barrier(rt: Runtime) -> None:
 # --------------------------------------------------------------------------------------------------
 # peak FLOP/s for MFU
 
-# Dense datasheet peaks (TFLOP/s) for GPUs the MFU display recognises by name; the full catalog with
-# sources is budgetlm's hardware catalog. Values: NVIDIA A100/H100 datasheets (dense, no sparsity).
-_CUDA_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
-    "H100": {"bf16": 989.5, "fp16": 989.5, "fp32": 494.7},  # fp32 entry = TF32 tensor cores
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
-}
-
-
 def peak_flops(rt: Runtime) -> tuple[float, str]:
-    """(FLOP/s, how it was obtained) of one device in the precision in use.
+    """(FLOP/s, where it comes from) of one device in the precision in use: the peak the planner uses
+    (`calibration.local`, whose docstring has the rule), so training's MFU and the plan's agree.
 
-    CPU: *measured* with a 1024^3 matmul (a dense-matmul peak: no model reaches more than this).
-    CUDA: a datasheet value for known cards, else a measured matmul.
+    CUDA: the catalog entry the GPU's name matches (catalog.json "match"). A GPU the catalog does
+    not know, and a CPU, get a measured dense matmul: the highest measured so far on this device,
+    kept in the calibration file (rank 0 writes it), where `plan --device local` reads it too.
     """
+    from budgetlm import calibration
+    from budgetlm.catalog import load_catalog, match_device
+    from budgetlm.hardware import device_key
+
     if rt.device_type == "cuda":
-        name = torch.cuda.get_device_name(rt.device)
-        for key, table in _CUDA_PEAKS_TFLOPS.items():
-            if key in name:
-                return table[rt.precision] * 1e12, f"{name} datasheet dense {rt.precision} peak"
-        a = torch.randn(4096, 4096, device=rt.device, dtype=rt.dtype)
-        for _ in range(3):
-            a @ a
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            a @ a
-        torch.cuda.synchronize()
-        return 10 * 2 * 4096**3 / (time.perf_counter() - t0), f"measured {rt.precision} matmul on {name}"
-    if rt.device_type == "cpu":
-        flops = cpu_matmul_flops(rt.precision, 1024, 8)  # best of 8: robust to brief load
-        return flops, f"measured {rt.precision} 1024^3 matmul on this CPU ({flops / 1e9:.0f} GFLOP/s)"
-    return float("nan"), f"no peak known for {rt.device_type}"
+        props = torch.cuda.get_device_properties(rt.device)
+        catalog = load_catalog()
+        cid = match_device(props.name, catalog, int(props.total_memory), "gpu")
+        peak = catalog[cid].training_peak(rt.precision) if cid else None
+        if peak:
+            return peak, f"{props.name}: {catalog[cid].peak_note(rt.precision)}"
+
+        def measure(n: int = 4096, reps: int = 10) -> float:
+            a = torch.randn(n, n, device=rt.device, dtype=rt.dtype)
+            for _ in range(3):
+                a @ a
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ a
+            torch.cuda.synchronize()
+            return reps * 2 * n**3 / (time.perf_counter() - t0)
+
+        name, kind = props.name, "gpu"
+    elif rt.device_type == "cpu":
+        from budgetlm.hardware import cpu_info
+
+        name, kind, measure = cpu_info()["name"], "cpu", lambda: cpu_matmul_flops(rt.precision, 1024, 8)
+    else:
+        return float("nan"), f"no peak known for {rt.device_type}"
+    key = device_key({"type": rt.device_type, "name": name})
+    flops = measure()  # CPU: best of 8 1024^3 matmuls; GPU: 10 4096^3 ones
+    try:
+        stored = calibration.measured_peak(key, rt.precision) or 0.0
+        if flops > stored and rt.is_main:
+            calibration.save_measured_peak(key, name, kind, rt.precision, flops)
+    except BudgetError:  # a corrupt calibration file: leave it for plan and bench to report
+        stored = 0.0
+    # other work on the machine only slows a measurement: the highest one seen is the peak
+    flops = max(flops, stored)
+    return flops, f"measured {rt.precision} dense matmul on {name} ({flops / 1e12:,.3g} TFLOP/s, calibration file)"
 
 
 # --------------------------------------------------------------------------------------------------

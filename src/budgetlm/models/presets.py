@@ -1,4 +1,4 @@
-"""Model sizes without torch: named presets, one depth dial, exact parameter and FLOP counts.
+"""Model sizes without torch: named presets, one depth dial, exact parameter counts.
 
 The depth dial follows nanochat: depth is the only free number and everything else is derived
 from it. Width = 64 x depth (nanochat's aspect ratio) and head size 64, so heads = depth; 64-wide
@@ -6,7 +6,8 @@ heads suit small models (GPT-2 small and BERT-base use them). The named presets 
 points on that dial, so a preset and its depth give the same model.
 
 `num_params(cfg)` equals `sum(p.numel() for p in Transformer(cfg).parameters())` (a test checks
-it) so `plan` can do exact memory and FLOP arithmetic without importing torch.
+it) so `plan` can do exact memory and FLOP arithmetic without importing torch (FLOPs per token:
+`budgetlm.plan.flops_per_token`).
 """
 
 from __future__ import annotations
@@ -82,18 +83,6 @@ def num_params(cfg: ModelConfig, embeddings: bool = True) -> int:
     if embeddings:
         total += V * C * (1 if cfg.tie_embeddings else 2)
     return total
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
-    """Training FLOPs per token (forward + backward): 6 x matmul parameters, plus attention scores,
-    12 L C T (Kaplan et al. 2020; PaLM appendix B). The output projection counts once even when
-    tied, because it is a matmul either way; sparse prediction makes masked models cheaper than this."""
-    T = seq_len or cfg.max_seq_len
-    C, L = cfg.n_embd, cfg.n_layer
-    matmul = L * (4 * C * C + 3 * C * cfg.ffn_dim) + cfg.vocab_size * C
-    if not cfg.causal:
-        matmul += C * C  # prediction head
-    return 6 * matmul + 12 * L * C * T
 
 
 def describe(cfg: ModelConfig) -> str:

@@ -1,0 +1,344 @@
+"""One model on one device: FLOPs per token, MFU, the fastest configuration that fits, time and
+cost (`estimate`), and the typed `Plan` it returns. No torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from budgetlm.catalog import Device
+from budgetlm.config import BudgetError
+from budgetlm.models.config import ModelConfig
+from budgetlm.models.presets import num_params
+from budgetlm.plan.memory import (DEFAULT_PRED_FRACTION, GiB, PRECISION_ORDER, memory_breakdown,
+                                  optimizer_bytes)
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs, throughput, calibration
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, pred_fraction: float | None = None) -> float:
+    """Training FLOPs per token (forward and backward), the one formula that the plan, training's
+    MFU and calibration all use: 6 x (matmul parameters) + 12 L C T for the attention scores
+    (Kaplan et al. 2020; PaLM appendix B; nanoGPT's estimate_mfu). The output projection counts
+    once even when tied: it is a matmul either way. A masked model runs its head (dense layer and
+    output projection) only on the predicted positions, `pred_fraction` of them (its mask rate;
+    None: DEFAULT_PRED_FRACTION); causal models ignore it. The attention term assumes full
+    attention; causal kernels skip about half of it."""
+    C, L, F, V, T = cfg.n_embd, cfg.n_layer, cfg.ffn_dim, cfg.vocab_size, seq_len
+    body = L * (4 * C * C + 3 * C * F)
+    head = V * C
+    if not cfg.causal:
+        head += C * C
+        head *= DEFAULT_PRED_FRACTION if pred_fraction is None else pred_fraction
+    return 6.0 * (body + head) + 12.0 * L * C * T
+
+
+# Model FLOPs utilisation when nothing was measured (hardware-notes 2.5: 0.35-0.5 on datacenter
+# GPUs, 0.3-0.5 on consumer GPUs, 0.2-0.3 for tiny models or fp32; nanochat ~0.5 on H100, llm.c ~0.6).
+DEFAULT_MFU = {"gpu": 0.40, "tpu": 0.40, "cpu": 0.30}
+TINY_WIDTH = 512  # below this width matmuls are too small to fill an accelerator
+TINY_MFU_FACTOR = 0.6  # 0.4 -> 0.24, inside hardware-notes' 0.2-0.3 for tiny models
+TRAINER_CHECKPOINTING = True  # budgetlm.train --activation-checkpointing recomputes each block in backward
+RECOMPUTE_FACTOR = 8.0 / 6.0  # full recompute adds one forward pass (2N of 6N FLOPs per token)
+
+
+def peak_flops(device: Device, precision: str) -> float | None:
+    """The device's dense peak FLOP/s for training in `precision` (the catalog's figure, or the
+    measured one `calibration.local` put in), None when it has none."""
+    return device.training_peak(precision)
+
+
+def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
+            calibration: dict[str, Any] | None = None, pred_fraction: float | None = None) -> tuple[float, str]:
+    """(MFU, where it came from). From calibration points (`budgetlm bench`, or `train`'s own):
+    the time per token is taken as affine in FLOPs per token, a fixed cost (kernel launches, the
+    optimizer step, Python) plus FLOPs at a sustained rate, piecewise between the points and
+    extended from the end segments. On a 2-core CPU, calibrated at depths 1 and 4, this predicted
+    depths 2, 3 and 6 at sequence lengths 128 and 256 within 11% (17% in a noisier run), where
+    interpolating the MFU in log FLOPs per token missed depth 6 by 22% (docs/bench/planning.md).
+    Points measured at `seq_len` are used alone when there are any (`train` calibrates at its own
+    length); one point means a constant FLOP/s."""
+    points = ((calibration or {}).get("precisions") or {}).get(precision) or []
+    peak = peak_flops(device, precision)
+    points = [p for p in points if p.get("achieved_flops")]
+    points = [p for p in points if p.get("seq_len") == seq_len] or points
+    if points and peak:
+        # MFU is recomputed against this device's peak, so a calibration measures achieved FLOP/s
+        # and stays valid whatever peak figure the catalog carries.
+        x = flops_per_token(cfg, seq_len, pred_fraction)
+        pts = sorted((p["flops_per_token"], p["flops_per_token"] / p["achieved_flops"]) for p in points)
+        achieved = pts[0][0] / pts[0][1]
+        if len(pts) > 1:
+            i = next((k for k in range(len(pts) - 1) if x <= pts[k + 1][0]), len(pts) - 2)
+            (x0, t0), (x1, t1) = pts[i], pts[i + 1]
+            t = t0 + (t1 - t0) * (x - x0) / ((x1 - x0) or 1.0)  # seconds per token
+            if t1 >= t0 and t > 0:
+                achieved = x / t
+            else:  # more FLOPs per token never take less time per token: a segment tilted that way
+                # is noise, and extending it could give no time at all; use the nearest point's FLOP/s
+                nearest = min(pts, key=lambda q: abs(q[0] - x))
+                achieved = nearest[0] / nearest[1]
+        # (a CPU's ISA-estimated peak can be exceeded, so MFU may pass 1; only achieved FLOP/s matter)
+        return achieved / peak, "calibration"
+    mfu = DEFAULT_MFU.get(device.kind, DEFAULT_MFU["gpu"])
+    if device.kind != "cpu" and cfg.n_embd < TINY_WIDTH:
+        mfu *= TINY_MFU_FACTOR
+    return mfu, "default"
+
+
+# --------------------------------------------------------------------------------------------------
+# what to plan, and the plan
+
+
+@dataclass
+class PlanConfig:
+    """What to plan: `budgetlm plan`'s flags and `budgetlm.plan(...)`'s keywords."""
+
+    device: str = "local"  # catalog id (see `budgetlm hardware --catalog`) or local (this machine)
+    budget: str | None = None  # wall-clock budget: 90s, 10m, 2h, 1d (required)
+    num_devices: int = 1  # data-parallel devices; model state is sharded across them (FSDP)
+    objective: Literal["causal", "masked"] = "causal"  # causal (next-token) or masked (BERT-style) language model
+    seq_len: int = 512  # tokens per training sequence
+    data: str | None = None  # prepared dataset folder, for its token count and vocabulary (default: none)
+    tokens: float | None = None  # tokens of training data available, instead of --data (default: unlimited)
+    model: str = "auto"  # auto (compute-optimal for the budget), a depth, or a preset: tiny, mini, small, medium, base, large, xl
+    n_embd: int = 0  # model width in channels for a depth or preset (0 = 64 x depth)
+    vocab_size: int | None = None  # tokenizer vocabulary in tokens (default: from --data, else 8192)
+    optimizer: Literal["adamw", "muon"] = "adamw"  # optimizer whose state is counted
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # training precision (auto: the fastest the device supports)
+    mask_rate: float = 0.25  # masked objective: share of positions predicted (sparse prediction)
+    catalog_file: str | None = None  # your own devices/prices (JSON) on top of the catalog (default: $BUDGETLM_CATALOG)
+    calibration: str | None = None  # calibration file (default: $BUDGETLM_HOME/calibration.json)
+
+    def check(self) -> None:
+        """One-line BudgetError for values no plan can use."""
+        if not self.budget:
+            raise BudgetError("--budget is required (e.g. 10m, 2h, 1d)")
+        if self.num_devices < 1:
+            raise BudgetError(f"--num-devices must be at least 1, got {self.num_devices}")
+        if self.seq_len < 1:
+            raise BudgetError(f"--seq-len must be positive, got {self.seq_len}")
+        if not 0 < self.mask_rate <= 1:
+            raise BudgetError(f"--mask-rate must be in (0, 1], got {self.mask_rate}")
+        if self.data and self.tokens is not None:
+            raise BudgetError("give --data or --tokens, not both")
+        if self.tokens is not None and self.tokens <= 0:
+            raise BudgetError(f"--tokens must be positive, got {self.tokens:g}")
+        if self.n_embd < 0:
+            raise BudgetError(f"--n-embd must be positive (or 0: 64 x depth), got {self.n_embd}")
+        if self.n_embd and self.model == "auto":
+            raise BudgetError("--n-embd needs a depth or a preset as --model (auto chooses the width itself)")
+
+    @property
+    def pred_fraction(self) -> float | None:
+        """Share of positions that reach the output layer: None (all) for causal models."""
+        return None if self.objective == "causal" else self.mask_rate
+
+
+@dataclass
+class Plan:
+    device: str  # catalog id (or the local device's name)
+    num_devices: int  # data-parallel devices (FSDP shards the model state across them)
+    objective: str  # causal | masked
+    model: ModelConfig  # the model planned (to_json writes its fields, and "depth" = n_layer)
+    params: int  # exact parameter count
+    tokens: int  # tokens trained
+    data_tokens: int | None  # tokens in the data set (None = unknown: unlimited)
+    epochs: float | None  # passes over the data
+    seq_len: int  # tokens per sequence
+    micro_batch: int  # sequences per device per forward/backward
+    grad_accum: int  # micro-batches per optimizer step
+    global_batch_tokens: int  # tokens per optimizer step over all devices
+    precision: str  # fp32 | bf16 | fp16 (autocast)
+    activation_checkpointing: bool  # recompute each block in backward
+    optimizer: str  # adamw | muon
+    memory: dict[str, int]  # peak bytes per device by kind, with total
+    device_memory_bytes: int  # memory of one device
+    fits: bool  # total <= device memory
+    flops_per_token: float  # training FLOPs per token
+    flops: float  # total training FLOPs
+    peak_flops: float  # dense peak FLOP/s per device in this precision
+    peak_source: str  # where peak_flops comes from: catalog datasheet, measured matmul, or ISA estimate
+    mfu: float  # model FLOPs utilisation assumed
+    mfu_source: str  # calibration | default
+    tokens_per_second: float  # predicted training throughput, all devices
+    seconds: float  # predicted wall-clock training time
+    cost_usd: float | None  # seconds x price x devices (None when the device has no price)
+    storage: dict[str, float] = field(default_factory=dict)  # disk for shards/checkpoints, input bandwidth
+    sizing: dict[str, Any] = field(default_factory=dict)  # compute-optimal reasoning (auto only)
+    notes: list[str] = field(default_factory=list)  # warnings for the reader
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: the model as its ModelConfig fields, followed by "depth" (its n_layer)."""
+        out: dict[str, Any] = {}
+        for k, v in asdict(self).items():
+            out[k] = v
+            if k == "model":
+                out["depth"] = self.model.n_layer
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        """The inverse of `to_json` (keys it does not know are ignored)."""
+        names = {f.name for f in fields(cls)}
+        model = ModelConfig(**{k: v for k, v in data["model"].items() if k in {f.name for f in fields(ModelConfig)}})
+        return cls(**{k: v for k, v in data.items() if k in names and k != "model"}, model=model)
+
+
+@dataclass
+class Choice:
+    micro_batch: int
+    grad_accum: int
+    precision: str
+    checkpointing: bool
+    memory: dict[str, int]
+    tokens_per_second: float
+    mfu: float
+    mfu_source: str
+    peak: float
+
+
+# Optimizer steps a run should take at least: short runs learn more from many small steps than from
+# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018). On Tiny
+# Shakespeare in 2 minutes 3 x 64 reached 2.156 bits/byte with 2,048-token steps (1,632 steps) and
+# 2.181 with 4,096 (881 steps; docs/bench/planning.md). GPU runs of hours hit the 2^19 cap first.
+MIN_STEPS = 2000
+
+
+def _global_batch_tokens(tokens: float, seq_len: int, min_tokens: int = 0) -> int:
+    """Tokens per optimizer step: at most 2^19 (about GPT-3 small's 0.5M) and small enough that
+    the run takes at least ~MIN_STEPS optimizer steps, but not below `min_tokens` (a CPU step smaller than
+    its calibrated micro-batch would run slower than calibrated); a power of two, at least one sequence."""
+    target = min(2**19, max(seq_len, min_tokens, tokens / MIN_STEPS))
+    return max(seq_len, 2 ** int(math.floor(math.log2(target))))
+
+
+# A CPU gains nothing from matmuls bigger than a few thousand rows, so it need not pay the memory.
+MAX_MICRO_TOKENS = {"cpu": 2048}
+
+
+def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: int = 1,
+                   optimizer: str = "adamw", tokens_hint: float = 1e9, precisions: tuple[str, ...] | None = None,
+                   calibration: dict | None = None, pred_fraction: float | None = None,
+                   max_micro_batch: int = 1024, allow_checkpointing: bool = True) -> list[Choice]:
+    """Every (precision, checkpointing, micro-batch) that fits, fastest first.
+
+    Bigger micro-batches fill the device better, so among equally fast options the largest micro-batch
+    not above the global batch wins; checkpointing only when nothing fits without it."""
+    gbt = _global_batch_tokens(tokens_hint, seq_len, MAX_MICRO_TOKENS.get(device.kind, 0))
+    per_device_seqs = max(1, gbt // (seq_len * num_devices))
+    cap = MAX_MICRO_TOKENS.get(device.kind)
+    if cap:
+        max_micro_batch = max(1, min(max_micro_batch, cap // seq_len))
+    out: list[Choice] = []
+    for precision in precisions or PRECISION_ORDER:
+        peak = peak_flops(device, precision)
+        if not peak:
+            continue
+        mfu, source = mfu_for(device, precision, cfg, seq_len, calibration, pred_fraction)
+        for ckpt in (False, True) if allow_checkpointing else (False,):
+            mb = 1
+            while mb <= min(max_micro_batch, per_device_seqs):
+                mem = memory_breakdown(cfg, device, mb, seq_len, precision, ckpt, optimizer, num_devices, pred_fraction)
+                if mem["total"] > device.memory_bytes:
+                    break
+                achieved = mfu * peak * num_devices / (RECOMPUTE_FACTOR if ckpt else 1.0)
+                tps = achieved / flops_per_token(cfg, seq_len, pred_fraction)
+                accum = max(1, math.ceil(per_device_seqs / mb))
+                out.append(Choice(mb, accum, precision, ckpt, mem, tps, mfu, source, peak))
+                mb *= 2
+    out.sort(key=lambda c: (-round(c.tokens_per_second, 6), c.checkpointing, -c.micro_batch))
+    return out
+
+
+def what_would_fit(cfg: ModelConfig, device: Device, seq_len: int, optimizer: str, num_devices: int,
+                   pred_fraction: float | None) -> str:
+    """One line for a model that does not fit: what it needs at least, and what would fit."""
+    best = min(
+        (memory_breakdown(cfg, device, 1, seq_len, p, True, optimizer, num_devices, pred_fraction)["total"], p)
+        for p in PRECISION_ORDER if peak_flops(device, p)
+    ) if any(peak_flops(device, p) for p in PRECISION_ORDER) else (0, None)
+    need, p = best
+    if p is None:
+        return f"{device.id} has no peak FLOP/s in the catalog for fp32/bf16/fp16"
+    shards = math.ceil(need / max(1, device.memory_bytes)) * num_devices
+    return (f"even micro-batch 1 with {p} and activation checkpointing needs {need / GiB:.1f} GiB of "
+            f"{device.memory_bytes / GiB:.1f} GiB; a smaller model, a shorter --seq-len, or about "
+            f"{shards} devices with FSDP (--num-devices) would fit")
+
+
+def _storage(cfg: ModelConfig, tokens_per_second: float, data_tokens: int | None, optimizer: str,
+             keep_checkpoints: int = 2, disk_read_bytes_s: float | None = None) -> dict[str, float]:
+    token_bytes = 2 if cfg.vocab_size <= 2**16 else 4  # uint16 shards while the vocabulary fits
+    ckpt = num_params(cfg) * 4 + optimizer_bytes(cfg, optimizer)  # fp32 weights + optimizer state (resumable)
+    out = {
+        "token_bytes": token_bytes,
+        "shards_bytes": (data_tokens or 0) * token_bytes,
+        "checkpoint_bytes": ckpt,
+        "checkpoints_kept": keep_checkpoints,
+        "checkpoints_bytes": ckpt * keep_checkpoints,
+        "input_bytes_per_second": tokens_per_second * token_bytes,
+    }
+    if disk_read_bytes_s:
+        out["disk_read_bytes_per_second"] = disk_read_bytes_s
+    return out
+
+
+def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_devices: int = 1,
+             optimizer: str = "adamw", calibration: dict | None = None, data_tokens: int | None = None,
+             pred_fraction: float | None = None, precisions: tuple[str, ...] | None = None,
+             budget_s: float | None = None, allow_checkpointing: bool = True) -> Plan:
+    """Plan a fixed model: the fastest configuration that fits, and time/cost for `tokens`.
+    With budget_s, tokens become what the budget buys."""
+    if seq_len > cfg.max_seq_len:
+        cfg = replace(cfg, max_seq_len=seq_len)
+    choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens or 1e12, precisions,
+                             calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
+    if budget_s is not None and choices:
+        # The global batch depends on the tokens the run will see, which the budget buys.
+        tokens = choices[0].tokens_per_second * budget_s
+        choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens, precisions,
+                                 calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
+    notes: list[str] = []
+    fpt = flops_per_token(cfg, seq_len, pred_fraction)
+    if choices:
+        c = choices[0]
+        fits = True
+    else:
+        # Report the smallest configuration so the reader sees by how much it misses.
+        precision = next((p for p in (precisions or PRECISION_ORDER) if peak_flops(device, p)), "fp32")
+        mem = memory_breakdown(cfg, device, 1, seq_len, precision, True, optimizer, num_devices, pred_fraction)
+        mfu, source = mfu_for(device, precision, cfg, seq_len, calibration, pred_fraction)
+        peak = peak_flops(device, precision) or 0.0
+        c = Choice(1, 1, precision, True, mem, mfu * peak * num_devices / RECOMPUTE_FACTOR / fpt, mfu, source, peak)
+        fits = False
+        notes.append("does not fit: " + what_would_fit(cfg, device, seq_len, optimizer, num_devices, pred_fraction))
+    if budget_s is not None:
+        tokens = c.tokens_per_second * budget_s
+    seconds = tokens / c.tokens_per_second if c.tokens_per_second else float("inf")
+    price = device.price_usd_per_hour
+    epochs = tokens / data_tokens if data_tokens else None
+    if fits and c.checkpointing and not TRAINER_CHECKPOINTING:
+        notes.append("needs activation checkpointing, which `budgetlm train` does not implement yet: "
+                     "use a shorter --seq-len or a smaller model to train it with budgetlm")
+    if epochs and epochs > 4:
+        notes.append(f"{epochs:.1f} epochs over the data: repeating beyond ~4 epochs adds little "
+                     "(Muennighoff et al. 2023); more data would help more than more time")
+    per_device_seqs = c.micro_batch * c.grad_accum
+    return Plan(
+        device=device.id, num_devices=num_devices, objective="causal" if cfg.causal else "masked",
+        model=cfg, params=num_params(cfg), tokens=int(tokens),
+        data_tokens=data_tokens, epochs=epochs, seq_len=seq_len, micro_batch=c.micro_batch,
+        grad_accum=c.grad_accum, global_batch_tokens=per_device_seqs * seq_len * num_devices,
+        precision=c.precision, activation_checkpointing=c.checkpointing, optimizer=optimizer,
+        memory=c.memory, device_memory_bytes=device.memory_bytes, fits=fits, flops_per_token=fpt,
+        flops=fpt * tokens, peak_flops=c.peak, peak_source=device.peak_note(c.precision), mfu=c.mfu,
+        mfu_source=c.mfu_source,
+        tokens_per_second=c.tokens_per_second, seconds=seconds,
+        cost_usd=None if price is None else seconds / 3600 * price * num_devices,
+        storage=_storage(cfg, c.tokens_per_second, data_tokens, optimizer,
+                         disk_read_bytes_s=(calibration or {}).get("disk_read_bytes_per_second")),
+        notes=notes,
+    )
