@@ -266,12 +266,10 @@ def _measure_precision(cfg: CalibrationConfig, rt: runtime.Runtime, device, mb: 
 def calibrate(cfg: CalibrationConfig, rt: runtime.Runtime | None = None) -> dict[str, Any]:
     """Measure the local device and (by default) merge the result into the calibration file.
     Returns the device entry with `device`, `device_key`, `micro_batch` and `calibration_file`."""
-    from budgetlm.catalog import load_catalog
-    from budgetlm.hardware import device_key, local_device
+    from budgetlm.hardware import device_key
 
     path = cfg.calibration or None
-    calib.load(path)  # a corrupt file fails here, before minutes of measuring
-    device, info = local_device(load_catalog())
+    device, info, _ = calib.local(path=path)  # a corrupt file fails here, before minutes of measuring
     rt = rt or runtime.init_runtime("auto", "fp32", seed=0)
     precisions = _supported(device, rt.device_type, cfg.precisions)
     mb = cfg.micro_batch or default_micro_batch(device.kind, cfg.seq_len)
@@ -311,11 +309,8 @@ def auto_plan(budget_s: float, tokens_available: int | None, seq_len: int, rt: r
     """For `budgetlm train` without a model: calibrate this device once for this precision, sequence
     length and compile setting (cached in the calibration file), then plan the compute-optimal model
     for the budget and the data (`plan.auto_plan`)."""
-    from budgetlm.catalog import load_catalog
-    from budgetlm.hardware import device_key, local_device
-
-    device, info = local_device(load_catalog())
-    entry = calib.load(calibration_path)["devices"].get(device_key(info)) or {}
+    device, info, entry = calib.local(path=calibration_path)
+    entry = entry or {}
     usable = points_for(entry, rt.precision, seq_len, compile)
     if not usable:
         what = f"{rt.precision}, seq len {seq_len}" + (", compiled" if compile else "")
@@ -338,10 +333,9 @@ CORRECT_BEYOND = 0.15
 def record_run(point: dict[str, Any], precision: str, calibration_path: str | None = None) -> None:
     """Add a training run's measured speed to this device's calibration, replacing earlier points of
     the same shape, sequence length and compile setting: the next plan predicts from what ran."""
-    from budgetlm.catalog import load_catalog
-    from budgetlm.hardware import device_key, local_device
+    from budgetlm.hardware import device_key
 
-    device, info = local_device(load_catalog())
+    device, info, _ = calib.local(path=calibration_path)
     data = calib.load(calibration_path)
     entry = data["devices"].get(device_key(info)) or {"name": info["name"], "kind": device.kind,
                                                       "catalog_id": info.get("catalog_id"), "precisions": {}}

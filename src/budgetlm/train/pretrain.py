@@ -202,7 +202,6 @@ class ModelChoice:
 def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt) -> ModelChoice:
     """The compute-optimal model for the budget and the data on this device (rank 0 plans; every
     rank trains rank 0's plan)."""
-    from budgetlm.models.kinds import model_config_from
     from budgetlm.train.calibrate import auto_plan
 
     train_tokens = len(data.tokens("train"))
@@ -216,7 +215,7 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
     fill: dict[str, Any] = {"batch_size": plan.global_batch_tokens // T, "micro_batch": plan.micro_batch,
                             "activation_checkpointing": bool(plan.activation_checkpointing),
                             "dropout": AUTO_DROPOUT if epochs >= DROPOUT_EPOCHS else 0.0}
-    m = plan.model if isinstance(plan.model, ModelConfig) else model_config_from(plan.model)
+    m = plan.model
     reason = (f"planned: {m.n_layer} layers x {m.n_embd} wide is the compute-optimal size for "
               f"~{plan.tokens / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan.tokens_per_second:,.0f} "
               f"tokens/s ({plan.mfu_source} MFU {plan.mfu:.2f})")
@@ -478,13 +477,12 @@ class _Run:
 def _check_memory(run: "_Run") -> None:
     """Refuse, before anything is allocated, a micro-batch the plan says cannot fit in this
     device's memory (the OS would kill the process without a word)."""
-    from budgetlm.catalog import load_catalog
-    from budgetlm.hardware import local_device
+    from budgetlm.calibration import local
     from budgetlm.plan import memory_breakdown
 
     if run.rt.device_type not in ("cpu", "cuda"):
         return
-    device, _ = local_device(load_catalog())
+    device, _, _ = local()
     cfg, T = run.cfg, run.mcfg.max_seq_len
     need = memory_breakdown(run.mcfg, device, run.micro, T, run.rt.precision, cfg.activation_checkpointing,
                             cfg.optimizer, run.rt.world_size if run.fsdp else 1,

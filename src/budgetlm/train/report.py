@@ -77,10 +77,8 @@ def _fmt(x) -> str | None:
 def show_plan(plan, budget_s: float | None) -> None:
     """The plan a run follows (a `plan.Plan`), as `budgetlm plan` would print its key lines."""
     m, mem = plan.model, plan.memory["total"]
-    width = m.n_embd if hasattr(m, "n_embd") else m["n_embd"]
-    depth = m.n_layer if hasattr(m, "n_layer") else m["n_layer"]
     rows = [
-        ["model", f"{depth} layers x {width} wide, {plan.params / 1e6:.2f}M params, seq {plan.seq_len}"],
+        ["model", f"{m.n_layer} layers x {m.n_embd} wide, {plan.params / 1e6:.2f}M params, seq {plan.seq_len}"],
         ["tokens", f"{plan.tokens:,}" + (f" ({plan.epochs:.1f} epochs)" if plan.epochs else "")],
         ["batch", f"{plan.global_batch_tokens:,} tokens/step = micro {plan.micro_batch} x accumulation "
                   f"{plan.grad_accum} x {plan.num_devices} device(s)"],
