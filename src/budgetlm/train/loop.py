@@ -150,42 +150,7 @@ def graceful_stop():
 # metrics
 
 
-class MetricsLogger:
-    """Metric lines to RUN/metrics.jsonl (opened lazily) and to TensorBoard when it is installed."""
-
-    def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None):
-        self.path = Path(path) if path else None
-        self.tb_dir = tensorboard_dir
-        self._fh = None
-        self._tb = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        if self.path is not None:
-            if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")
-            self._fh.write(json.dumps(record) + "\n")
-            self._fh.flush()
-        if self.tb_dir is not None:
-            if self._tb is None:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self._tb = SummaryWriter(str(self.tb_dir))
-                except Exception:  # noqa: BLE001 - tensorboard is optional
-                    self.tb_dir = None
-                    return
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self._tb.add_scalar(k, v, record.get("step", 0))
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+from budgetlm.train.track import MetricsLogger  # noqa: E402,F401 - where the fine-tuning code finds it
 
 
 # --------------------------------------------------------------------------------------------------

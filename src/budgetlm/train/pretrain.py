@@ -71,6 +71,7 @@ class TrainConfig:
     keep_last: int = ranged(2, 1, 10**6)  # periodic checkpoints kept (the best one is always kept)
     log_every: int = ranged(10, 1, 10**9)  # optimizer steps between metric lines
     progress_every: float = ranged(30.0, 0.1, 86400.0)  # seconds between progress lines when the output is a log, not a terminal
+    track: list[str] = field(default_factory=list)  # experiment trackers to log to: tensorboard, wandb, mlflow (each an optional extra)
     resume: bool = False  # continue the run in --out from its latest checkpoint
     init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
 
@@ -164,6 +165,9 @@ def resolve_config(cfg: TrainConfig, given: dict[str, Any] | None = None) -> Tra
         raise BudgetError("give --data DIR: a dataset folder written by `budgetlm prepare`")
     if not (cfg.budget or cfg.max_steps or cfg.max_tokens):
         raise BudgetError("give a budget: --budget DURATION (e.g. 10m), --max-steps N or --max-tokens N")
+    from budgetlm.train.track import check_trackers
+
+    check_trackers(cfg.track)
     if cfg.budget:
         parse_duration(cfg.budget)  # validate early, one clear line
     parse_duration(cfg.checkpoint_every)
@@ -532,7 +536,8 @@ def _claim(out: Path) -> None:
 
 
 def _train(cfg: TrainConfig) -> RunResult:
-    from budgetlm.train.loop import MetricsLogger, graceful_stop
+    from budgetlm.train.loop import graceful_stop
+    from budgetlm.train.track import MetricsLogger
     from budgetlm.train.report import write_report
 
     data = Dataset.open(cfg.data)
@@ -550,8 +555,8 @@ def _train(cfg: TrainConfig) -> RunResult:
     run.build()
     run.cfg = dataclasses.replace(run.cfg, compile="on" if run.setup.compiled else "off")
     run.show()
-    metrics = MetricsLogger(run.out / "metrics.jsonl" if rt.is_main else None,
-                            run.out / "tensorboard" if rt.is_main else None)
+    metrics = MetricsLogger(run.out / "metrics.jsonl" if rt.is_main else None, run.cfg.track if rt.is_main else [],
+                            run.out, to_dict(run.cfg))
     try:
         with graceful_stop() as stop:
             result = run.loop(stop, metrics)
