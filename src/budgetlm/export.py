@@ -17,14 +17,11 @@ then renamed into place, so a failed export never leaves a half-written or clobb
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from budgetlm import ui
+from budgetlm import fsio, ui
 from budgetlm.config import BudgetError
 
 VERIFY_TOLERANCE = 1e-4  # max |logit difference| accepted in fp32
@@ -328,37 +325,6 @@ def _hf_auto_class(model):
     return auto_class(model)
 
 
-def _fsync_tree(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb+") as fh:
-                os.fsync(fh.fileno())
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path, overwrite: bool):
-    """Yield a temporary sibling of `out`; on success fsync it and rename it into place (replacing
-    `out` only now, with --overwrite); on failure remove it and leave `out` untouched."""
-    if out.exists() and not overwrite:
-        raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def write_tokenizer(tokenizer_path: str | Path, out_dir: Path, causal: bool, max_len: int,
                     classifier: bool) -> tuple[dict[str, str], dict[str, int | None]]:
     """tokenizer.json + tokenizer_config.json for AutoTokenizer; returns (roles, config token ids)."""
@@ -422,8 +388,10 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
               hf_tokenizer_dir: Path | None = None) -> dict[str, Any]:
     """Write `model` (+ tokenizer) as a transformers folder at `out`, atomically; see the module doc."""
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
     diff = None
-    with atomic_dir(out, overwrite) as tmp:
+    with fsio.atomic_dir(out, replace=overwrite) as tmp:
         if _is_wrapped_hf(model):
             config, roles = _write_wrapped(model, tmp, hf_tokenizer_dir, dtype)
         else:
@@ -444,49 +412,40 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
     }
 
 
-# --------------------------------------------------------------------------------------------------
-# command
 
 
-FORMATS = {"hf": export_hf}
+FORMATS = {"hf": export_hf}  # --format -> writer(model, out, tokenizer_path, labels=, overwrite=, verify=, dtype=, ...)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="run directory (or checkpoint directory) to export")
-    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--format", default="hf", choices=sorted(FORMATS), help="output format")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="dtype of the exported weights")
-    parser.add_argument("--checkpoint", default="latest", choices=["latest", "best"],
-                        help="which checkpoint of the run to export")
-    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                        help="load the export with transformers and compare logits before finishing")
+@dataclass
+class ExportConfig:
+    model: str = ""  # run directory (or checkpoint directory) to export
+    out: str = ""  # output folder (must not exist unless --overwrite)
+    format: Literal["hf"] = "hf"  # hf = a folder plain transformers loads with its Auto classes
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # dtype of the exported weights
+    checkpoint: Literal["latest", "best"] = "latest"  # which checkpoint of the run to export
+    overwrite: bool = False  # replace an existing --out folder
+    verify: bool = True  # load the export with transformers and compare logits before finishing
 
 
-def _labels(meta) -> list[str] | None:
-    return [str(x) for x in meta.classifier.labels] if meta.classifier else None
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def export_run(cfg: ExportConfig) -> dict[str, Any]:
+    """Export the run `cfg.model` to `cfg.out` in `cfg.format`; the writer's result dict."""
+    if not cfg.model or not cfg.out:
+        raise BudgetError("give --model RUN (the run to export) and --out DIR (the folder to write)")
     try:
         import transformers  # noqa: F401
     except ImportError:
         raise BudgetError("export needs transformers: pip install 'budgetlm[hf]'") from None
     from budgetlm.train.checkpoint import load_model
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
         raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
-    model, meta = load_model(args.model, device="cpu", which=args.checkpoint)
+    model, meta = load_model(cfg.model, device="cpu", which=cfg.checkpoint)
     tok = meta.tokenizer_path or None
     hf_tok = meta.run_dir / "hf_tokenizer"
     if not tok and not hf_tok.is_dir():
         ui.warn("the run has no tokenizer: exporting the model without one")
-    result = FORMATS[args.format](model, out, tok, labels=_labels(meta), overwrite=args.overwrite,
-                                  verify=args.verify, dtype=args.dtype, hf_tokenizer_dir=hf_tok)
-    diff = result["max_abs_logit_diff"]
-    check = f"; transformers reproduces its logits (max diff {diff:.1e})" if diff is not None else ""
-    ui.info(f"exported {result['architecture']} to {out}{check}")
-    ui.info(f"load it with transformers.{result['auto_class']}.from_pretrained({str(out)!r})")
-    return result
+    labels = [str(x) for x in meta.classifier.labels] if meta.classifier else None
+    return FORMATS[cfg.format](model, out, tok, labels=labels, overwrite=cfg.overwrite, verify=cfg.verify,
+                               dtype=cfg.dtype, hf_tokenizer_dir=hf_tok)
