@@ -161,18 +161,49 @@ def test_bfloat16_export_loads(tmp_path, capsys, tokenizer_file):
     assert hf.model.embed_tokens.weight.dtype == torch.bfloat16
 
 
-def test_existing_out_is_refused_then_overwritten(tmp_path, capsys, tokenizer_file):
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_an_earlier_export(tmp_path, capsys, tokenizer_file):
     m = Transformer(_cfg(_vocab(tokenizer_file), True)).eval()
     run = _save(tmp_path, "run", m, {}, tokenizer_file)
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    assert main(["export", "--model", str(run), "--out", str(out)]) == 2
+    assert main(["export", "--model", str(run), "--out", str(out), "--no-verify"]) == 0
+    assert main(["export", "--model", str(run), "--out", str(out), "--no-verify"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "mine"
+    (out / "config.json").write_text("stale")
     assert main(["export", "--model", str(run), "--out", str(out), "--overwrite", "--no-verify"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert (out / "config.json").read_text() != "stale"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_never_touches_what_export_did_not_make(tmp_path, capsys, tokenizer_file, overwrite):
+    """A user's folder, a plain file, the run itself (or the run around a checkpoint): refused, unchanged."""
+    m = Transformer(_cfg(_vocab(tokenizer_file), True)).eval()
+    run = _save(tmp_path, "run", m, {}, tokenizer_file)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("a file")
+    ckpt = next((run / "checkpoints").glob("step_*"))
+    before = _tree(tmp_path)
+    for model, out, needle in [(run, mine, "choose another output"), (run, tmp_path / "file.txt", "is a file"),
+                               (run, run, "is the input"), (ckpt, run, "contains the input"),
+                               (run, run / "hf", "lies inside the input")]:
+        assert main(["export", "--model", str(model), "--out", str(out), "--no-verify", *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert _tree(tmp_path) == before
+
+
+def test_an_empty_folder_is_a_fine_output(tmp_path, capsys, tokenizer_file):
+    m = Transformer(_cfg(_vocab(tokenizer_file), True)).eval()
+    run = _save(tmp_path, "run", m, {}, tokenizer_file)
+    (tmp_path / "hf").mkdir()
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "hf"), "--no-verify", "--json"]) == 0
+    assert ".budgetlm.json" not in json.loads(capsys.readouterr().out)["files"]
 
 
 def test_bad_run_dirs_give_one_line_errors(tmp_path, capsys, tokenizer_file):

@@ -12,7 +12,10 @@ and the tokenizer; no custom code is needed to load the result:
 
 The folder is written into a temporary sibling, checked (the exported model is loaded back with
 `transformers` and its logits compared with budgetlm's on a probe batch, unless --no-verify) and
-then renamed into place, so a failed export never leaves a half-written or clobbered folder.
+then renamed into place, so a failed export never leaves a half-written or clobbered folder. The
+output goes through the write guard (`fsio.check_output`): it is never the run itself, inside it or
+around it, and --overwrite replaces only a folder an earlier export made (its marker file says so),
+never a user's own files.
 """
 
 from __future__ import annotations
@@ -388,10 +391,9 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
               hf_tokenizer_dir: Path | None = None) -> dict[str, Any]:
     """Write `model` (+ tokenizer) as a transformers folder at `out`, atomically; see the module doc."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
+    fsio.check_output(out, (), "export", overwrite=overwrite)  # only an empty folder or an earlier export
     diff = None
-    with fsio.atomic_dir(out, replace=overwrite) as tmp:
+    with fsio.atomic_dir(out, replace=out.exists()) as tmp:
         if _is_wrapped_hf(model):
             config, roles = _write_wrapped(model, tmp, hf_tokenizer_dir, dtype)
         else:
@@ -402,13 +404,14 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
             if not diff <= limit:
                 raise BudgetError(f"export check failed: transformers logits differ by {diff:.2e} (> {limit}); "
                                   f"nothing written to {out}")
+        fsio.write_marker(tmp, "export")  # lets a later --overwrite replace this folder, and only this kind
     return {
         "out": str(out),
         "architecture": config.architectures[0],
         "auto_class": _hf_auto_class(model).__name__,
         "special_tokens": roles,
         "max_abs_logit_diff": diff,
-        "files": sorted(p.name for p in out.iterdir()),
+        "files": sorted(p.name for p in out.iterdir() if p.name != fsio.MARKER),
     }
 
 
@@ -420,11 +423,11 @@ FORMATS = {"hf": export_hf}  # --format -> writer(model, out, tokenizer_path, la
 @dataclass
 class ExportConfig:
     model: str = ""  # run directory (or checkpoint directory) to export
-    out: str = ""  # output folder (must not exist unless --overwrite)
+    out: str = ""  # output folder: new, empty, or an earlier export (with --overwrite); never in or around --model
     format: Literal["hf"] = "hf"  # hf = a folder plain transformers loads with its Auto classes
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # dtype of the exported weights
     checkpoint: Literal["latest", "best"] = "latest"  # which checkpoint of the run to export
-    overwrite: bool = False  # replace an existing --out folder
+    overwrite: bool = False  # replace an earlier export at --out (never a folder budgetlm export did not make)
     verify: bool = True  # load the export with transformers and compare logits before finishing
 
 
@@ -439,8 +442,7 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
     from budgetlm.train.checkpoint import load_model
 
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise BudgetError(f"{out} already exists (pass --overwrite to replace it)")
+    fsio.check_output(out, [cfg.model], "export", overwrite=cfg.overwrite)  # before the slow part
     model, meta = load_model(cfg.model, device="cpu", which=cfg.checkpoint)
     tok = meta.tokenizer_path or None
     hf_tok = meta.run_dir / "hf_tokenizer"
