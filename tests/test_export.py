@@ -206,6 +206,18 @@ def test_an_empty_folder_is_a_fine_output(tmp_path, capsys, tokenizer_file):
     assert ".budgetlm.json" not in json.loads(capsys.readouterr().out)["files"]
 
 
+def test_every_export_flag_shows_its_default():
+    import argparse
+
+    from budgetlm.commands.export import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
+        if action.dest != "help":
+            assert "(default: " in action.help, action.dest
+
+
 def test_bad_run_dirs_give_one_line_errors(tmp_path, capsys, tokenizer_file):
     out = tmp_path / "hf"
     assert main(["export", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
