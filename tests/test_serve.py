@@ -1,5 +1,6 @@
 """The HTTP layer with a fake model (fast), plus one test against a real tiny model when available."""
 
+import contextlib
 import json
 import threading
 import time
@@ -31,20 +32,26 @@ class FakeLM:
         self.step_s = 0.0
         self.active = 0
         self.max_active = 0
+        self.steps = 0  # forward passes run, all requests together
+        self.closed = threading.Event()  # set when a generation ends, finished or stopped early
         self._guard = threading.Lock()
 
     def count_tokens(self, text):
         return len(text.split())
 
     def completion_steps(self, prompt, max_tokens, temperature, top_p, seed):
-        for i, word in enumerate(self.script[:max_tokens]):
-            with self._guard:  # the "forward pass" starts
-                self.active += 1
-                self.max_active = max(self.max_active, self.active)
-            time.sleep(self.step_s)  # a forward pass takes time: gives other requests a chance to overlap
-            with self._guard:
-                self.active -= 1
-            yield (" " if i else "") + word
+        try:
+            for i, word in enumerate(self.script[:max_tokens]):
+                with self._guard:  # the "forward pass" starts
+                    self.active += 1
+                    self.max_active = max(self.max_active, self.active)
+                time.sleep(self.step_s)  # a forward pass takes time: gives other requests a chance to overlap
+                with self._guard:
+                    self.active -= 1
+                    self.steps += 1
+                yield (" " if i else "") + word
+        finally:
+            self.closed.set()
 
 
 class FakeClassifier:
@@ -192,7 +199,7 @@ def test_metrics_count_requests_and_tokens(lm_client):
 def test_concurrent_requests_do_not_overlap_model_steps():
     fake = FakeLM(" ".join(f"w{i}" for i in range(20)))
     fake.step_s = 0.002
-    client = TestClient(create_app(fake, ServeConfig()))
+    client = TestClient(create_app(fake, ServeConfig(max_concurrent=6)))
     results = []
 
     def go():
@@ -213,6 +220,209 @@ def test_stop_helpers():
     assert split_at_stop("abc", ["z"]) == ("abc", False)
     assert stop_holdback("hello EN", ["END"]) == 2
     assert stop_holdback("hello", ["END"]) == 0
+
+
+def test_create_app_without_a_config_uses_the_defaults():
+    client = TestClient(create_app(FakeLM()))
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "hello world"
+    assert client.post("/v1/completions", json={"prompt": "x" * 16_001}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', "temperature"),
+        ("/v1/completions", b'{"prompt": "x", "top_p": NaN}', "top_p"),
+        ("/v1/completions", b'{"prompt": "x", "temperature": Infinity}', "temperature"),
+        ("/v1/completions", b'{"prompt": "x", "top_p": -Infinity}', "top_p"),
+        ("/v1/completions", b'{"prompt": "x", "temperature": 1e999}', "temperature"),
+        ("/v1/completions", b'{"prompt": "x\\ud800"}', "prompt"),
+        ("/v1/completions", b'{"prompt": "x", "stop": "\\udc00"}', "stop"),
+        ("/v1/completions", b'{"prompt": "x", "stop": ["ok", "a\\udfff"]}', "stop"),
+        ("/v1/classify", b'{"input": ["fine", "\\ud83d"]}', "input"),
+    ],
+)
+def test_non_finite_numbers_and_lone_surrogates_are_422(path, body, field):
+    """Valid JSON to Python's reader, but not numbers or text a model can use: 422, never a 500."""
+    service = FakeClassifier() if "classify" in path else FakeLM()
+    client = TestClient(create_app(service, ServeConfig()), raise_server_exceptions=False)
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert any(field in e["loc"] for e in detail)
+    assert any(word in e["msg"] for e in detail for word in ("finite", "surrogate", "unicode"))
+    assert all(e["loc"][:2] == ["body", field] for e in detail)
+
+
+def test_bytes_that_are_not_json_are_4xx(lm_client):
+    for body in (b'{"prompt": "\xff"}', b"[" * 100_000, b"", b"null"):
+        r = lm_client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (body[:10], r.status_code)
+
+
+def test_api_key_is_checked_before_the_body_is_read():
+    client = TestClient(create_app(FakeLM(), ServeConfig(max_body_bytes=100), api_key="s3cret"))
+    headers = {"content-type": "application/json"}
+    assert client.post("/v1/completions", content=b"{not json", headers=headers).status_code == 401
+    assert client.post("/v1/completions", content=b"x" * 1000, headers=headers).status_code == 401  # not 413
+    r = client.post("/v1/completions", content=b"{not json", headers={**headers, "X-API-Key": "s3cret"})
+    assert r.status_code == 422
+    r = client.post("/v1/completions", content=b"x" * 1000, headers={**headers, "Authorization": "Bearer s3cret"})
+    assert r.status_code == 413
+    assert client.get("/openapi.json").status_code == 200  # the docs stay open, like /health
+    text = client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+    assert 'budgetlm_requests_total{path="/v1/completions",status="401"} 2' in text  # refusals are counted
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--max-body-bytes", "-1"), ("--max-tokens-limit", "0"), ("--max-batch", "0"), ("--graceful-timeout", "-1"),
+    ("--max-prompt-chars", "0"), ("--max-concurrent", "0"), ("--read-timeout", "0"), ("--port", "0"),
+    ("--port", "70000"), ("--graceful-timeout", "nan"), ("--read-timeout", "inf"),
+])
+def test_server_limits_are_checked_before_it_starts(flag, value, capsys, tmp_path):
+    from budgetlm.cli import main
+
+    assert main(["serve", "--model", str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"budgetlm: error: {flag} must be") and err.count("\n") == 1, err
+    with pytest.raises(BudgetError, match=flag):
+        create_app(FakeLM(), ServeConfig(**{flag[2:].replace("-", "_"): float(value)}))
+
+
+def test_a_port_in_use_is_one_line_exit_2(capsys, tmp_path):
+    import socket
+
+    from budgetlm.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tmp_path / "not-loaded"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"budgetlm: error: port {port} on 127.0.0.1 is in use (") and err.count("\n") == 1, err
+
+
+def test_bind_errors_each_have_their_line():
+    import errno
+
+    from budgetlm.serve import bind_socket
+    from budgetlm.serve.server import BIND_ERRORS, bind_error
+
+    for code, needle in [(errno.EADDRINUSE, "in use"), (errno.EACCES, "permission"), (errno.EADDRNOTAVAIL, "not an address")]:
+        assert code in BIND_ERRORS
+        msg = str(bind_error(OSError(code, "x"), "10.1.2.3", 80))
+        assert needle in msg and "\n" not in msg
+    assert "cannot bind" in str(bind_error(OSError(errno.EINVAL, "Invalid argument"), "h", 1))
+    with pytest.raises(BudgetError, match="not an address"):
+        bind_socket("192.0.2.1", 8000)  # TEST-NET-1 (RFC 5737): never an address of this machine
+    with pytest.raises(BudgetError, match="cannot bind"):
+        bind_socket("no-such-host.invalid", 8000)
+
+
+@contextlib.contextmanager
+def live_server(service, cfg):
+    """A real uvicorn server (the one `budgetlm serve` runs) in a thread, on a free port."""
+    from budgetlm.serve import bind_socket, make_server
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = make_server(create_app(service, cfg), cfg)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def _closed_within(conn, seconds: float) -> bool:
+    """True when the server closes `conn` within `seconds` (whatever it sent first)."""
+    conn.settimeout(seconds)
+    try:
+        while conn.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_silent_slow_and_idle_connections_are_closed():
+    """Half-open connections: no head, a head one byte at a time, a body that stops, an idle keep-alive."""
+    import socket
+
+    with live_server(FakeLM(), ServeConfig(read_timeout=0.3, graceful_timeout=1)) as port:
+        silent = socket.create_connection(("127.0.0.1", port))
+        assert _closed_within(silent, 3)
+        trickle = socket.create_connection(("127.0.0.1", port))
+        t0 = time.time()
+        with pytest.raises(OSError):  # broken pipe or reset once the server has closed it
+            for byte in b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" * 20:
+                trickle.sendall(bytes([byte]))
+                time.sleep(0.02)
+        assert time.time() - t0 < 3
+        body = socket.create_connection(("127.0.0.1", port))
+        body.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"prompt\"")
+        body.settimeout(3)
+        assert body.recv(4096).startswith(b"HTTP/1.1 408")
+        assert _closed_within(body, 3)
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.settimeout(3)
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+        assert _closed_within(idle, 3)
+        for conn in (silent, trickle, body, idle):
+            conn.close()
+
+
+def test_busy_server_answers_503_with_retry_after():
+    import httpx
+
+    fake = FakeLM(" ".join(f"w{i}" for i in range(200)))
+    fake.step_s = 0.01
+    with live_server(fake, ServeConfig(max_concurrent=1, max_tokens_limit=200, graceful_timeout=1)) as port:
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        with httpx.stream("POST", url, json={"prompt": "p", "max_tokens": 200, "stream": True}, timeout=10) as r:
+            lines = r.iter_lines()  # kept: an iterator dropped here would close the stream
+            next(lines)  # the first request is generating
+            busy = httpx.post(url, json={"prompt": "p", "max_tokens": 2}, timeout=10)
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert "busy" in busy.json()["detail"]
+            assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200  # not a model call
+        assert fake.closed.wait(5)
+        assert httpx.post(url, json={"prompt": "p", "max_tokens": 2}, timeout=10).status_code == 200  # slot freed
+
+
+def test_a_client_that_leaves_stops_its_generation():
+    """Non-streaming and streaming: once the client is gone, no more forward passes run for it."""
+    import socket
+
+    import httpx
+
+    for stream in (False, True):
+        fake = FakeLM(" ".join(f"w{i}" for i in range(500)))
+        fake.step_s = 0.01  # a whole completion would take 5 s
+        with live_server(fake, ServeConfig(max_tokens_limit=500, graceful_timeout=1)) as port:
+            body = json.dumps({"prompt": "p", "max_tokens": 500, "stream": stream}).encode()
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(0.2)
+            conn.close()
+            assert fake.closed.wait(3), "the generation went on after the client left"
+            assert fake.steps < 100, fake.steps
+            if not stream:
+                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+                assert 'path="/v1/completions",status="499"' in metrics
 
 
 def test_real_tiny_models_behind_the_api(tmp_path, capsys):
@@ -323,3 +533,15 @@ def test_sigterm_lets_an_in_flight_stream_finish(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_every_serve_flag_shows_its_default():
+    import argparse
+
+    from budgetlm.commands.serve import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
+        if action.dest != "help":
+            assert "(default: " in action.help, action.dest

@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "finetune": ("budgetlm.finetune", "fine-tune a model for sequence classification", True),
     "classify": ("budgetlm.classify", "classify texts with a fine-tuned model", True),
     "export": ("budgetlm.commands.export", "export a model to Hugging Face format", True),
-    "serve": ("budgetlm.serve", "serve a model over HTTP (completions, classification)", False),
+    "serve": ("budgetlm.commands.serve", "serve a model over HTTP (completions, classification)", False),
     "demo": ("budgetlm.commands.demo", "run the whole path on the built-in corpus", True),
 }
 
