@@ -2,7 +2,8 @@
 
     python benchmarks/serve_load.py --model RUN [--clients 8 --seconds 30 --max-tokens 16]
 
-Starts `budgetlm serve --model RUN --host 127.0.0.1` on a free port as a real process, waits for
+Starts `budgetlm serve --model RUN --host 127.0.0.1 --max-concurrent CLIENTS` (every client gets
+a slot: a 503 would count as an error) on a free port as a real process, waits for
 /health, then runs --clients threads that each send requests back to back for --seconds:
 /v1/completions (max_tokens, temperature 0.8, every 4th streamed) for a causal run, /v1/classify for
 a fine-tuned classifier. Reports requests, errors (any non-200 or transport failure), p50/p90/p99
@@ -55,7 +56,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "budgetlm", "serve", "--model", args.model, "--host", "127.0.0.1",
-         "--port", str(port), "--quantize", args.quantize],
+         "--port", str(port), "--quantize", args.quantize, "--max-concurrent", str(args.clients)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
