@@ -435,14 +435,14 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
     """Export the run `cfg.model` to `cfg.out` in `cfg.format`; the writer's result dict."""
     if not cfg.model or not cfg.out:
         raise BudgetError("give --model RUN (the run to export) and --out DIR (the folder to write)")
+    out = Path(cfg.out)
+    fsio.check_output(out, [cfg.model], "export", overwrite=cfg.overwrite)  # before the slow part
     try:
         import transformers  # noqa: F401
     except ImportError:
         raise BudgetError("export needs transformers: pip install 'budgetlm[hf]'") from None
     from budgetlm.train.checkpoint import load_model
 
-    out = Path(cfg.out)
-    fsio.check_output(out, [cfg.model], "export", overwrite=cfg.overwrite)  # before the slow part
     model, meta = load_model(cfg.model, device="cpu", which=cfg.checkpoint)
     tok = meta.tokenizer_path or None
     hf_tok = meta.run_dir / "hf_tokenizer"
