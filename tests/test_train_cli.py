@@ -141,7 +141,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
     from budgetlm.train.calibrate import auto_plan
-    from budgetlm.train.pretrain import PLAN_BUDGET_WITHOUT_CLOCK_S
+    from budgetlm.train.job import PLAN_BUDGET_WITHOUT_CLOCK_S
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
     plan = auto_plan(PLAN_BUDGET_WITHOUT_CLOCK_S, len(open_tokens(data, "train")), 32, rt, "causal",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the heavy modules load when a function needs them, so `plan
     from budgetlm.data.prepare import PrepareConfig
     from budgetlm.data.shards import Dataset
     from budgetlm.train.checkpoint import CheckpointMeta
-    from budgetlm.train.pretrain import RunResult, TrainConfig
+    from budgetlm.train.job import RunResult, TrainConfig
 
 # --------------------------------------------------------------------------------------------------
 # plan
