@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- create .venv, install budgetlm, run `budgetlm demo` on the built-in corpus
-#   make test   -- create .venv, install budgetlm with its test tools, run the test suite
+#   make test   -- create .venv, install budgetlm with its test tools, check the import layers
+#                  (.importlinter), run the test suite
 # On a machine without an NVIDIA driver the CPU build of PyTorch is installed
 # (a bare `pip install torch` would pull a multi-GB CUDA build).
 
@@ -35,6 +36,7 @@ demo: $(VENV)/.installed
 	$(BIN)/budgetlm demo
 
 test: $(VENV)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from shakespeare_time_to_quality import locked, prepare_split, train_run
 
-from budgetlm.train.checkpoint import read_meta, resolve_checkpoint
+from budgetlm.training.checkpoint import read_meta, resolve_checkpoint
 
 # run-config fields the half/double runs copy from the planned run (everything but the model size)
 KEPT = ("seq_len", "batch_size", "micro_batch", "dropout", "lr", "optimizer", "precision", "compile",

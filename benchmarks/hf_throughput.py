@@ -11,7 +11,7 @@ eager model. Each contender runs in its own process (the runtime's allocator set
 process-wide and must not leak into the other contender), `--steps` optimizer steps after
 `--warmup` untimed ones (compilation happens there); rounds alternate the contenders so that load
 from other processes hits them alike, and the best round of each is kept.
-MFU = model FLOPs per token (6N + 12 L C T, `budgetlm.plan.flops_per_token`) x tokens/s,
+MFU = model FLOPs per token (6N + 12 L C T, `budgetlm.planning.flops_per_token`) x tokens/s,
 divided by the *measured* matmul peak of this CPU in the precision used (`budgetlm.runtime`).
 
 Needs `accelerate` (transformers' Trainer requires it; not a budgetlm dependency):
@@ -35,10 +35,10 @@ from budgetlm import runtime
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import num_params
 from budgetlm.models.transformer import build_model
-from budgetlm.plan import flops_per_token
-from budgetlm.train.loop import LoopConfig, train_loop
-from budgetlm.train.optim import OptimConfig, build_optimizer
-from budgetlm.train.schedule import ScheduleConfig
+from budgetlm.planning import flops_per_token
+from budgetlm.training.loop import LoopConfig, train_loop
+from budgetlm.training.optim import OptimConfig, build_optimizer
+from budgetlm.training.schedule import ScheduleConfig
 
 V, C, L, H, I, T, B = 8192, 256, 6, 8, 704, 512, 8
 

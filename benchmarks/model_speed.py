@@ -69,7 +69,7 @@ def main() -> None:
     from budgetlm.models.config import ModelConfig
     from budgetlm.models.presets import num_params
     from budgetlm.models.transformer import Transformer
-    from budgetlm.plan import flops_per_token
+    from budgetlm.planning import flops_per_token
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=args.vocab, n_layer=args.layers, n_embd=args.width, n_head=args.heads,

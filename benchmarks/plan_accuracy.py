@@ -24,7 +24,7 @@ import time
 import torch
 
 from budgetlm import bench
-from budgetlm import plan as P
+from budgetlm import planning as P
 from budgetlm.catalog import load_catalog
 from budgetlm.hardware import local_device
 from budgetlm.models.presets import model_config

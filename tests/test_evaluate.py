@@ -119,10 +119,20 @@ def test_classifier_runs_are_delegated(runs, tmp_path, capsys, monkeypatch):
         meta = json.loads((ckpt / "meta.json").read_text())
         meta["kind"], meta["classifier"] = "classifier", {"labels": ["a", "b"], "max_len": 8}
         (ckpt / "meta.json").write_text(json.dumps(meta))
-    fake = types.ModuleType("budgetlm.finetune")
-    fake.evaluate_classifier = lambda args: {"accuracy": 0.5, "model": args.model}
-    monkeypatch.setitem(sys.modules, "budgetlm.finetune", fake)
-    monkeypatch.setattr(sys.modules["budgetlm"], "finetune", fake, raising=False)
-    rc, r, err = evaluate(capsys, "--model", str(clf), "--data", "unused")
+    import budgetlm.classify
+
+    seen = {}
+
+    def fake(runs, path, **kw):
+        import numpy as np
+
+        from budgetlm.metrics import classification_metrics
+
+        seen.update(runs=runs, path=path, **kw)
+        met = classification_metrics(np.array([0, 1]), np.array([0, 0]), ["a", "b"])
+        return {**met, "model": runs, "source": path, "examples": 2, "seconds": 1.0}
+
+    monkeypatch.setattr(budgetlm.classify, "evaluate_classifier", fake)
+    rc, r, err = evaluate(capsys, "--model", str(clf), "--text", "labels.tsv")
     assert rc == 0, err
-    assert r == {"accuracy": 0.5, "model": [str(clf)]}  # the --model list (several runs: an ensemble)
+    assert r["accuracy"] == 0.5 and seen["runs"] == [str(clf)] and seen["path"] == "labels.tsv"  # a list: an ensemble

@@ -38,9 +38,9 @@ def _cfg(vocab: int, causal: bool, **kw) -> ModelConfig:
 
 
 def _save(tmp_path, name, model, meta, tokenizer_file) -> Path:
-    from budgetlm.train.checkpoint import save_checkpoint
+    from budgetlm.training.checkpoint import save_checkpoint
 
-    from budgetlm.train.checkpoint import CheckpointMeta, ClassifierInfo
+    from budgetlm.training.checkpoint import CheckpointMeta, ClassifierInfo
 
     kind = "classifier" if "labels" in meta else "lm"
     info = ClassifierInfo(meta["labels"], meta["max_len"], pooling=meta["pooling"]) if kind == "classifier" else None
@@ -248,7 +248,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, tokenizer_fil
 def test_classifier_finetuned_from_a_transformers_model_exports(tmp_path):
     """finetune --model HF_FOLDER wraps a transformers model; export writes it back as it is."""
     from budgetlm.export import export_hf
-    from budgetlm.finetune import HFClassifier
+    from budgetlm.finetuning import HFClassifier
 
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=32, num_labels=2)

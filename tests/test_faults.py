@@ -95,6 +95,36 @@ CASES: list[tuple[str, int, str]] = [
     ("export --model {run} --out {text} --overwrite", 2, "is a file"),
     ("export --model {user} --out {tmp}/hf", 2, "holds no checkpoint"),
     ("export --model {run} --out {tmp}/hf --dtype float64", 2, "invalid choice"),
+    # finetune
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --batch-size 0", 2, "--batch-size must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --lr -1", 2, "--lr must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --lr nan", 2, "--lr must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --epochs -1", 2, "--epochs must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --max-len 3", 2, "--max-len must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --dropout 1.5", 2, "--dropout must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --ema 1", 2, "--ema must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --patience -1", 2, "--patience must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --seed -2", 2, "--seed must be"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --budget soon", 2, "malformed duration"),
+    ("finetune --model {mlm} --train {labels} --out {tmp}/f --track neptune", 2, "unknown tracker"),
+    ("finetune --model {mlm} --train {labels16} --out {tmp}/f", 2, "is UTF-16 text"),
+    ("finetune --model {mlm} --train {labels} --out {clf}", 2, "already exists"),
+    ("finetune --model {mlm} --train {labels} --out {user} --overwrite", 2, "not a folder budgetlm made"),
+    ("finetune --model {mlm} --train {labels} --out {run} --overwrite", 2, "budgetlm train folder"),
+    ("finetune --model {clf} --train {labels} --out {clf} --overwrite", 2, "is the input"),
+    ("finetune --model {mlm} --train {labels} --out {mlm}/inner", 2, "lies inside the input"),
+    ("finetune --model {clf} --train {labels} --out {tmp}/f", 2, "already a fine-tuned classifier"),
+    ("finetune --model {mlm} --train {text} --out {tmp}/f", 2, "unknown format"),
+    # classify
+    ("classify --model {clf} --text hi --batch-size 0", 2, "--batch-size must be"),
+    ("classify --model {clf} --input {labels} --output {labels}", 2, "would write over the input"),
+    ("classify --model {clf} --text hi --output {text}", 2, "already exists"),
+    ("classify --model {clf} --text hi --output {user}", 2, "is a folder"),
+    ("classify --model {run} --text hi", 2, "not a fine-tuned classifier"),
+    ("classify --model {clf} --input {labels16}", 2, "is UTF-16 text"),
+    ("classify --model {clf} --input {utf16}", 2, "is UTF-16 text"),
+    ("eval --model {clf} --text {labels} --batch-size 0", 2, "--batch-size must be"),
+    ("eval --model {clf} --text {labels16}", 2, "is UTF-16 text"),
     # bench
     ("bench --seconds 0", 2, "--seconds must be > 0"),
     ("bench --depths 0", 2, "--depths must be positive"),
@@ -113,12 +143,20 @@ def world(tmp_path_factory):
         assert main(["train", "--data", str(data), "--out", str(root / name), "--max-steps", "2",
                      "--objective", objective, *TINY]) == 0
     (root / "text.txt").write_text("the king and the queen\n", encoding="utf-8")
+    rows = ["text\tlabel"] + [f"the {w} king speaks\t{lab}" for w, lab in
+                              [("good", "pos"), ("bad", "neg")] * 20]
+    (root / "labels.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "labels16.tsv").write_bytes(("\n".join(rows) + "\n").encode("utf-16"))
+    assert main(["finetune", "--model", str(root / "mlm"), "--train", str(root / "labels.tsv"), "--out",
+                 str(root / "clf"), "--epochs", "1", "--batch-size", "8", "--max-len", "16", "--device", "cpu",
+                 "--precision", "fp32"]) == 0
     (root / "utf16.txt").write_bytes("the king and the queen\n".encode("utf-16"))
     user = root / "user"
     user.mkdir()
     (user / "notes.txt").write_text("my own file")
     return {"data": data, "run": root / "run", "mlm": root / "mlm", "text": root / "text.txt",
-            "utf16": root / "utf16.txt", "user": user, "root": root}
+            "utf16": root / "utf16.txt", "user": user, "root": root, "labels": root / "labels.tsv",
+            "labels16": root / "labels16.tsv", "clf": root / "clf"}
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -154,7 +192,7 @@ def test_bad_input_is_refused_and_changes_nothing(world, tmp_path, capsys, line,
 
 
 def test_a_full_disk_while_checkpointing_is_a_clear_error(world, tmp_path, capsys, monkeypatch):
-    from budgetlm.train import statefile
+    from budgetlm.training import statefile
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -45,7 +45,7 @@ def make_lm_run(root, causal):
     from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
     from budgetlm.models.config import ModelConfig
     from budgetlm.models.transformer import build_model
-    from budgetlm.train.checkpoint import save_checkpoint
+    from budgetlm.training.checkpoint import save_checkpoint
 
     texts = [r["text"] for r in synth(200, 99, three=True)] + ["first second premise hypothesis yes no"]
     tok = train_tokenizer("wordpiece", texts, vocab_size=120)
@@ -190,7 +190,7 @@ def test_early_stopping_keeps_the_best_checkpoint(runs, data, tmp_path, capsys):
 
 
 def test_from_scratch_baseline_differs_from_pretrained_init(runs, data, tmp_path, capsys):
-    from budgetlm.train.checkpoint import load_model
+    from budgetlm.training.checkpoint import load_model
 
     out = tmp_path / "scratch"
     code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
@@ -204,7 +204,7 @@ def test_from_scratch_baseline_differs_from_pretrained_init(runs, data, tmp_path
 
 
 def test_ema_validates_and_saves_the_averaged_weights(runs, data, tmp_path, capsys):
-    from budgetlm.train.checkpoint import load_model
+    from budgetlm.training.checkpoint import load_model
 
     lm, _ = load_model(runs["masked"])
     moved = {}
@@ -268,7 +268,7 @@ def test_ensemble_of_classifiers_averages_member_probabilities(runs, data, tmp_p
         (lambda d, t: ["--train", str(d["train"]), "--val", str(d["val3"])], "not seen in training: 'mid'"),
         (lambda d, t: ["--train", str(t / "missing.jsonl")], "no such file"),
         (lambda d, t: ["--train", str(write_jsonl(t / "c.txt", []))], "unknown format"),
-        (lambda d, t: ["--train", str(d["train"]), "--ema", "1"], "--ema is a decay"),
+        (lambda d, t: ["--train", str(d["train"]), "--ema", "1"], "--ema must be"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, data, tmp_path, capsys, make, needle):
@@ -285,8 +285,11 @@ def test_refuses_existing_out_and_language_model_where_classifier_needed(runs, d
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     code = main(["finetune", "--model", str(runs["masked"]), "--train", str(data["train"]), "--out", str(out)])
-    assert code == 2 and "--overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "precious"
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    code = main(["finetune", "--model", str(runs["masked"]), "--train", str(data["train"]), "--out", str(out),
+                 "--overwrite"])
+    assert code == 2 and "not a folder budgetlm made" in capsys.readouterr().err  # a user's folder is never replaced
+    assert (out / "keep.txt").read_text() == "precious" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     code = main(["classify", "--model", str(runs["causal"]), "--text", "hi"])
     err = capsys.readouterr().err
     assert code == 2 and "not a fine-tuned classifier" in err and len(err.strip().splitlines()) == 1
@@ -382,7 +385,7 @@ def test_truncate_tail_reads_the_end_of_long_texts(runs, tmp_path, capsys):
 
 
 def test_batches_cover_each_example_once_per_epoch_with_little_padding():
-    from budgetlm.finetune import Batches
+    from budgetlm.finetuning import Batches
 
     rng = random.Random(0)
     seqs = [[1] * rng.randint(1, 60) for _ in range(1000)]
@@ -417,3 +420,59 @@ def test_hf_dataset_folder_with_classlabel_names(runs, tmp_path, capsys):
                               "--text-column", "sentence", "--out", str(tmp_path / "o"), "--epochs", "1", *FAST)
     assert code == 0, err
     assert res["labels"] == ["negative", "positive"] and res["val_examples"] == 40
+
+
+def test_overwrite_replaces_a_classifier_only_by_a_finished_one(runs, data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "clf"
+    args = ["finetune", "--model", str(runs["masked"]), "--train", str(data["train"]), "--val", str(data["val"]),
+            "--out", str(out), "--epochs", "0.2", *FAST]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+    import budgetlm.finetuning as ft
+
+    def crash(*a, **k):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(ft, "_loop", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        ft.finetune(ft.FinetuneConfig(model=str(runs["masked"]), train=str(data["train"]), val=str(data["val"]),
+                                      out=str(out), overwrite=True))
+    after = {p.name: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
+    assert after == before  # the old classifier is intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--json"]) == 0  # a finished run replaces it
+    assert json.loads(capsys.readouterr().out)["run_dir"] == str(out)
+
+
+def test_fp16_fine_tuning_creates_and_steps_a_grad_scaler(runs, data, tmp_path, capsys, monkeypatch):
+    """On a GPU without bf16 (T4, V100) `auto` picks fp16: fine-tuning must scale the loss. The CPU runs
+    fp16 autocast and torch.amp.GradScaler('cpu') the same way, so the path is checked here."""
+    from budgetlm import runtime
+
+    monkeypatch.setattr(runtime, "init_runtime",
+                        lambda device="auto", precision="auto", seed=0: runtime.Runtime(
+                            torch.device("cpu"), "cpu", "fp16", "test: fp16 on CPU"))
+    calls = {"step": 0, "update": 0, "scale": 0}
+    real = torch.amp.GradScaler
+
+    class Spy(real):
+        def scale(self, outputs):
+            calls["scale"] += 1
+            return super().scale(outputs)
+
+        def step(self, optimizer, *a, **k):
+            calls["step"] += 1
+            return super().step(optimizer, *a, **k)
+
+        def update(self, *a, **k):
+            calls["update"] += 1
+            return super().update(*a, **k)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Spy)
+    code, res, err = finetune(capsys, "--model", str(runs["masked"]), "--train", str(data["train"]),
+                              "--val", str(data["val"]), "--out", str(tmp_path / "fp16"), "--epochs", "0.3", *FAST)
+    assert code == 0, err
+    assert calls["scale"] >= res["steps"] > 0 and calls["step"] == calls["update"] == res["steps"]
+    assert 0.0 <= res["accuracy"] <= 1.0 and np.isfinite(res["history"][-1]["val_loss"])

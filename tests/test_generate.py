@@ -120,7 +120,7 @@ def test_text_stream_holds_back_split_utf8():
 @pytest.fixture
 def run_dir(tmp_path):
     from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
-    from budgetlm.train.checkpoint import save_checkpoint
+    from budgetlm.training.checkpoint import save_checkpoint
 
     def make(causal: bool = True, name: str = "run"):
         tok = train_tokenizer("byte", None)

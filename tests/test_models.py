@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.heads import ALLOWED_POOLING, POOLINGS, SequenceClassifier
 from budgetlm.models.presets import PRESETS, depth_of, model_config, num_params
-from budgetlm.plan import flops_per_token
+from budgetlm.planning import flops_per_token
 from budgetlm.models.transformer import ACTIVATIONS, FAMILIES, NORMS, Transformer, apply_rope, family
 
 V = 97

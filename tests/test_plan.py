@@ -1,4 +1,4 @@
-"""budgetlm.plan, api.plan/compare and the plan command: exact parameter/state/activation arithmetic
+"""budgetlm.planning, api.plan/compare and the plan command: exact parameter/state/activation arithmetic
 against the real model, FLOPs and time, compute-optimal sizing, the configuration search, compare
 rows equal to single-device plans, and the command's contract."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from budgetlm import cli
-from budgetlm import plan as P
+from budgetlm import planning as P
 from budgetlm.catalog import Device, get_device, load_catalog
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
@@ -37,7 +37,7 @@ def _run(argv, capsys):
 
 
 def test_plan_imports_without_torch():
-    code = "import sys, budgetlm.plan, budgetlm.commands.plan; sys.exit('torch' in sys.modules)"
+    code = "import sys, budgetlm.planning, budgetlm.commands.plan; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -53,7 +53,7 @@ def test_api_plan_for_a_catalog_device_never_imports_torch():
 @pytest.mark.parametrize("cfg", list(_cfgs()), ids=lambda c: f"{'causal' if c.causal else 'masked'}-{c.n_layer}-{c.tie_embeddings}")
 def test_params_and_state_bytes_equal_the_real_model(cfg):
     from budgetlm.models.transformer import Transformer
-    from budgetlm.train.optim import OptimConfig, build_optimizer
+    from budgetlm.training.optim import OptimConfig, build_optimizer
 
     model = Transformer(cfg)
     n = sum(p.numel() for p in model.parameters())
@@ -77,7 +77,7 @@ def test_params_and_state_bytes_equal_the_real_model(cfg):
 def test_activation_bytes_match_saved_tensor_hooks(causal, precision):
     from budgetlm import runtime
     from budgetlm.models.transformer import Transformer
-    from budgetlm.train.calibrate import _batch, saved_tensor_bytes
+    from budgetlm.training.calibrate import _batch, saved_tensor_bytes
 
     cfg = model_config(2, 200, causal=causal, max_seq_len=64)
     model = Transformer(cfg)

@@ -434,7 +434,7 @@ def test_real_tiny_models_behind_the_api(tmp_path, capsys):
     from budgetlm.models.config import ModelConfig
     from budgetlm.models.transformer import build_model
     from budgetlm.serve import load_service
-    from budgetlm.train.checkpoint import save_checkpoint
+    from budgetlm.training.checkpoint import save_checkpoint
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -500,7 +500,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(tmp_path):
     from budgetlm.data.tokenizer import save_tokenizer, train_tokenizer
     from budgetlm.models.config import ModelConfig
     from budgetlm.models.transformer import build_model
-    from budgetlm.train.checkpoint import save_checkpoint
+    from budgetlm.training.checkpoint import save_checkpoint
 
     tok = train_tokenizer("byte", None)
     save_tokenizer(tok, tmp_path / "tok.json")

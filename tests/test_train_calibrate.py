@@ -7,8 +7,8 @@ import json
 import pytest
 
 from budgetlm import calibration, cli, runtime
-from budgetlm.train import calibrate as bench
-from budgetlm import plan as P
+from budgetlm.training import calibrate as bench
+from budgetlm import planning as P
 from budgetlm.models.presets import model_config
 
 CPU_FP32 = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")

@@ -12,7 +12,7 @@ import torch
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.transformer import build_model
-from budgetlm.train import checkpoint as ck
+from budgetlm.training import checkpoint as ck
 from train_helpers import lm_meta, one_thread, subprocess_env  # noqa: F401
 
 CFG = ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=2, max_seq_len=16)
@@ -57,10 +57,10 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     ck.save_checkpoint(tmp_path, 1, m, META)
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from budgetlm.train import checkpoint as ck
+        from budgetlm.training import checkpoint as ck
         from budgetlm.models.config import ModelConfig
         from budgetlm.models.transformer import build_model
-        from budgetlm.train import statefile
+        from budgetlm.training import statefile
         real = statefile.save_state
         def dying_save(*a, **k):
             real(*a, **k)
@@ -127,7 +127,7 @@ def test_state_is_not_a_pickle_and_round_trips(tmp_path):
     import numpy as np
 
     from budgetlm import runtime
-    from budgetlm.train.optim import OptimConfig, build_optimizer
+    from budgetlm.training.optim import OptimConfig, build_optimizer
 
     m = model()
     opt = build_optimizer("muon", m, OptimConfig())

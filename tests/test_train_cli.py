@@ -140,8 +140,8 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     meta = json.loads(sorted((run / "checkpoints").glob("step_*"))[-1].joinpath("meta.json").read_text())
     from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
-    from budgetlm.train.calibrate import auto_plan
-    from budgetlm.train.job import PLAN_BUDGET_WITHOUT_CLOCK_S
+    from budgetlm.training.calibrate import auto_plan
+    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
     plan = auto_plan(PLAN_BUDGET_WITHOUT_CLOCK_S, len(open_tokens(data, "train")), 32, rt, "causal",

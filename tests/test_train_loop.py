@@ -9,9 +9,9 @@ from torch import nn
 
 from budgetlm import runtime
 from budgetlm.config import BudgetError
-from budgetlm.train.loop import LoopConfig, LoopHooks, LoopState, StopFlag, train_loop
-from budgetlm.train.optim import OptimConfig, build_optimizer
-from budgetlm.train.schedule import ScheduleConfig
+from budgetlm.training.loop import LoopConfig, LoopHooks, LoopState, StopFlag, train_loop
+from budgetlm.training.optim import OptimConfig, build_optimizer
+from budgetlm.training.schedule import ScheduleConfig
 from train_helpers import one_thread  # noqa: F401 - autouse fixture
 
 

@@ -6,7 +6,7 @@ import torch
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.transformer import build_model
-from budgetlm.train.optim import OPTIMIZERS, OptimConfig, build_optimizer, set_lr, split_params
+from budgetlm.training.optim import OPTIMIZERS, OptimConfig, build_optimizer, set_lr, split_params
 from train_helpers import one_thread  # noqa: F401
 
 

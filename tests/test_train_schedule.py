@@ -2,7 +2,7 @@
 
 import pytest
 
-from budgetlm.train.schedule import DECAYS, ScheduleConfig, lr_multiplier, progress
+from budgetlm.training.schedule import DECAYS, ScheduleConfig, lr_multiplier, progress
 
 
 def test_progress_is_the_most_advanced_limit():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from budgetlm.cli import main
-from budgetlm.train.track import MetricsLogger, tagged
+from budgetlm.training.track import MetricsLogger, tagged
 from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
 
 
@@ -96,7 +96,7 @@ def test_an_unknown_or_missing_tracker_is_refused_before_training(data, tmp_path
 
 
 def test_a_tracker_that_cannot_start_does_not_stop_training(data, tmp_path, capsys, monkeypatch):
-    from budgetlm.train import track
+    from budgetlm.training import track
 
     def broken(run_dir, config):
         raise RuntimeError("server unreachable")

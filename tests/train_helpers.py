@@ -64,7 +64,7 @@ def subprocess_env() -> dict:
 def lm_meta(cfg, **fields):
     """The CheckpointMeta of a budgetlm language model of shape `cfg` (a ModelConfig)."""
     from budgetlm.config import to_dict
-    from budgetlm.train.checkpoint import CheckpointMeta
+    from budgetlm.training.checkpoint import CheckpointMeta
 
     return CheckpointMeta(kind="lm", model_config=to_dict(cfg), objective="causal" if cfg.causal else "masked",
                           **fields)

@@ -28,13 +28,13 @@ _API = {
     "calibrate": "budgetlm.api",
     "load": "budgetlm.api",
     "LoadedModel": "budgetlm.api",
-    "TrainConfig": "budgetlm.train.job",
-    "RunResult": "budgetlm.train.job",
+    "TrainConfig": "budgetlm.training.job",
+    "RunResult": "budgetlm.training.job",
     "PrepareConfig": "budgetlm.data.prepare",
     "Dataset": "budgetlm.data.shards",
-    "Plan": "budgetlm.plan",
-    "PlanConfig": "budgetlm.plan",
-    "FinetuneConfig": "budgetlm.finetune",
+    "Plan": "budgetlm.planning",
+    "PlanConfig": "budgetlm.planning",
+    "FinetuneConfig": "budgetlm.finetuning",
     "BudgetError": "budgetlm.config",
 }
 

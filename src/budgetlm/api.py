@@ -24,14 +24,14 @@ from budgetlm.config import BudgetError
 if TYPE_CHECKING:  # the heavy modules load when a function needs them, so `plan` stays torch-free
     from budgetlm.data.prepare import PrepareConfig
     from budgetlm.data.shards import Dataset
-    from budgetlm.train.checkpoint import CheckpointMeta
-    from budgetlm.train.job import RunResult, TrainConfig
+    from budgetlm.training.checkpoint import CheckpointMeta
+    from budgetlm.training.job import RunResult, TrainConfig
 
 # --------------------------------------------------------------------------------------------------
 # plan
 
 from budgetlm.catalog import Device  # noqa: E402
-from budgetlm.plan import PRECISION_ORDER, Plan, PlanConfig  # noqa: E402  (torch-free, as all of `plan` is)
+from budgetlm.planning import PRECISION_ORDER, Plan, PlanConfig  # noqa: E402  (torch-free, as all of `plan` is)
 
 
 def plan(config: PlanConfig | None = None, **settings: Any) -> Plan:
@@ -47,7 +47,7 @@ def plan(config: PlanConfig | None = None, **settings: Any) -> Plan:
     depth, width = job.shape()
     p = job.fixed(device, cal, depth, width)
     if not p.fits:
-        from budgetlm.plan import estimate
+        from budgetlm.planning import estimate
 
         c = job.cfg
         fits_on = [d.id for d in job.catalog.values() if any(d.training_peak(q) for q in PRECISION_ORDER)
@@ -145,7 +145,7 @@ class _PlanJob:
             raise BudgetError(str(e)) from None
 
     def auto(self, device: Device, cal: dict[str, Any] | None) -> Plan:
-        from budgetlm.plan import auto_plan
+        from budgetlm.planning import auto_plan
 
         c = self.cfg
         return auto_plan(device, self.budget_s, self.data_tokens, c.seq_len, c.objective, self.vocab_size, cal,
@@ -153,7 +153,7 @@ class _PlanJob:
 
     def fixed(self, device: Device, cal: dict[str, Any] | None, depth: int, width: int) -> Plan:
         from budgetlm.models.presets import model_config
-        from budgetlm.plan import estimate
+        from budgetlm.planning import estimate
 
         c = self.cfg
         try:
@@ -187,7 +187,7 @@ def train(config: TrainConfig | None = None, given: dict[str, Any] | None = None
     """Pre-train a causal or masked model under a budget; see `train.pretrain`.
     `budgetlm.train(TrainConfig(data=..., out=..., budget="10m"))` or `budgetlm.train(data=..., ...)`.
     `given`: the settings the user gave explicitly (a resumed run keeps its saved config otherwise)."""
-    from budgetlm.train.pretrain import TrainConfig, train as run_training
+    from budgetlm.training.pretrain import TrainConfig, train as run_training
 
     cfg = dataclasses.replace(config or TrainConfig(), **settings)
     return run_training(cfg, given)
@@ -195,12 +195,20 @@ def train(config: TrainConfig | None = None, given: dict[str, Any] | None = None
 
 def calibrate(config=None, **settings: Any) -> dict[str, Any]:
     """Measure training steps on this device and update the calibration file (`budgetlm bench`)."""
-    from budgetlm.train.calibrate import CalibrationConfig, calibrate as measure
+    from budgetlm.training.calibrate import CalibrationConfig, calibrate as measure
 
     return measure(dataclasses.replace(config or CalibrationConfig(), **settings))
 
 # --------------------------------------------------------------------------------------------------
 # finetune
+
+
+def finetune(config=None, **settings: Any):
+    """Fine-tune a pre-trained run (or a local Hugging Face model) as a sequence classifier;
+    `budgetlm.finetune(FinetuneConfig(model=..., train=..., out=...))` -> `finetune.FinetuneResult`."""
+    from budgetlm.finetuning import FinetuneConfig, finetune as run_finetune
+
+    return run_finetune(dataclasses.replace(config or FinetuneConfig(), **settings))
 
 # --------------------------------------------------------------------------------------------------
 # load: a trained run as a model with its tokenizer
@@ -246,7 +254,7 @@ class LoadedModel:
 
         if self.kind != "classifier":
             raise BudgetError(f"{self.meta.run_dir} is a {self.kind} language model, not a fine-tuned classifier")
-        clf = load_classifier(self.meta.run_dir, device=self.device)
+        clf = load_classifier(self.meta.path, device=self.device)
         probs = clf.predict(texts, pairs, batch_size)
         return [{"label": clf.labels[int(row.argmax())], "probs": dict(zip(clf.labels, map(float, row)))}
                 for row in probs]
@@ -256,7 +264,7 @@ def load(run: str | Path, device: str = "cpu", which: str = "latest") -> LoadedM
     """A run folder (or one of its checkpoints) as a model with its tokenizer."""
     from budgetlm.data.tokenizer import load_tokenizer
     from budgetlm.runtime import detect_device_type
-    from budgetlm.train.checkpoint import load_model
+    from budgetlm.training.checkpoint import load_model
 
     dev = detect_device_type(device)
     model, meta = load_model(run, device=dev, which=which)

@@ -1,18 +1,14 @@
-"""`budgetlm classify`: label texts with a fine-tuned classifier, with probabilities.
+"""Fine-tuned classifiers at work: load one (or an ensemble), predict class probabilities, and
+measure accuracy, precision, recall and F1 on a labelled file.
 
-    budgetlm classify --model RUN --text "a gripping, funny film"
-    budgetlm classify --model RUN --input reviews.jsonl --json     # csv/tsv/jsonl or plain .txt lines
-    budgetlm classify --model RUN1 --model RUN2 --input reviews.jsonl   # an ensemble: mean probabilities
-
-Inference is batched with length-sorted batches (little padding) and `--quantize int8` swaps every
-linear layer for its int8 dynamic-quantized form on CPU. `load_classifier` and `predict_proba` are
-shared with `eval` (of a classifier), `finetune` (validation) and `serve` (/v1/classify);
-`load_ensemble` with `eval`.
+Inference is batched with length-sorted batches (little padding); `quantize="int8"` swaps every
+linear layer for its int8 dynamic-quantized form on CPU. `predict_proba` is shared with `finetune`
+(validation) and `serve` (/v1/classify); `evaluate_classifier` is `budgetlm eval` of a classifier.
 """
 
 from __future__ import annotations
 
-import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,10 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from budgetlm import ui
 from budgetlm.config import BudgetError
 from budgetlm.evaluate import in_eval_mode
-from budgetlm.labelled import collate, is_plain_text, length_sorted_batches, read_labelled, read_lines
+from budgetlm.labelled import BudgetlmEncoder, HFEncoder, collate, encode_labels, length_sorted_batches, read_labelled
+from budgetlm.metrics import classification_metrics
 
 
 @torch.no_grad()
@@ -65,9 +61,8 @@ class LoadedClassifier:
 def load_classifier(run: str | Path, device: str = "cpu", quantize: str = "none", which: str = "best") -> LoadedClassifier:
     """A fine-tuned run -> model + encoder + label names. A language model (not fine-tuned) is a
     one-line error that says what to do."""
-    from budgetlm import finetune
     from budgetlm.quantize import maybe_quantize
-    from budgetlm.train.checkpoint import load_meta, load_model
+    from budgetlm.training.checkpoint import load_meta, load_model
 
     meta0 = load_meta(run, which)
     if not meta0.is_classifier:
@@ -78,7 +73,7 @@ def load_classifier(run: str | Path, device: str = "cpu", quantize: str = "none"
         )
     model, meta = load_model(run, device=device, which=which)
     model = maybe_quantize(model, quantize)
-    encoder = finetune.make_encoder(meta)
+    encoder = make_encoder(meta)
     return LoadedClassifier(model, encoder, [str(x) for x in meta.classifier.labels], meta, torch.device(device))
 
 
@@ -113,83 +108,38 @@ def load_ensemble(runs: Sequence[str | Path], device: str = "cpu", quantize: str
     return members[0] if len(members) == 1 else Ensemble(members)
 
 
-def model_arg(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--model", required=True, action="append", help=help + "; repeat it to average several "
-                        "fine-tuned classifiers (an ensemble)")
-
-
-# --------------------------------------------------------------------------------------------------
-# command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    model_arg(parser, "fine-tuned run directory (from `budgetlm finetune`)")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", action="append", help="a text to classify (repeat for several)")
-    src.add_argument("--input", help="file of texts: .csv/.tsv/.jsonl (text column) or .txt (one per line)")
-    parser.add_argument("--text-column", default=None, help="text column of --input (default: as fine-tuned)")
-    parser.add_argument("--text-pair-column", default=None, help="second text column (sentence pairs)")
-    parser.add_argument("--output", help="also write the predictions here as JSON lines")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-    parser.add_argument("--quantize", default="none", choices=["none", "int8"], help="int8: dynamic int8 linear layers (CPU)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | mps")
-
-
-def _read_inputs(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[str], list[str] | None]:
-    if args.text:
-        return list(args.text), None
-    path = Path(args.input)
-    if is_plain_text(path):
-        return read_lines(path), None
+def make_encoder(meta):
+    """The tokenizer + input layout a classifier (a `CheckpointMeta`) was fine-tuned with."""
     info = meta.classifier
-    text_col = args.text_column or info.text_column
-    pair_col = args.text_pair_column if args.text_pair_column is not None else info.text_pair_column
-    data = read_labelled(path, text_col, pair_col, info.label_column, need_labels=False)
-    return data.texts, data.pairs
+    if meta.kind == "hf-classifier":
+        from budgetlm.hf import require_transformers
+
+        tok = require_transformers().AutoTokenizer.from_pretrained(str(meta.run_dir / "hf_tokenizer"))
+        return HFEncoder(tok, info.max_len, info.truncate)
+    from budgetlm.data.tokenizer import load_tokenizer
+
+    if not meta.tokenizer_path:
+        raise BudgetError(f"{meta.run_dir} has no tokenizer.json next to its checkpoint")
+    return BudgetlmEncoder(load_tokenizer(meta.tokenizer_path), meta.causal, info.max_len, info.truncate)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import json
-    import os
-    import time
-
-    if args.batch_size < 1:
-        raise BudgetError("--batch-size must be at least 1")
-    clf = load_ensemble(args.model, device=args.device, quantize=args.quantize)
-    texts, pairs = _read_inputs(args, clf.meta)
+def evaluate_classifier(runs: Sequence[str | Path], path: str | Path, text_column: str | None = None,
+                        pair_column: str | None = None, label_column: str | None = None, batch_size: int = 64,
+                        device: str = "cpu", quantize: str = "none", which: str = "best") -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 and the confusion matrix of a fine-tuned run (several runs: an
+    ensemble) on a labelled file; columns default to those the classifier was fine-tuned with."""
+    if batch_size < 1:
+        raise BudgetError(f"--batch-size must be at least 1, got {batch_size}")
+    clf = load_ensemble(list(runs), device=device, quantize=quantize, which=which)
+    info = clf.meta.classifier
+    data = read_labelled(path, text_column or info.text_column,
+                         info.text_pair_column if pair_column is None else pair_column,
+                         label_column or info.label_column)
+    y = encode_labels(data.labels, clf.labels, data.source)
     t0 = time.perf_counter()
-    probs = clf.predict(texts, pairs, args.batch_size)
+    probs = clf.predict(data.texts, data.pairs, batch_size)
     seconds = time.perf_counter() - t0
-    preds = probs.argmax(-1)
-    results = [
-        {"text": t, "label": clf.labels[p], "probs": {name: round(float(x), 6) for name, x in zip(clf.labels, row)}}
-        for t, p, row in zip(texts, preds, probs)
-    ]
-    if args.output:
-        tmp = f"{args.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in results:
-                fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, args.output)
-    if not ui.json_mode():
-        shown = results[:20]
-        ui.table(
-            "predictions",
-            ["text", "label", "p"],
-            [[r["text"][:60], r["label"], f"{r['probs'][r['label']]:.3f}"] for r in shown],
-        )
-        if len(results) > len(shown):
-            ui.info(f"... {len(results) - len(shown)} more" + (f" in {args.output}" if args.output else ""))
-    counts = {name: int((preds == i).sum()) for i, name in enumerate(clf.labels)}
-    ui.info(f"{len(texts)} texts in {seconds:.2f}s ({len(texts) / max(seconds, 1e-9):.0f}/s); counts {counts}")
-    return {
-        "model": args.model[0] if len(args.model) == 1 else args.model,
-        "labels": clf.labels,
-        "n": len(texts),
-        "seconds": round(seconds, 4),
-        "quantize": args.quantize,
-        "counts": counts,
-        "results": results if len(results) <= 10_000 or not args.output else [],
-    }
+    met = classification_metrics(y, probs.argmax(-1), clf.labels)
+    return {"objective": "classification", "model": str(runs[0]) if len(runs) == 1 else [str(r) for r in runs],
+            "file": str(path), "source": data.source, "examples": len(y), "quantize": quantize,
+            "seconds": round(seconds, 4), **met}

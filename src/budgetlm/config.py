@@ -89,14 +89,15 @@ def ranged(default: Any, lo: float | None = None, hi: float | None = None, *, ab
 
 
 def range_text(lo, hi, above: bool, also: tuple) -> str:
+    g = lambda x: f"{x:.10g}"  # noqa: E731 - enough digits that 0.99999999 does not read as 1
     parts = []
     if lo is not None and hi is not None:
-        parts.append(f"{'(' if above else '['}{lo:g}, {hi:g}]")
+        parts.append(f"{'(' if above else '['}{g(lo)}, {g(hi)}]")
     elif lo is not None:
-        parts.append(f"{'>' if above else '>='} {lo:g}")
+        parts.append(f"{'>' if above else '>='} {g(lo)}")
     elif hi is not None:
-        parts.append(f"<= {hi:g}")
-    parts += [f"{a:g}" for a in also]
+        parts.append(f"<= {g(hi)}")
+    parts += [g(a) for a in also]
     return " or ".join(parts)
 
 

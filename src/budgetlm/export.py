@@ -441,7 +441,7 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
         import transformers  # noqa: F401
     except ImportError:
         raise BudgetError("export needs transformers: pip install 'budgetlm[hf]'") from None
-    from budgetlm.train.checkpoint import load_model
+    from budgetlm.training.checkpoint import load_model
 
     model, meta = load_model(cfg.model, device="cpu", which=cfg.checkpoint)
     tok = meta.tokenizer_path or None

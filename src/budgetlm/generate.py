@@ -174,7 +174,7 @@ def load_causal(run: str, device: str = "cpu", which: str = "latest"):
     """(model, tokenizer, meta) of a causal run, with one-line errors for anything else."""
     from budgetlm.data.tokenizer import load_tokenizer
     from budgetlm.runtime import detect_device_type
-    from budgetlm.train.checkpoint import load_model
+    from budgetlm.training.checkpoint import load_model
 
     model, meta = load_model(run, device=detect_device_type(device), which=which)
     if meta.is_classifier or not meta.causal:

@@ -8,7 +8,7 @@ from typing import Any
 
 from budgetlm import ui
 from budgetlm.config import add_dataclass_args, from_args
-from budgetlm.train.calibrate import CalibrationConfig
+from budgetlm.training.calibrate import CalibrationConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,13 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from budgetlm.evaluate import evaluate_run
-    from budgetlm.train.checkpoint import load_meta, load_model
+    from budgetlm.training.checkpoint import load_meta, load_model
 
     meta = load_meta(args.model[0], args.which)
     if meta.is_classifier:
-        from budgetlm.finetune import evaluate_classifier
-
-        return evaluate_classifier(args)
+        return _classifier(args)
     if len(args.model) > 1:
         raise BudgetError("several --model runs make an ensemble of fine-tuned classifiers; "
                           f"{args.model[0]} is a language model: evaluate one at a time")
@@ -59,3 +57,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if k in ("loss", "perplexity", "bits_per_byte", "accuracy", "tokens", "bytes")]
     ui.table(f"eval {args.model[0]} on {result['data']}", ["metric", "value"], rows)
     return result
+
+
+def _classifier(args: argparse.Namespace) -> dict[str, Any]:
+    """A fine-tuned classifier (or an ensemble) on one labelled file."""
+    from budgetlm.classify import evaluate_classifier
+    from budgetlm.metrics import metrics_table_rows
+
+    paths = list(args.text or []) or ([args.data] if args.data else [])
+    if len(paths) != 1:
+        raise BudgetError("evaluating a classifier needs one labelled file: --text FILE (.csv/.tsv/.jsonl)")
+    device = "cpu" if args.device in (None, "auto") else args.device
+    res = evaluate_classifier(args.model, paths[0], batch_size=args.batch_size, device=device,
+                              quantize=args.quantize, which=args.which)
+    ui.table(f"{res['source']}: {res['examples']:,} examples", ["class", "precision", "recall", "f1", "support"],
+             metrics_table_rows(res))
+    ui.info(f"accuracy {res['accuracy']:.4f}  f1_macro {res['f1_macro']:.4f}  "
+            f"({res['examples'] / max(res['seconds'], 1e-9):.0f} examples/s{', int8' if args.quantize == 'int8' else ''})")
+    return res

@@ -15,7 +15,7 @@ from typing import Any
 
 from budgetlm import api, ui
 from budgetlm.config import add_dataclass_args, format_duration, from_args
-from budgetlm.plan import GiB, Plan, PlanConfig
+from budgetlm.planning import GiB, Plan, PlanConfig
 
 
 # what the flags' values look like in --help (argparse would show the field name)

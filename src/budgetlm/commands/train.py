@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from budgetlm.config import add_dataclass_args, given_args, load_config_file
-from budgetlm.train.job import RESUME_OVERRIDES, TrainConfig
+from budgetlm.training.job import RESUME_OVERRIDES, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -354,8 +354,8 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     return summary
 
 
-def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reused, train_cleaner,
-           val_cleaner, clean_names: list[str], t0: float) -> dict:
+def _read_pass(tmp: Path, files, val_files, cfg: PrepareConfig, train_cleaner, val_cleaner):
+    """Pass 1: read, clean, split into train/val and spool the pieces; (spools, splitter, stats, inputs)."""
     opt = sources.ReadOptions(text_field=cfg.text_field, text_column=cfg.text_column,
                               txt_documents=cfg.txt_documents, block_chars=cfg.block_chars)
     stats = sources.Stats()
@@ -364,8 +364,6 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
     main = _Splitter(spools, train_cleaner, None if explicit_val else cfg.val_fraction,
                      "train" if explicit_val else None)
     extra_inputs: list[dict] = []
-
-    # ---- pass 1: read, clean, split, spool
     total_bytes = sum(f.stat().st_size for f in files + val_files)
     with ui.progress("reading", total=total_bytes or None, unit="bytes") as bar:
         advance = lambda p: bar.advance(0, p.stat().st_size)  # noqa: E731
@@ -386,8 +384,13 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
             val.feed(sources.read_files(val_files, opt, stats, on_file=advance))
             for k, v in val.dropped.items():
                 main.dropped[k] = main.dropped.get(k, 0) + v
-    for s in spools.values():
-        s.close()
+    for sp in spools.values():
+        sp.close()
+    _check_read(spools, main, stats, cfg, explicit_val)
+    return spools, main, stats, extra_inputs
+
+
+def _check_read(spools, main: _Splitter, stats, cfg: PrepareConfig, explicit_val: bool) -> None:
     for path, reason in stats.skipped:
         ui.warn(f"skipped {path}: {reason}")
     if stats.replacements:
@@ -402,36 +405,32 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         ui.warn(f"validation split is empty: only {main.k} piece(s) of text; add text, lower "
                 "--block-chars or give --val")
 
-    # ---- pass 2: tokenizer
-    t_tok = time.perf_counter()
-    read_seconds = t_tok - t0
+
+def _tokenizer_pass(train_spool, cfg: PrepareConfig, reused, clean_names: list[str]):
+    """Pass 2: the reused tokenizer, or one learned on the train text; (tokenizer, kind, normalizes)."""
     normalizes: list[str] = []  # --clean steps the tokenizer itself applies to new text
     if reused is not None:
         tok = reused
         added = toklib.ensure_specials(tok)
         if added:
             ui.info(f"added special tokens to the reused tokenizer: {' '.join(added)}")
-        kind = f"from:{toklib.tokenizer_kind(tok)}"
         norm = tok.normalizer
         if "lowercase" in clean_names and (norm is None or norm.normalize_str("A") != "a"):
             ui.warn("--clean lowercase, but the reused tokenizer keeps case: cased text given to the model "
                     "later (finetune, classify, serve) will not be lowercased")
-    else:
-        kind = cfg.tokenizer
-        limit = int(cfg.tokenizer_train_mb * 1e6)
-        texts = (t for batch, _ in _read_spool(spools["train"].path, 1 << 20, limit) for t, _ in batch)
-        with ui.progress(f"training {kind} tokenizer", total=None) as _:
-            vocab = cfg.vocab_size or toklib.auto_vocab(kind, spools["train"].bytes)
-            tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, vocab)
-        normalizes = toklib.apply_cleaning(tok, clean_names)  # raw text later maps to the tokens learned here
-    tok_seconds = time.perf_counter() - t_tok
-    ids = toklib.special_ids(tok)
-    vocab_size = tok.get_vocab_size()
-    dtype = shards.dtype_for_vocab(vocab_size)
-    toklib.save_tokenizer(tok, tmp / "tokenizer.json")
+        return tok, f"from:{toklib.tokenizer_kind(tok)}", normalizes
+    kind = cfg.tokenizer
+    limit = int(cfg.tokenizer_train_mb * 1e6)
+    texts = (t for batch, _ in _read_spool(train_spool.path, 1 << 20, limit) for t, _ in batch)
+    with ui.progress(f"training {kind} tokenizer", total=None):
+        vocab = cfg.vocab_size or toklib.auto_vocab(kind, train_spool.bytes)
+        tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, vocab)
+    normalizes = toklib.apply_cleaning(tok, clean_names)  # raw text later maps to the tokens learned here
+    return tok, kind, normalizes
 
-    # ---- pass 3: encode into shards
-    t_enc = time.perf_counter()
+
+def _encode_pass(tmp: Path, tok, spools, ids: dict[str, int], dtype, cfg: PrepareConfig) -> dict[str, dict]:
+    """Pass 3: encode each split's spool into token shards."""
     tok.encode_special_tokens = True  # "<|endoftext|>" inside the corpus is text, not a separator
     split_info: dict[str, dict] = {}
     total_text = spools["train"].bytes + spools["val"].bytes
@@ -443,11 +442,24 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
             split_info[split] = {"documents": sp.documents, "pieces": sp.pieces, "bytes": sp.bytes,
                                  "tokens": n, "shards": shard_set.close()}
             sp.path.unlink()
+    return split_info
+
+
+def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reused, train_cleaner,
+           val_cleaner, clean_names: list[str], t0: float) -> dict:
+    spools, main, stats, extra_inputs = _read_pass(tmp, files, val_files, cfg, train_cleaner, val_cleaner)
+    t_tok = time.perf_counter()
+    tok, kind, normalizes = _tokenizer_pass(spools["train"], cfg, reused, clean_names)
+    t_enc = time.perf_counter()
+    ids = toklib.special_ids(tok)
+    vocab_size = tok.get_vocab_size()
+    dtype = shards.dtype_for_vocab(vocab_size)
+    toklib.save_tokenizer(tok, tmp / "tokenizer.json")
+    split_info = _encode_pass(tmp, tok, spools, ids, dtype, cfg)
     seconds = time.perf_counter() - t0
-    encode_seconds = time.perf_counter() - t_enc
+    total_text = sum(s["bytes"] for s in split_info.values())
     text_tokens = sum(s["tokens"] - s["documents"] for s in split_info.values())
     bytes_per_token = total_text / text_tokens if text_tokens else 0.0
-
     manifest = {
         "format": "budgetlm-dataset",
         "version": shards.MANIFEST_VERSION,
@@ -460,36 +472,20 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         "options": {**to_dict(cfg), "clean": clean_names},
         "tokenizer": {"kind": kind, "file": "tokenizer.json", "vocab_size": vocab_size, "special_ids": ids,
                       "from": cfg.tokenizer_from or None, "normalizes": normalizes},
-        "eot_id": ids["eot"],
-        "dtype": dtype.name,
-        "splits": split_info,
-        "bytes_per_token": bytes_per_token,
-        "replacements": stats.replacements,
-        "dropped": main.dropped,
-        "seconds": seconds,
+        "eot_id": ids["eot"], "dtype": dtype.name, "splits": split_info, "bytes_per_token": bytes_per_token,
+        "replacements": stats.replacements, "dropped": main.dropped, "seconds": seconds,
     }
     write_json_atomic(tmp / "manifest.json", manifest)
-
-    summary = {
-        "out": str(out_path),
-        "documents": {s: split_info[s]["documents"] for s in shards.SPLITS},
-        "bytes": {s: split_info[s]["bytes"] for s in shards.SPLITS},
-        "tokens": {s: split_info[s]["tokens"] for s in shards.SPLITS},
-        "bytes_per_token": round(bytes_per_token, 4),
-        "vocab_size": vocab_size,
-        "tokenizer": kind,
-        "dtype": dtype.name,
-        "shards": {s: len(split_info[s]["shards"]) for s in shards.SPLITS},
-        "replacements": stats.replacements,
-        "skipped_files": len(stats.skipped),
-        "dropped": main.dropped,
-        "read_seconds": round(read_seconds, 3),
-        "tokenizer_seconds": round(tok_seconds, 3),
-        "encode_seconds": round(encode_seconds, 3),
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(total_text / 1e6 / seconds, 3) if seconds > 0 else None,
+    per_split = lambda key: {s: split_info[s][key] for s in shards.SPLITS}  # noqa: E731
+    return {
+        "out": str(out_path), "documents": per_split("documents"), "bytes": per_split("bytes"),
+        "tokens": per_split("tokens"), "bytes_per_token": round(bytes_per_token, 4), "vocab_size": vocab_size,
+        "tokenizer": kind, "dtype": dtype.name, "shards": {s: len(split_info[s]["shards"]) for s in shards.SPLITS},
+        "replacements": stats.replacements, "skipped_files": len(stats.skipped), "dropped": main.dropped,
+        "read_seconds": round(t_tok - t0, 3), "tokenizer_seconds": round(t_enc - t_tok, 3),
+        "encode_seconds": round(t0 + seconds - t_enc, 3),
+        "seconds": round(seconds, 3), "mb_per_s": round(total_text / 1e6 / seconds, 3) if seconds > 0 else None,
     }
-    return summary
 
 
 # --------------------------------------------------------------------------------------------------

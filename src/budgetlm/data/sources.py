@@ -124,10 +124,23 @@ def open_binary(path: Path) -> IO[bytes]:
         raise BudgetError(f"cannot open {path}: {e.strerror or e}") from None
 
 
+# Text that is not UTF-8 in a way replacing a few bytes cannot repair: refused with what to do.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+              (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
 def open_text(path: Path, newline: str | None = "") -> IO[str]:
-    """UTF-8 text (BOM dropped), invalid bytes replaced and counted."""
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="budgetlm-replace",
-                            newline=newline)
+    """UTF-8 text (BOM dropped), invalid bytes replaced and counted. UTF-16/32 (a BOM, or NUL
+    bytes at the start) is refused with a one-line error: read as UTF-8 it would be all garbage."""
+    raw = open_binary(path)
+    head = raw.peek(1024)[:1024] if hasattr(raw, "peek") else b""
+    wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    if wide or b"\x00" in head:
+        raw.close()
+        what = f"{wide} text" if wide else "not UTF-8 text (it holds NUL bytes)"
+        raise BudgetError(f"{path} is {what}: budgetlm reads UTF-8; convert it, e.g. "
+                          f"iconv -f {wide or 'UTF-16'} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="budgetlm-replace", newline=newline)
 
 
 def looks_binary(path: Path) -> bool:

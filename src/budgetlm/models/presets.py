@@ -7,7 +7,7 @@ points on that dial, so a preset and its depth give the same model.
 
 `num_params(cfg)` equals `sum(p.numel() for p in Transformer(cfg).parameters())` (a test checks
 it) so `plan` can do exact memory and FLOP arithmetic without importing torch (FLOPs per token:
-`budgetlm.plan.flops_per_token`).
+`budgetlm.planning.flops_per_token`).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class ClassifierService:
 
 def load_service(run: str, quantize: str = "none", device: str = "cpu") -> ModelService:
     """The right service for what the run holds: a causal LM or a fine-tuned classifier."""
-    from budgetlm.train.checkpoint import load_meta
+    from budgetlm.training.checkpoint import load_meta
 
     name = Path(run).resolve().name
     if load_meta(run).is_classifier:

@@ -49,7 +49,7 @@ DEFAULT_PRED_FRACTION = 0.25
 
 
 def param_groups(cfg: ModelConfig) -> dict[str, int]:
-    """Exact parameter counts split the way the optimizers split them (budgetlm.train.optim):
+    """Exact parameter counts split the way the optimizers split them (budgetlm.training.optim):
     hidden 2-D matrices (Muon's), other matrices (embedding, output head) and vectors (norm gains),
     plus the number of parameter tensors of each kind."""
     C, L, F, V = cfg.n_embd, cfg.n_layer, cfg.ffn_dim, cfg.vocab_size

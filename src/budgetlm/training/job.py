@@ -15,8 +15,8 @@ from budgetlm.config import BudgetError, check_ranges, parse_duration, ranged, t
 from budgetlm.data.shards import Dataset
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import heads_for, model_config
-from budgetlm.plan import Plan
-from budgetlm.train import checkpoint as ck
+from budgetlm.planning import Plan
+from budgetlm.training import checkpoint as ck
 
 
 @dataclass
@@ -95,7 +95,7 @@ class RunResult:
     steps: int  # optimizer steps taken
     tokens: int  # training tokens consumed (all ranks)
     elapsed_s: float  # training seconds (the budget clock)
-    train_loss: float  # training loss averaged over the last logged window
+    train_loss: float  # training loss, mean of the last max(10, log_every) steps (one step is noisy)
     val_loss: float | None  # validation loss of the final evaluation (whole val split)
     params: int  # model parameters
     model: str  # one-line description of the model
@@ -149,7 +149,7 @@ def resolve_config(cfg: TrainConfig, given: dict[str, Any] | None = None) -> Tra
         raise BudgetError("give --data DIR: a dataset folder written by `budgetlm prepare`")
     if not (cfg.budget or cfg.max_steps or cfg.max_tokens):
         raise BudgetError("give a budget: --budget DURATION (e.g. 10m), --max-steps N or --max-tokens N")
-    from budgetlm.train.track import check_trackers
+    from budgetlm.training.track import check_trackers
 
     check_trackers(cfg.track)
     if cfg.budget:
@@ -190,7 +190,7 @@ class ModelChoice:
 def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt) -> ModelChoice:
     """The compute-optimal model for the budget and the data on this device (rank 0 plans; every
     rank trains rank 0's plan)."""
-    from budgetlm.train.calibrate import auto_plan
+    from budgetlm.training.calibrate import auto_plan
 
     train_tokens = len(data.tokens("train"))
     plan = None

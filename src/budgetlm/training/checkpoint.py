@@ -48,7 +48,7 @@ from budgetlm import hf
 from budgetlm.config import BudgetError, from_dict, to_dict
 from budgetlm.fsio import atomic_write_json, fsync_dir, is_temp
 from budgetlm.models import kinds as model_kinds
-from budgetlm.train import statefile
+from budgetlm.training import statefile
 
 FORMAT_VERSION = 2
 _STEP_RE = re.compile(r"^step_(\d+)$")

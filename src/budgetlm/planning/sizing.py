@@ -10,7 +10,7 @@ from budgetlm.catalog import Device
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import model_config, num_params
-from budgetlm.plan.estimate import Plan, estimate, what_would_fit
+from budgetlm.planning.estimate import Plan, estimate, what_would_fit
 
 @dataclass(frozen=True)
 class ScalingLaw:

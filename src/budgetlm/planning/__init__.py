@@ -21,13 +21,13 @@ Modules: `memory` (bytes), `estimate` (one model on one device: `estimate`, `Pla
 `budgetlm.api.plan`'s job.
 """
 
-from budgetlm.plan.estimate import (DEFAULT_MFU, MAX_MICRO_TOKENS, MIN_STEPS, RECOMPUTE_FACTOR, TINY_MFU_FACTOR,
+from budgetlm.planning.estimate import (DEFAULT_MFU, MAX_MICRO_TOKENS, MIN_STEPS, RECOMPUTE_FACTOR, TINY_MFU_FACTOR,
                                     TINY_WIDTH, TRAINER_CHECKPOINTING, Choice, Plan, PlanConfig, configurations,
                                     estimate, flops_per_token, mfu_for, peak_flops, what_would_fit)
-from budgetlm.plan.memory import (ATTENTION, DEFAULT_PRED_FRACTION, FRAGMENTATION, OPTIMIZERS, PRECISION_ORDER,
+from budgetlm.planning.memory import (ATTENTION, DEFAULT_PRED_FRACTION, FRAGMENTATION, OPTIMIZERS, PRECISION_ORDER,
                                   PRECISIONS, RUNTIME_OVERHEAD, GiB, PrecisionSpec, activation_bytes,
                                   memory_breakdown, optimizer_bytes, param_groups, state_bytes)
-from budgetlm.plan.sizing import (BESIROGLU, MAX_ASPECT, MIN_ASPECT, MIN_DEPTH, REPEAT_HALF_LIFE, TOKENS_PER_PARAM,
+from budgetlm.planning.sizing import (BESIROGLU, MAX_ASPECT, MIN_ASPECT, MIN_DEPTH, REPEAT_HALF_LIFE, TOKENS_PER_PARAM,
                                   WIDTH_STEP, ScalingLaw, auto_plan, effective_tokens, scaling_params, shapes)
 
 __all__ = [

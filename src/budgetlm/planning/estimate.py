@@ -11,7 +11,7 @@ from budgetlm.catalog import Device
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import num_params
-from budgetlm.plan.memory import (DEFAULT_PRED_FRACTION, GiB, PRECISION_ORDER, memory_breakdown,
+from budgetlm.planning.memory import (DEFAULT_PRED_FRACTION, GiB, PRECISION_ORDER, memory_breakdown,
                                   optimizer_bytes)
 
 # --------------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, pred_fraction: float | None 
 DEFAULT_MFU = {"gpu": 0.40, "tpu": 0.40, "cpu": 0.30}
 TINY_WIDTH = 512  # below this width matmuls are too small to fill an accelerator
 TINY_MFU_FACTOR = 0.6  # 0.4 -> 0.24, inside hardware-notes' 0.2-0.3 for tiny models
-TRAINER_CHECKPOINTING = True  # budgetlm.train --activation-checkpointing recomputes each block in backward
+TRAINER_CHECKPOINTING = True  # budgetlm.training --activation-checkpointing recomputes each block in backward
 RECOMPUTE_FACTOR = 8.0 / 6.0  # full recompute adds one forward pass (2N of 6N FLOPs per token)
 
 

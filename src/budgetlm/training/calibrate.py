@@ -29,15 +29,15 @@ from typing import Any, Literal
 import torch
 
 from budgetlm import calibration as calib
-from budgetlm import plan as P
+from budgetlm import planning as P
 from budgetlm import runtime, ui
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import model_config
 from budgetlm.models.transformer import Transformer
-from budgetlm.train.loop import LoopConfig, LoopHooks, train_loop
-from budgetlm.train.optim import OptimConfig, build_optimizer
-from budgetlm.train.schedule import ScheduleConfig
+from budgetlm.training.loop import LoopConfig, LoopHooks, train_loop
+from budgetlm.training.optim import OptimConfig, build_optimizer
+from budgetlm.training.schedule import ScheduleConfig
 
 MASK_RATE = 0.25  # masked models are measured predicting every fourth position (Cramming's rate)
 

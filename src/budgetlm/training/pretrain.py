@@ -29,9 +29,9 @@ from budgetlm.config import BudgetError, format_duration, parse_duration, to_dic
 from budgetlm.data.shards import Dataset
 from budgetlm.fsio import atomic_write_json
 from budgetlm.models.presets import describe, num_params
-from budgetlm.plan import flops_per_token
-from budgetlm.train import checkpoint as ck
-from budgetlm.train.job import (  # noqa: F401 - TrainConfig and RunResult are this module's interface too
+from budgetlm.planning import flops_per_token
+from budgetlm.training import checkpoint as ck
+from budgetlm.training.job import (  # noqa: F401 - TrainConfig and RunResult are this module's interface too
     ModelChoice,
     RunResult,
     TrainConfig,
@@ -80,8 +80,8 @@ class _Run:
         from budgetlm.data.loader import MaskingCollator, MaskingConfig, TokenLoader
         from budgetlm.data.tokenizer import special_ids
         from budgetlm.models.transformer import build_model
-        from budgetlm.train.loop import LoopState
-        from budgetlm.train.optim import OptimConfig, build_optimizer
+        from budgetlm.training.loop import LoopState
+        from budgetlm.training.optim import OptimConfig, build_optimizer
 
         cfg, rt = self.cfg, self.rt
         model = build_model(self.mcfg)
@@ -103,7 +103,7 @@ class _Run:
             self.state = self._restore(ck.load_state(self.choice.source), load_weights=False)
 
     def _restore(self, saved: dict[str, Any], load_weights: bool):
-        from budgetlm.train.loop import LoopState
+        from budgetlm.training.loop import LoopState
 
         if self.fsdp:
             model_state = None
@@ -184,8 +184,8 @@ class _Run:
         return {"val_loss": r["loss"], "val_accuracy": r["accuracy"]}
 
     def loop(self, stop, metrics):
-        from budgetlm.train.loop import LoopConfig, LoopHooks, train_loop
-        from budgetlm.train.schedule import ScheduleConfig
+        from budgetlm.training.loop import LoopConfig, LoopHooks, train_loop
+        from budgetlm.training.schedule import ScheduleConfig
 
         cfg = self.cfg
         loop_cfg = LoopConfig(
@@ -237,7 +237,7 @@ def _check_memory(run: "_Run") -> None:
     """Refuse, before anything is allocated, a micro-batch the plan says cannot fit in this
     device's memory (the OS would kill the process without a word)."""
     from budgetlm.calibration import local
-    from budgetlm.plan import memory_breakdown
+    from budgetlm.planning import memory_breakdown
 
     if run.rt.device_type not in ("cpu", "cuda"):
         return
@@ -291,9 +291,9 @@ def _claim(out: Path) -> None:
 
 
 def _train(cfg: TrainConfig) -> RunResult:
-    from budgetlm.train.loop import graceful_stop
-    from budgetlm.train.track import MetricsLogger
-    from budgetlm.train.report import write_report
+    from budgetlm.training.loop import graceful_stop
+    from budgetlm.training.track import MetricsLogger
+    from budgetlm.training.report import pretraining_report
 
     data = Dataset.open(cfg.data)
     if len(data.tokens("train")) == 0:
@@ -304,7 +304,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     run = _Run(_resolved_precision(choice.cfg, rt), choice, data, rt, budget_s)
     _check_memory(run)
     if rt.is_main and choice.plan is not None:
-        from budgetlm.train.report import show_plan
+        from budgetlm.training.report import show_plan
 
         show_plan(choice.plan, budget_s)
     run.build()
@@ -329,7 +329,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     if rt.is_main:
         summary.plan_correction = _correct_plan(run, summary)
         atomic_write_json(run.out / "summary.json", summary.to_json())
-        write_report(run.out, summary.to_json(), result.history)
+        pretraining_report(run.out, summary.to_json(), result.history)
         _say_done(summary, rt)
     runtime.shutdown(rt)
     return summary
@@ -338,7 +338,7 @@ def _train(cfg: TrainConfig) -> RunResult:
 def _correct_plan(run: _Run, s: RunResult) -> str:
     """When the run's speed is more than CORRECT_BEYOND from its plan's, record the run in this
     device's calibration so that the next plan predicts from what actually ran; say so."""
-    from budgetlm.train.calibrate import CORRECT_BEYOND, record_run
+    from budgetlm.training.calibrate import CORRECT_BEYOND, record_run
 
     plan = run.choice.plan
     if plan is None or s.interrupted or s.steps < 20 or run.rt.world_size > 1:

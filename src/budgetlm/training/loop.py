@@ -23,22 +23,21 @@ to the last checkpoint with the LR scaled by `nan_lr_factor`, and says so.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import json
 import math
 import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from budgetlm import runtime, ui
 from budgetlm.config import BudgetError, format_duration
-from budgetlm.train.optim import set_lr
-from budgetlm.train.schedule import ScheduleConfig, lr_multiplier, progress
+from budgetlm.training.optim import set_lr
+from budgetlm.training.schedule import ScheduleConfig, lr_multiplier, progress
 
 
 @dataclass
@@ -87,7 +86,7 @@ class LoopState:
 @dataclass
 class LoopResult:
     state: LoopState
-    train_loss: float  # mean loss of the last logged window
+    train_loss: float  # mean training loss of the last max(10, log_every) applied steps
     interrupted: bool  # stopped by SIGTERM/SIGINT
     stopped_early: bool = False  # an evaluation returned {"stop": True} (early stopping)
     history: list[dict[str, Any]] = field(default_factory=list)  # the metric lines
@@ -150,7 +149,7 @@ def graceful_stop():
 # metrics
 
 
-from budgetlm.train.track import MetricsLogger  # noqa: E402,F401 - where the fine-tuning code finds it
+from budgetlm.training.track import MetricsLogger  # noqa: E402,F401 - where the fine-tuning code finds it
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,6 +192,7 @@ class _Loop:
         self.history: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
         self.window: list[float] = []  # losses since the last metric line
+        self.recent: collections.deque[float] = collections.deque(maxlen=max(10, cfg.log_every))  # for train_loss
         self.win_tokens, self.win_time = 0, 0.0
         self.step_ema = 0.0  # smoothed seconds per optimizer step (for the deadline)
         self.bad_in_a_row = 0
@@ -275,6 +275,7 @@ class _Loop:
     def log(self, r: _StepResult) -> str | None:
         """Every `log_every` steps: a metric line (history, metrics file) and the progress status."""
         self.window.append(float(runtime.all_reduce_mean(self.rt, float(r.loss))))
+        self.recent.append(self.window[-1])
         self.win_tokens += r.tokens
         self.win_time += r.seconds
         s = self.state
@@ -361,8 +362,8 @@ class _Loop:
                     break
             if show_progress:
                 bar.update(completed=100.0 * min(1.0, self.progress()))
-        if self.window:
-            self.train_loss = sum(self.window) / len(self.window)
+        if self.recent:  # smoothed: one step's loss is noisy
+            self.train_loss = sum(self.recent) / len(self.recent)
         return LoopResult(state=self.state, train_loss=self.train_loss, interrupted=interrupted,
                           stopped_early=stopped_early, history=self.history, last_eval=self.last_eval)
 
