@@ -7,6 +7,7 @@ from typing import Literal
 
 import pytest
 
+from budgetlm.fsio import atomic_write_json
 from budgetlm.config import (
     BudgetError,
     add_dataclass_args,
@@ -15,7 +16,6 @@ from budgetlm.config import (
     from_args,
     from_dict,
     parse_duration,
-    write_json_atomic,
 )
 
 
@@ -73,7 +73,7 @@ def test_dataclass_args_roundtrip():
 
 def test_json_atomic_and_from_dict(tmp_path):
     path = tmp_path / "c.json"
-    write_json_atomic(path, _Cfg(steps=3))
+    atomic_write_json(path, _Cfg(steps=3))
     data = json.loads(path.read_text())
     data["unknown_future_key"] = 1
     assert from_dict(_Cfg, data).steps == 3

@@ -60,7 +60,7 @@ def test_cli_json_summary_and_manifest_counts(tmp_path, capsys):
         assert key in summary
     assert summary["out"] == str(out)
     m = shards.read_manifest(out)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "tokenizer.json", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == [".budgetlm.json", "manifest.json", "tokenizer.json", "train", "val"]
     # documents: 40 in total, 4 in val (round(40 * 0.1)), every one ended by one EOT
     assert summary["documents"] == {"train": 36, "val": 4}
     all_bytes = sum(len(d.encode("utf-8")) for d in docs)
@@ -310,7 +310,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me", encoding="utf-8")
     code, _, err = cli(capsys, str(src), "--out", str(tmp_path / "mine"), "--overwrite")
-    assert code == 2 and "not a budgetlm dataset" in err
+    assert code == 2 and "not a folder budgetlm made" in err
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
 
 
@@ -409,9 +409,12 @@ def test_clean_list_swallowing_an_input_gets_a_hint(tmp_path, capsys):
     assert code == 2 and "put INPUT... before --clean" in err
 
 
-def test_out_inside_the_input_folder_is_not_read_back(tmp_path, monkeypatch):
+def test_out_inside_or_around_an_input_is_refused(tmp_path, monkeypatch):
+    """An output never lies inside an input (it would be read back, or replace it) nor holds one."""
     write_txt_folder(tmp_path / "corpus", n=10)
-    out = tmp_path / "corpus" / "ds"
-    first = prepare_dataset([str(tmp_path / "corpus")], str(out), PrepareConfig(tokenizer="byte"))
-    again = prepare_dataset([str(tmp_path / "corpus")], str(out), PrepareConfig(tokenizer="byte", overwrite=True))
-    assert again["bytes"] == first["bytes"] and again["documents"] == first["documents"]
+    before = sorted(p.name for p in (tmp_path / "corpus").iterdir())
+    with pytest.raises(BudgetError, match="lies inside the input"):
+        prepare_dataset([str(tmp_path / "corpus")], str(tmp_path / "corpus" / "ds"), PrepareConfig(tokenizer="byte"))
+    with pytest.raises(BudgetError, match="contains the input"):
+        prepare_dataset([str(tmp_path / "corpus")], str(tmp_path), PrepareConfig(tokenizer="byte", overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == before

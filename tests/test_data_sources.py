@@ -236,7 +236,7 @@ def test_hf_dataset_from_save_to_disk_folder(tmp_path):
 
 def test_hf_dataset_that_cannot_load_is_a_clear_error(tmp_path):
     (tmp_path / "not_a_dataset").mkdir()
-    (tmp_path / "not_a_dataset" / "junk.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "not_a_dataset" / "junk.bin").write_bytes(b"\x00\x01 no dataset here")
     with pytest.raises(BudgetError, match="cannot load Hugging Face dataset"):
         sources.read_hf(str(tmp_path / "not_a_dataset"), "train", ReadOptions())
 
@@ -256,3 +256,35 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
     p.write_bytes(gzip.compress(os.urandom(200_000).hex().encode())[:50_000])
     with pytest.raises(BudgetError, match="cannot read .*cut.txt.gz"):
         read([p])
+
+
+def test_one_hf_reader_for_saved_folders_of_both_kinds(tmp_path):
+    """`load_hf_split` reads a save_to_disk DatasetDict folder and a saved single Dataset folder, for
+    prepare and for labelled data alike."""
+    datasets = pytest.importorskip("datasets")
+    from budgetlm.labelled import read_hf_dataset
+
+    rows = {"text": ["a good film", "a bad film"], "label": [1, 0]}
+    single = datasets.Dataset.from_dict(rows)
+    single.save_to_disk(str(tmp_path / "single"))
+    datasets.DatasetDict({"train": single, "validation": single}).save_to_disk(str(tmp_path / "dict"))
+    for spec in ("single", "dict"):
+        assert sources.load_hf_split(str(tmp_path / spec), "train")["text"] == rows["text"]
+        assert read_hf_dataset(str(tmp_path / spec), "train", "text", "", "label").labels == ["1", "0"]
+        pieces, info = sources.read_hf(str(tmp_path / spec), "train", ReadOptions())
+        assert [p.text for p in pieces] == rows["text"] and info["rows"] == 2
+    with pytest.raises(BudgetError, match="no split 'test'"):
+        sources.load_hf_split(str(tmp_path / "dict"), "test")
+
+
+def test_one_json_reader_for_prepare_and_labelled_data(tmp_path):
+    from budgetlm.labelled import read_labelled
+
+    arr = tmp_path / "rows.json"
+    arr.write_text('[{"text": "x y", "label": "a"}, {"text": "z", "label": "b"}]', encoding="utf-8")
+    assert [r for _, r in sources.json_records(arr)][1] == {"text": "z", "label": "b"}
+    assert read_labelled(arr).texts == ["x y", "z"]  # an array .json works for labelled data too
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{broken\n', encoding="utf-8")
+    with pytest.raises(BudgetError, match="bad.jsonl:2: invalid JSON"):
+        list(sources.json_records(bad))

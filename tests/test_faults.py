@@ -95,6 +95,19 @@ CASES: list[tuple[str, int, str]] = [
     ("export --model {run} --out {text} --overwrite", 2, "is a file"),
     ("export --model {user} --out {tmp}/hf", 2, "holds no checkpoint"),
     ("export --model {run} --out {tmp}/hf --dtype float64", 2, "invalid choice"),
+    # prepare
+    ("prepare {text} --out {tmp}/p --vocab-size 1000000000", 2, "--vocab-size must be"),
+    ("prepare {text} --out {tmp}/p --val-fraction 1.5", 2, "--val-fraction must be"),
+    ("prepare {text} --out {tmp}/p --max-mb -1", 2, "--max-mb must be"),
+    ("prepare {text} --out {tmp}/p --batch-chars 0", 2, "--batch-chars must be"),
+    ("prepare {text} --out {tmp}/p --min-compression nan", 2, "--min-compression must be"),
+    ("prepare {text} --out {tmp}/p --tokenizer-from {user}", 2, "tokenizer"),
+    ("prepare {user} --out {user}/inner", 2, "lies inside the input"),
+    ("prepare {text} --out {user} --overwrite", 2, "not a folder budgetlm made"),
+    ("prepare {text} --out {run} --overwrite", 2, "budgetlm train folder"),
+    ("prepare {text} --out {data}", 2, "already exists"),
+    ("prepare {utf16} --out {tmp}/p", 2, "all inputs were skipped"),  # the warning above says: UTF-16 text
+    ("prepare {text} --out {tmp}/p --clean nosuchstep", 2, "nosuchstep"),
     # finetune
     ("finetune --model {mlm} --train {labels} --out {tmp}/f --batch-size 0", 2, "--batch-size must be"),
     ("finetune --model {mlm} --train {labels} --out {tmp}/f --lr -1", 2, "--lr must be"),

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from budgetlm.catalog import Device, load_catalog
-from budgetlm.config import BudgetError, write_json_atomic
+from budgetlm.config import BudgetError
+from budgetlm.fsio import atomic_write_json
 from budgetlm.hardware import device_key, local_device
 
 VERSION = 1
@@ -93,7 +94,7 @@ def save_device(key: str, entry: dict[str, Any], path: str | Path | None = None)
         entry = {**entry, MEASURED_PEAK: old[MEASURED_PEAK]}
     data["devices"][key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, data)
+    atomic_write_json(path, data)
     return path
 
 

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "hardware": ("budgetlm.commands.hardware", "show local devices and the accelerator catalog", True),
     "plan": ("budgetlm.commands.plan", "plan memory, FLOPs, time and cost for a model, device and budget", True),
     "bench": ("budgetlm.commands.bench", "measure throughput and memory on this device; write calibration", True),
-    "prepare": ("budgetlm.data.prepare", "clean, tokenize and pack raw text into token shards", True),
+    "prepare": ("budgetlm.commands.prepare", "clean, tokenize and pack raw text into token shards", True),
     "train": ("budgetlm.commands.train", "pre-train a causal or masked model under a wall-clock budget", True),
     "eval": ("budgetlm.commands.eval", "loss, perplexity, bits per byte (LM) or accuracy/F1 (classifier)", True),
     "generate": ("budgetlm.commands.generate", "sample text from a trained causal model", True),

@@ -299,33 +299,3 @@ def from_dict(cls: type, data: dict[str, Any]):
     """Build `cls` from a dict, ignoring keys the dataclass does not know (older/newer files)."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
-    import os
-
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(to_dict(data), fh, indent=2, sort_keys=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

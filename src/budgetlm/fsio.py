@@ -267,3 +267,19 @@ def space_error(e: OSError, where: str | Path, need_bytes: int | None = None):
     except OSError:
         free = ""
     return BudgetError(f"no space left on the device holding {where}{need}{free}: free some space and retry")
+
+
+def remove_dead_temps(out: str | Path) -> list[Path]:
+    """Remove the temporaries of `out` (`.NAME.tmp-PID` next to it) whose writing process is gone;
+    those of a live process are left alone."""
+    out = Path(out)
+    removed = []
+    for tmp in out.parent.glob(f".{out.name}{TMP_MARK}*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, IndexError, PermissionError):
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -7,7 +7,6 @@ Used by `finetune`, `classify` and `eval` of a classifier; torch-light (torch on
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from budgetlm.config import BudgetError
-from budgetlm.data.sources import damaged_file_errors, open_text, split_suffix
+from budgetlm.data.sources import damaged_file_errors, json_records, load_hf_split, open_text, split_suffix
 
 
 @dataclass
@@ -35,18 +34,11 @@ class Labelled:
 
 # Files open through `prepare`'s reader: compressed (.gz .xz .bz2 .zst) like plain, a BOM dropped,
 # invalid UTF-8 replaced by U+FFFD rather than failing half-way through a file.
-def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open_text(path, newline=None) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise BudgetError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BudgetError(f"{path}:{i}: each line must be a JSON object")
-            yield i, row
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for where, row in json_records(path):
+        if not isinstance(row, dict):
+            raise BudgetError(f"{where}: each line must be a JSON object")
+        yield where.rsplit(":", 1)[-1].strip(), row
 
 
 def _rows_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
@@ -149,18 +141,7 @@ def read_hf_dataset(
 
     `name` may carry a configuration after a colon, e.g. `glue:sst2`. Integer labels with ClassLabel
     names are mapped to those names."""
-    try:
-        import datasets
-    except ImportError:
-        raise BudgetError("--hf-dataset needs the `datasets` package: pip install 'budgetlm[hf]'") from None
-    path, _, config = name.partition(":")
-    try:
-        if Path(path).is_dir() and (Path(path) / "dataset_dict.json").exists():
-            ds = datasets.load_from_disk(path)[split]
-        else:
-            ds = datasets.load_dataset(path, config or None, split=split)
-    except Exception as e:  # noqa: BLE001 - datasets raises many types for a missing dataset/split
-        raise BudgetError(f"cannot load split {split!r} of dataset {name!r}: {e}".splitlines()[0]) from None
+    ds = load_hf_split(name, split)
     feature = ds.features.get(label_col)
     names = getattr(feature, "names", None)
     rows = (

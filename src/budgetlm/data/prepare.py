@@ -19,12 +19,9 @@ same inputs and options (a piece is a document, or a ~64 KiB block of a longer o
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import math
-import os
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -32,8 +29,8 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from budgetlm import __version__, ui
-from budgetlm.config import BudgetError, add_dataclass_args, from_args, fsync_dir, to_dict, write_json_atomic
+from budgetlm import __version__, fsio, ui
+from budgetlm.config import BudgetError, check_ranges, ranged, to_dict
 from budgetlm.data import builtin, clean, shards, sources
 from budgetlm.data import tokenizer as toklib
 
@@ -41,10 +38,10 @@ from budgetlm.data import tokenizer as toklib
 @dataclasses.dataclass
 class PrepareConfig:
     tokenizer: Literal["bpe", "wordpiece", "byte"] = "bpe"  # bpe: byte-level BPE (causal models); wordpiece: masked models; byte: 256 byte ids + specials, no training
-    vocab_size: int = 0  # tokenizer vocabulary incl. special tokens (0 = sized to the corpus: 1 per 512 train bytes, a power of 2 in 1024-8192; byte is always 262)
+    vocab_size: int = ranged(0, 0, 2**21)  # tokenizer vocabulary incl. special tokens (0 = sized to the corpus: 1 per 512 train bytes, a power of 2 in 1024-8192; byte is always 262)
     tokenizer_from: str = ""  # reuse this tokenizer.json or Hugging Face tokenizer folder instead of training one
-    max_mb: float = 0.0  # stop reading after this many MB of cleaned text (0 = read everything); for quick runs
-    tokenizer_train_mb: float = 0.0  # learn the tokenizer from at most this many MB of train text (0 = all of it)
+    max_mb: float = ranged(0.0, 0.0, 1e9)  # stop reading after this many MB of cleaned text (0 = read everything); for quick runs
+    tokenizer_train_mb: float = ranged(0.0, 0.0, 1e9)  # learn the tokenizer from at most this many MB of train text (0 = all of it)
     text_field: str = "text"  # field holding the text in .jsonl/.json records and --hf-dataset rows
     text_column: str = "text"  # column holding the text in .csv/.tsv/.parquet files
     txt_documents: Literal["file", "paragraph", "line"] = "file"  # what one document is in .txt/.md files
@@ -52,14 +49,17 @@ class PrepareConfig:
     split: str = "train"  # split of --hf-dataset to read
     builtin: str = ""  # built-in corpus needing no download: python-docs (Python reference + stdlib docstrings)
     clean: list[str] = dataclasses.field(default_factory=list)  # cleaning steps: html whitespace lowercase accents short dedup compression stopwords (stopwords harms LM pre-training; for bag-of-words classifiers only)
-    min_chars: int = 32  # `short` step: drop documents with fewer characters than this
-    min_compression: float = 0.1  # `compression` step: drop text whose zlib size/raw size is below this (repetitive junk)
-    max_compression: float = 0.75  # `compression` step: drop text whose zlib size/raw size is above this (random or encoded junk)
-    val_fraction: float = 0.1  # fraction of pieces (documents or ~64 KiB blocks) held out for validation; ignored with --val
-    block_chars: int = 65536  # documents longer than this many characters are cut into blocks at line ends
-    shard_tokens: int = 100_000_000  # tokens per shard file
-    batch_chars: int = 2_000_000  # characters encoded per batch (bounds memory; larger batches keep all cores busy)
+    min_chars: int = ranged(32, 0, 10**9)  # `short` step: drop documents with fewer characters than this
+    min_compression: float = ranged(0.1, 0.0, 1.0)  # `compression` step: drop text whose zlib size/raw size is below this (repetitive junk)
+    max_compression: float = ranged(0.75, 0.0, 2.0)  # `compression` step: drop text whose zlib size/raw size is above this (random or encoded junk)
+    val_fraction: float = ranged(0.1, 0.0, 0.99)  # fraction of pieces (documents or ~64 KiB blocks) held out for validation; ignored with --val
+    block_chars: int = ranged(65536, 64, 1 << 30)  # documents longer than this many characters are cut into blocks at line ends
+    shard_tokens: int = ranged(100_000_000, 1, 1 << 40)  # tokens per shard file
+    batch_chars: int = ranged(2_000_000, 1, 1 << 34)  # characters encoded per batch (bounds memory; larger batches keep all cores busy)
     overwrite: bool = False  # replace an existing dataset at --out (the old one is kept until the new one is complete)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,43 +261,16 @@ def _write_batch(batch, nbytes: int, encodings, out: _ShardSet, eot: int, dtype,
 # output folder handling
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise BudgetError(f"--out {out} exists and is not a folder")
-        if not overwrite:
-            raise BudgetError(f"--out {out} already exists; pass --overwrite to replace it")
-        if any(out.iterdir()) and not (out / "manifest.json").is_file():
-            raise BudgetError(f"--out {out} is a non-empty folder that is not a budgetlm dataset; "
-                              "refusing to replace it")
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Temporary folders of runs that were killed (their process is gone) are removed."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+def _dataset_folder(out: Path) -> str | None:
+    """'dataset' for a folder `prepare` made (its marker, or a budgetlm manifest from before markers)."""
+    made = fsio.read_marker(out)
+    if made is None and (out / "manifest.json").is_file():
         try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-        except (ValueError, IndexError):
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            continue
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the complete temp folder into place; an old dataset is moved aside first and removed
-    only after the new one is in place."""
-    fsync_dir(tmp)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+            shards.read_manifest(out)
+            made = "dataset"
+        except BudgetError:
+            pass
+    return made
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,24 +306,18 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     cleaner_args = dict(min_chars=cfg.min_chars, min_compression=cfg.min_compression,
                         max_compression=cfg.max_compression)
     train_cleaner = clean.build_cleaner(names, **cleaner_args)
-    # an input folder may hold --out itself (prepare . --out data): never read a dataset as input
-    inside_out = lambda f: out_path == f.absolute() or out_path in f.absolute().parents  # noqa: E731
-    files = [f for f in sources.expand_inputs(inputs) if not inside_out(f)]
-    val_files = [f for f in sources.expand_inputs(val_inputs) if not inside_out(f)] if val_inputs else []
-    _check_out(out_path, cfg.overwrite)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out_path)
-
-    tmp = out_path.parent / f".{out_path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    files = sources.expand_inputs(inputs)
+    val_files = sources.expand_inputs(val_inputs) if val_inputs else []
+    fsio.check_output(out_path, [*inputs, *(val_inputs or []), cfg.tokenizer_from], "dataset",
+                      overwrite=cfg.overwrite, made_by=_dataset_folder(out_path))
+    fsio.remove_dead_temps(out_path)
     try:
-        summary = _build(tmp, out_path, files, val_files, cfg, reused, train_cleaner,
-                         clean.build_cleaner(names, **cleaner_args), names, t0)
-        _publish(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with fsio.atomic_dir(out_path, replace=out_path.exists()) as tmp:
+            summary = _build(tmp, out_path, files, val_files, cfg, reused, train_cleaner,
+                             clean.build_cleaner(names, **cleaner_args), names, t0)
+            fsio.write_marker(tmp, "dataset")
+    except OSError as e:
+        raise fsio.space_error(e, out_path, 2 * sum(f.stat().st_size for f in files + val_files)) or e from None
     return summary
 
 
@@ -475,7 +442,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         "eot_id": ids["eot"], "dtype": dtype.name, "splits": split_info, "bytes_per_token": bytes_per_token,
         "replacements": stats.replacements, "dropped": main.dropped, "seconds": seconds,
     }
-    write_json_atomic(tmp / "manifest.json", manifest)
+    fsio.atomic_write_json(tmp / "manifest.json", manifest)
     per_split = lambda key: {s: split_info[s][key] for s in shards.SPLITS}  # noqa: E731
     return {
         "out": str(out_path), "documents": per_split("documents"), "bytes": per_split("bytes"),
@@ -486,46 +453,3 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         "encode_seconds": round(t0 + seconds - t_enc, 3),
         "seconds": round(seconds, 3), "mb_per_s": round(total_text / 1e6 / seconds, 3) if seconds > 0 else None,
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# the command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="files or folders (recursive): .txt .md .jsonl .json .csv .tsv .parquet, "
-                             "optionally .gz .xz .bz2 .zst")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="dataset folder to create (default: out/NAME, NAME from the first input)")
-    parser.add_argument("--val", nargs="+", metavar="INPUT", default=None,
-                        help="explicit validation inputs (then --val-fraction is ignored)")
-    add_dataclass_args(parser, PrepareConfig)
-
-
-def default_out(inputs: list[str], cfg: PrepareConfig) -> str:
-    """out/gutenberg for a folder, out/imdb-train for imdb/train.jsonl, out/python-docs for a
-    built-in corpus, out/NAME for a Hugging Face dataset."""
-    if inputs:
-        p = Path(inputs[0]).expanduser().absolute()
-        name = p.name if p.is_dir() else f"{p.parent.name}-{p.name.split('.')[0]}".strip("-")
-    elif cfg.builtin:
-        name = cfg.builtin
-    else:
-        name = Path(cfg.hf_dataset.split(":")[0]).name or "dataset"
-    return str(Path("out") / (name or "dataset"))
-
-
-def run(args: argparse.Namespace) -> dict:
-    cfg = from_args(PrepareConfig, args)
-    out = args.out or default_out(args.inputs, cfg)
-    if not args.out:
-        ui.info(f"--out not given: writing to {out}")
-    summary = prepare_dataset(args.inputs, out, cfg, args.val)
-    rows = [[s, f"{summary['documents'][s]:,}", f"{summary['bytes'][s]:,}", f"{summary['tokens'][s]:,}",
-             summary["shards"][s]] for s in shards.SPLITS]
-    ui.table(f"dataset {summary['out']}", ["split", "documents", "bytes", "tokens", "shards"], rows)
-    ui.info(f"tokenizer {summary['tokenizer']} ({summary['vocab_size']:,} tokens, {summary['dtype']}), "
-            f"{summary['bytes_per_token']:.2f} bytes/token, {summary['seconds']:.1f}s "
-            f"({summary['mb_per_s']} MB/s)")
-    return summary

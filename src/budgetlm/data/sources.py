@@ -26,7 +26,7 @@ import lzma
 import sys
 import zlib
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import Any, IO, Callable, Iterator
 
 from budgetlm.config import BudgetError
 
@@ -242,8 +242,12 @@ def _record_text(rec, field: str, where: str, flag: str):
     return value
 
 
-def _read_jsonl(path: Path, opt: ReadOptions) -> Iterator[Piece]:
-    with open_text(path) as fh:
+def json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) for every record of a .jsonl file (one JSON value per line; blank lines skipped)
+    or of a .json file holding one array, plain or compressed. `where` names the file and line (or
+    item) for error messages; invalid JSON is a one-line BudgetError naming it. The one JSON reader of
+    budgetlm: `prepare` and the labelled-data readers both use it."""
+    with open_text(path, newline=None) as fh:
         first = ""
         while True:  # a .json file holding one array is read whole; JSON lines stream
             ch = fh.read(1)
@@ -256,19 +260,20 @@ def _read_jsonl(path: Path, opt: ReadOptions) -> Iterator[Piece]:
             except ValueError as e:
                 raise BudgetError(f"{path}: invalid JSON: {e}") from None
             for i, rec in enumerate(records):
-                yield from pieces_of(_record_text(rec, opt.text_field, f"{path}: item {i}", "--text-field"),
-                                     opt.block_chars)
+                yield f"{path}: item {i}", rec
             return
-        lines = _chain_first(first, fh)
-        for lineno, line in enumerate(lines, 1):
+        for lineno, line in enumerate(_chain_first(first, fh), 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except ValueError as e:
                 raise BudgetError(f"{path}:{lineno}: invalid JSON ({e})") from None
-            yield from pieces_of(_record_text(rec, opt.text_field, f"{path}:{lineno}", "--text-field"),
-                                 opt.block_chars)
+
+
+def _read_jsonl(path: Path, opt: ReadOptions) -> Iterator[Piece]:
+    for where, rec in json_records(path):
+        yield from pieces_of(_record_text(rec, opt.text_field, where, "--text-field"), opt.block_chars)
 
 
 def _chain_first(first: str, fh: IO[str]) -> Iterator[str]:
@@ -364,7 +369,11 @@ def read_files(files: list[Path], opt: ReadOptions, stats: Stats,
         fmt, _ = split_suffix(path)
         reader = READERS.get(fmt, _read_txt)
         if fmt not in NO_BINARY_CHECK and looks_binary(path):
-            stats.skipped.append((str(path), "binary (NUL bytes in the first KB)"))
+            with open_binary(path) as fh:
+                head = fh.read(4)
+            wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+            stats.skipped.append((str(path), f"{wide} text: convert it to UTF-8 (iconv -f {wide} -t UTF-8)" if wide
+                                  else "binary (NUL bytes in the first KB)"))
             if on_file:
                 on_file(path)
             continue
@@ -384,28 +393,36 @@ def read_files(files: list[Path], opt: ReadOptions, stats: Stats,
 # Hugging Face datasets
 
 
-def read_hf(spec: str, split: str, opt: ReadOptions) -> tuple[Iterator[Piece], dict]:
-    """A `save_to_disk` folder or a hub dataset `NAME[:CONFIG]` (cached or reachable) -> pieces."""
+def load_hf_split(spec: str, split: str):
+    """One split of a Hugging Face dataset as a `datasets.Dataset`: a `save_to_disk` folder (of a
+    DatasetDict or of a single Dataset) or a hub name `NAME[:CONFIG]` (cached or reachable). The one
+    HF-dataset reader of budgetlm: `prepare` and the labelled-data readers both use it."""
     try:
         import datasets
     except ImportError:
         raise BudgetError("--hf-dataset needs the datasets package (pip install 'budgetlm[hf]')") from None
     path = Path(spec).expanduser()
+    saved = path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json"))
     try:
-        if path.is_dir():
+        if saved:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
                     raise BudgetError(f"{spec} has no split {split!r} (splits: {', '.join(ds)})")
                 ds = ds[split]
-        else:
-            name, _, config = spec.partition(":")
-            ds = datasets.load_dataset(name, config or None, split=split)
+            return ds
+        name, _, config = spec.partition(":")  # a hub name, or a folder of data files
+        return datasets.load_dataset(str(path) if path.is_dir() else name, config or None, split=split)
     except BudgetError:
         raise
     except Exception as e:  # noqa: BLE001 - offline, missing, malformed: all one message
         raise BudgetError(f"cannot load Hugging Face dataset {spec!r} split {split!r}: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def read_hf(spec: str, split: str, opt: ReadOptions) -> tuple[Iterator[Piece], dict]:
+    """A Hugging Face dataset split (`load_hf_split`) -> pieces of its text field."""
+    ds = load_hf_split(spec, split)
     if opt.text_field not in ds.column_names:
         raise BudgetError(f"{spec}: no field {opt.text_field!r} (fields: {', '.join(ds.column_names)}); "
                           "choose one with --text-field")

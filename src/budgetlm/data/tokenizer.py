@@ -81,6 +81,11 @@ def auto_vocab(kind: str, train_bytes: int | None) -> int:
     return int(min(DEFAULT_VOCAB[kind], max(AUTO_VOCAB_MIN, v)))
 
 
+# The largest vocabulary `prepare` learns: 8x the largest in common use (Gemma's 256k), so that a
+# typo (an extra zero or three) is a clear refusal instead of the trainer aborting in Rust.
+MAX_VOCAB = 2**21
+
+
 def check_vocab(kind: str, vocab_size: int) -> int:
     vocab_size = vocab_size or DEFAULT_VOCAB[kind]
     if vocab_size < min_vocab(kind):
@@ -88,8 +93,9 @@ def check_vocab(kind: str, vocab_size: int) -> int:
             f"--vocab-size {vocab_size} is too small for a {kind} tokenizer: it needs at least "
             f"{min_vocab(kind)} ({'256 bytes + ' if kind == 'bpe' else ''}{len(SPECIAL_TOKENS)} special tokens)"
         )
-    if vocab_size > 2**32 - 1:
-        raise BudgetError(f"--vocab-size {vocab_size} does not fit in uint32 token ids")
+    if vocab_size > MAX_VOCAB:
+        raise BudgetError(f"--vocab-size {vocab_size:,} is above {MAX_VOCAB:,}: no text needs more tokens "
+                          "(large LMs use 32k-256k), and the tokenizer trainer would run out of memory")
     return vocab_size
 
 
