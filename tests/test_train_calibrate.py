@@ -141,7 +141,7 @@ def test_a_noisy_calibration_is_measured_again(monkeypatch, tmp_path):
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
     times = iter([0.1, 0.3] + [0.1, 0.102] * 5)  # first attempt disagrees 3x, the second agrees
 
-    def fake_measure(cfg, mb, seq_len, rt, seconds, optimizer, compile, memory=True):
+    def fake_measure(cfg, mb, seq_len, rt, seconds, optimizer, compile, memory=True, dropout=0.0):
         t = next(times)
         return {"depth": cfg.n_layer, "seq_len": seq_len, "step_seconds": t, "tokens_per_second": mb * seq_len / t,
                 "flops_per_token": 1.0, "achieved_flops": mb * seq_len / t, "params": 1}

@@ -144,8 +144,10 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
+    # the data repeats 20+ times, so the run was planned from steps measured with dropout 0.2
+    assert {p.get("dropout", 0.0) for p in entry["precisions"]["fp32"]} == {0.0, 0.2}
     plan = auto_plan(PLAN_BUDGET_WITHOUT_CLOCK_S, len(open_tokens(data, "train")), 32, rt, "causal",
-                     meta["vocab_size"], "muon")
+                     meta["vocab_size"], "muon", dropout=0.2)
     # planning again reuses the cached calibration (nothing re-measured) and gives the trained plan
     assert json.loads((budgetlm_home / "calibration.json").read_text()) == cal
     assert meta["model_config"]["n_layer"] == plan.model.n_layer

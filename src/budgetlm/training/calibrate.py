@@ -31,7 +31,7 @@ import torch
 from budgetlm import calibration as calib
 from budgetlm import planning as P
 from budgetlm import runtime, ui
-from budgetlm.config import BudgetError
+from budgetlm.config import BudgetError, ranged
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import model_config
 from budgetlm.models.transformer import Transformer
@@ -45,6 +45,7 @@ MASK_RATE = 0.25  # masked models are measured predicting every fourth position 
 @dataclass
 class CalibrationConfig:
     depths: list[int] = field(default_factory=lambda: [1, 2, 3])  # model sizes to measure (the presets' depth dial)
+    aspect: int = ranged(64, 16, 256)  # channels per layer of the measured models (64: the depth dial; plans use 16-48)
     seq_len: int = 128  # tokens per sequence
     micro_batch: int = 0  # sequences per step (0 = 2048 tokens on CPU, 16384 on accelerators)
     vocab_size: int = 8192  # vocabulary of the measured models
@@ -54,6 +55,7 @@ class CalibrationConfig:
     rounds: int = 2  # interleaved measuring rounds; each size keeps its fastest (robust on a shared machine)
     optimizer: Literal["adamw", "muon"] = "adamw"  # optimizer whose step is part of the measured step
     compile: Literal["on", "off"] = "off"  # torch.compile the measured models, as training does for long budgets
+    dropout: float = ranged(0.0, 0.0, 0.95)  # residual dropout of the measured models (it costs time at small sizes)
     calibration: str = ""  # calibration file to update (default: $BUDGETLM_HOME/calibration.json)
     write: bool = True  # write the measurements to the calibration file
     disk: bool = True  # also measure how fast this disk reads (for plan's input-bandwidth check)
@@ -142,9 +144,10 @@ def _timed_steps(setup, optimizer, batch, rt, steps: int) -> list[float]:
 
 def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtime, seconds: float = 2.0,
             optimizer: str = "adamw", compile: str = "off", warmup: int = 2, min_steps: int = 2,
-            memory: bool = True) -> dict[str, Any]:
+            memory: bool = True, dropout: float = 0.0) -> dict[str, Any]:
     """Time training steps (forward, backward, optimizer) of a fresh model as training runs them."""
     torch.manual_seed(0)
+    cfg = dataclasses.replace(cfg, dropout=dropout)
     setup = runtime.prepare_training(Transformer(cfg), rt, compile=compile)
     opt = build_optimizer(optimizer, setup.model, OptimConfig())
     batch = {k: v.to(rt.device) for k, v in _batch(cfg, micro_batch, seq_len).items()}
@@ -158,7 +161,7 @@ def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtim
     fpt = P.flops_per_token(cfg, seq_len, None if cfg.causal else MASK_RATE)
     out: dict[str, Any] = {
         "depth": cfg.n_layer, "width": cfg.n_embd, "params": sum(p.numel() for p in setup.model.parameters()),
-        "seq_len": seq_len, "micro_batch": micro_batch, "precision": rt.precision, "compile": setup.compiled,
+        "seq_len": seq_len, "micro_batch": micro_batch, "precision": rt.precision, "compile": setup.compiled, "dropout": dropout,
         "optimizer": optimizer, "steps": len(times), "step_seconds": step_s, "tokens_per_second": tokens / step_s,
         "flops_per_token": fpt, "achieved_flops": fpt * tokens / step_s,
     }
@@ -223,10 +226,15 @@ def _rounds(cfg: CalibrationConfig, rt: runtime.Runtime, mb: int) -> dict[int, l
     found: dict[int, list[dict[str, Any]]] = {d: [] for d in cfg.depths}
     for rnd in range(cfg.rounds):
         for depth in cfg.depths:
-            mcfg = model_config(depth, cfg.vocab_size, causal=cfg.objective == "causal", max_seq_len=cfg.seq_len)
+            mcfg = _shape(cfg, depth)
             found[depth].append(measure(mcfg, mb, cfg.seq_len, rt, cfg.seconds / cfg.rounds, cfg.optimizer,
-                                        cfg.compile, memory=cfg.memory and rnd == 0))
+                                        cfg.compile, memory=cfg.memory and rnd == 0, dropout=cfg.dropout))
     return found
+
+
+def _shape(cfg: CalibrationConfig, depth: int) -> ModelConfig:
+    width = max(32, round(cfg.aspect * depth / 32) * 32)  # heads of 32 or 64 channels
+    return model_config(depth, cfg.vocab_size, causal=cfg.objective == "causal", max_seq_len=cfg.seq_len, width=width)
 
 
 def spread(rounds: list[dict[str, Any]]) -> float:
@@ -250,7 +258,7 @@ def _measure_precision(cfg: CalibrationConfig, rt: runtime.Runtime, device, mb: 
     for depth, rounds in found.items():
         r = {**rounds[0], **min(rounds, key=lambda x: x["step_seconds"])}
         r["round_spread"] = round(spread(rounds), 3)
-        mcfg = model_config(depth, cfg.vocab_size, causal=cfg.objective == "causal", max_seq_len=cfg.seq_len)
+        mcfg = _shape(cfg, depth)
         peak = P.peak_flops(device, rt.precision)
         r["mfu"] = r["achieved_flops"] / peak if peak else None
         pred = None if mcfg.causal else MASK_RATE
@@ -284,9 +292,10 @@ def calibrate(cfg: CalibrationConfig, rt: runtime.Runtime | None = None) -> dict
     speed = disk_read_speed(calib.home() if not path else Path(path).parent) if cfg.disk else None
     if speed or old.get("disk_read_bytes_per_second"):
         entry["disk_read_bytes_per_second"] = speed or old["disk_read_bytes_per_second"]
-    # a new measurement replaces the old points of its precision, sequence length and compile
-    # setting and keeps the others (plans prefer points measured as they will train)
-    same = lambda p: p.get("seq_len") == cfg.seq_len and bool(p.get("compile")) == (cfg.compile == "on")  # noqa: E731
+    # a new measurement replaces the old points of its precision and setting (sequence length,
+    # compile, dropout) and keeps the others (plans use points measured as they will train)
+    here = (cfg.seq_len, cfg.compile == "on", cfg.dropout)
+    same = lambda p: setting(p) == here  # noqa: E731
     kept = {p: [r for r in pts if not same(r)] for p, pts in (old.get("precisions") or {}).items()}
     merged = {**old, **entry, "precisions": {**kept, **{p: kept.get(p, []) + r for p, r in results.items()}}}
     out = {"device": device.id, "device_key": device_key(info), "micro_batch": mb, **merged}
@@ -295,31 +304,40 @@ def calibrate(cfg: CalibrationConfig, rt: runtime.Runtime | None = None) -> dict
     return out
 
 
-def points_for(entry: dict[str, Any], precision: str, seq_len: int, compile: bool) -> dict[str, Any]:
+def setting(point: dict[str, Any]) -> tuple[int, bool, float]:
+    """What a calibration point was measured under, besides its shape: (seq_len, compiled, dropout)."""
+    return point.get("seq_len"), bool(point.get("compile")), float(point.get("dropout") or 0.0)
+
+
+def points_for(entry: dict[str, Any], precision: str, seq_len: int, compile: bool,
+               dropout: float = 0.0) -> dict[str, Any]:
     """The calibration entry reduced to the points measured as the run will train (same precision,
-    sequence length and compile setting); empty when there are none."""
+    sequence length, compile setting and dropout); empty when there are none."""
     points = [p for p in (entry.get("precisions") or {}).get(precision) or []
-              if p.get("seq_len") == seq_len and bool(p.get("compile")) == compile]
+              if setting(p) == (seq_len, compile, dropout)]
     return {**entry, "precisions": {precision: points}} if points else {}
 
 
 def auto_plan(budget_s: float, tokens_available: int | None, seq_len: int, rt: runtime.Runtime,
               objective: str = "causal", vocab_size: int = 8192, optimizer: str = "adamw",
-              compile: bool = False, calibration_path: str | None = None, seconds: float = 1.5) -> P.Plan:
+              compile: bool = False, calibration_path: str | None = None, seconds: float = 1.5,
+              dropout: float = 0.0) -> P.Plan:
     """For `budgetlm train` without a model: calibrate this device once for this precision, sequence
     length and compile setting (cached in the calibration file), then plan the compute-optimal model
     for the budget and the data (`plan.auto_plan`)."""
     device, info, entry = calib.local(path=calibration_path)
     entry = entry or {}
-    usable = points_for(entry, rt.precision, seq_len, compile)
+    usable = points_for(entry, rt.precision, seq_len, compile, dropout)
     if not usable:
-        what = f"{rt.precision}, seq len {seq_len}" + (", compiled" if compile else "")
+        what = f"{rt.precision}, seq len {seq_len}" + (", compiled" if compile else "") + (f", dropout {dropout:g}" if dropout else "")
         ui.info(f"calibrating {info['name']} ({what}): {'about a minute' if compile else 'a few seconds'}, once")
-        cfg = CalibrationConfig(depths=[1, 3], seq_len=seq_len, precisions=[rt.precision], vocab_size=vocab_size,
+        # shapes like the planner's candidates (32 channels per layer, inside its 16-48 range), which
+        # predicted their speed better than the depth dial's wide 1 x 64 and 3 x 192
+        cfg = CalibrationConfig(depths=[2, 4], aspect=32, seq_len=seq_len, precisions=[rt.precision], vocab_size=vocab_size,
                                 objective=objective, seconds=seconds, rounds=3, optimizer=optimizer,
                                 compile="on" if compile else "off", calibration=calibration_path or "",
-                                disk=False, memory=False)
-        usable = points_for(calibrate(cfg, rt), rt.precision, seq_len, compile)
+                                disk=False, memory=False, dropout=dropout)
+        usable = points_for(calibrate(cfg, rt), rt.precision, seq_len, compile, dropout)
     return P.auto_plan(device, budget_s, tokens_available, seq_len, objective, vocab_size, usable,
                        rt.world_size, optimizer, precisions=(rt.precision,),
                        pred_fraction=None if objective == "causal" else MASK_RATE,
@@ -332,15 +350,15 @@ CORRECT_BEYOND = 0.15
 
 def record_run(point: dict[str, Any], precision: str, calibration_path: str | None = None) -> None:
     """Add a training run's measured speed to this device's calibration, replacing earlier points of
-    the same shape, sequence length and compile setting: the next plan predicts from what ran."""
+    the same shape and setting (sequence length, compile, dropout): the next plan predicts from
+    what ran."""
     from budgetlm.hardware import device_key
 
     device, info, _ = calib.local(path=calibration_path)
     data = calib.load(calibration_path)
     entry = data["devices"].get(device_key(info)) or {"name": info["name"], "kind": device.kind,
                                                       "catalog_id": info.get("catalog_id"), "precisions": {}}
-    key = ("depth", "width", "seq_len")
-    same = lambda p: all(p.get(k) == point.get(k) for k in key) and bool(p.get("compile")) == bool(point.get("compile"))  # noqa: E731
+    same = lambda p: (p.get("depth"), p.get("width"), setting(p)) == (point.get("depth"), point.get("width"), setting(point))  # noqa: E731
     points = [p for p in (entry.get("precisions") or {}).get(precision, []) if not same(p)] + [point]
     entry.setdefault("precisions", {})[precision] = points
     calib.save_device(device_key(info), entry, calibration_path)

@@ -196,13 +196,19 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
     plan = None
     if rt.is_main:
         compiles, _ = runtime.compile_wanted(rt, cfg.compile, budget_s)
-        plan = auto_plan(budget_s or PLAN_BUDGET_WITHOUT_CLOCK_S, train_tokens, T, rt, cfg.objective,
-                         data.vocab_size, cfg.optimizer, compiles)
+        args = (budget_s or PLAN_BUDGET_WITHOUT_CLOCK_S, train_tokens, T, rt, cfg.objective, data.vocab_size,
+                cfg.optimizer, compiles)
+        plan = auto_plan(*args)
+        if cfg.dropout < 0 and plan.tokens / max(train_tokens, 1) >= DROPOUT_EPOCHS:
+            # dropout costs time at these sizes: plan again from steps measured with it
+            plan = auto_plan(*args, dropout=AUTO_DROPOUT)
+            plan.notes.append(f"planned with dropout {AUTO_DROPOUT:g}: the data repeats {DROPOUT_EPOCHS:g}+ times")
     plan = runtime.broadcast_object(rt, plan)
     epochs = plan.tokens / max(train_tokens, 1)
+    with_dropout = any(n.startswith("planned with dropout") for n in plan.notes)
     fill: dict[str, Any] = {"batch_size": plan.global_batch_tokens // T, "micro_batch": plan.micro_batch,
                             "activation_checkpointing": bool(plan.activation_checkpointing),
-                            "dropout": AUTO_DROPOUT if epochs >= DROPOUT_EPOCHS else 0.0}
+                            "dropout": AUTO_DROPOUT if with_dropout or epochs >= DROPOUT_EPOCHS else 0.0}
     m = plan.model
     reason = (f"planned: {m.n_layer} layers x {m.n_embd} wide is the compute-optimal size for "
               f"~{plan.tokens / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan.tokens_per_second:,.0f} "

@@ -348,7 +348,8 @@ def _correct_plan(run: _Run, s: RunResult) -> str:
         return ""
     m, T = run.mcfg, run.mcfg.max_seq_len
     record_run({"depth": m.n_layer, "width": m.n_embd, "params": s.params, "seq_len": T, "micro_batch": run.micro,
-                "precision": run.rt.precision, "compile": s.compiled, "optimizer": run.cfg.optimizer, "steps": s.steps,
+                "precision": run.rt.precision, "compile": s.compiled, "dropout": m.dropout,
+                "optimizer": run.cfg.optimizer, "steps": s.steps,
                 "tokens_per_second": s.tokens_per_s, "flops_per_token": run.fpt,
                 "achieved_flops": run.fpt * s.tokens_per_s, "source": "training run"}, run.rt.precision)
     note = (f"achieved {s.tokens_per_s:,.0f} tokens/s, {ratio:.0%} of the plan's {plan.tokens_per_second:,.0f}: "
