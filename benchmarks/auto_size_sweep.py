@@ -1,6 +1,6 @@
-"""Does the planner's model size earn its keep? (issue 4 acceptance)
+"""Does the planner's model size earn its keep?
 
-On Tiny Shakespeare (the 90/10 split of shakespeare_time_to_quality.py, prepared with defaults), for
+On Tiny Shakespeare (the 90/10 split of common.prepare_split, prepared with defaults), for
 each budget: `budgetlm train --budget B` with no model, which calibrates this device, plans and
 trains the planner's model; then the same depth with the width changed so that the model has about
 half and about twice the planner's parameters, trained under the same budget with every other
@@ -19,9 +19,9 @@ import json
 import os
 from pathlib import Path
 
-from shakespeare_time_to_quality import locked, prepare_split, train_run
+from common import locked, prepare_split, train_run
 
-from budgetlm.training.checkpoint import read_meta, resolve_checkpoint
+from budgetlm.training.checkpoint import load_meta
 
 # run-config fields the half/double runs copy from the planned run (everything but the model size)
 KEPT = ("seq_len", "batch_size", "micro_batch", "dropout", "lr", "optimizer", "precision", "compile",
@@ -61,7 +61,7 @@ def main() -> None:
         with locked(args.lock):
             s, wall = train_run(data, work / f"run-{budget}-planner", "--budget", budget)
         cfg = json.loads((Path(s["run_dir"]) / "config.json").read_text())
-        model = read_meta(resolve_checkpoint(s["run_dir"]))["model_config"]  # the planned model
+        model = load_meta(s["run_dir"]).model_config  # the planned model
         depth, params = int(model["n_layer"]), int(s["params"])
         rows = [{"budget": budget, "role": "planner", "depth": depth, "params": params, "wall_s": wall,
                  "width": int(model["n_embd"]), **s}]

@@ -1,7 +1,7 @@
 """Training throughput: Hugging Face `transformers` (LlamaForCausalLM + Trainer, defaults, fp32) vs
 budgetlm's training loop, on the same model, on CPU.
 
-Model (issue 3): a 6.9M-parameter Llama, width 256, 6 layers, 8 heads, MLP 704, vocabulary 8192,
+Model: a 6.9M-parameter Llama, width 256, 6 layers, 8 heads, MLP 704, vocabulary 8192,
 tied embeddings, sequence 512, batch 8. Data: random token ids (throughput does not depend on them).
 
 budgetlm runs as `budgetlm train` would for a long CPU budget: the runtime's CPU set-up

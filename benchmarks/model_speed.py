@@ -5,7 +5,7 @@ Times forward + backward + AdamW step (fp32) for budgetlm's `Transformer` and fo
 process so both see the same machine state, and reports tokens/s, their ratio, and model-FLOPs
 utilisation against a matmul peak measured in the same run.
 
-Default size is the issue-3 throughput benchmark model: width 256, 6 layers, 8 heads, MLP 704,
+Default size is the throughput benchmark's model (benchmarks/hf_throughput.py): width 256, 6 layers, 8 heads, MLP 704,
 vocabulary 8192, sequence 512, batch 8 (6.9M parameters).
 
     flock /tmp/budgetlm-bench.lock .venv/bin/python benchmarks/model_speed.py
@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(budgetlm model)")
     p.add_argument("--peak-gflops", type=float, default=0.0,
-                   help="also report MFU against this matmul peak (e.g. 180 = the issue's 2-core fp32 figure)")
+                   help="also report MFU against this matmul peak (e.g. 180 = a 2-core fp32 CPU's figure)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from shakespeare_time_to_quality import locked, prepare_split, train_run, write_json
+from common import locked, prepare_split, train_run, write_json
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binomtest
 
-from sentiment import BUDGETLM, tfidf_baseline
+from common import BUDGETLM, tfidf_baseline
 
 
 def read_rows(path: Path) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""How accurate is `budgetlm plan` on this machine? (issue 4 acceptance)
+"""How accurate is `budgetlm plan` on this machine?
 
 For several model sizes x sequence lengths x precisions, side by side in one run:
 - parameter count, and weight / gradient / optimizer bytes: plan vs the real model and optimizer;
@@ -23,11 +23,10 @@ import time
 
 import torch
 
-from budgetlm import bench
+from budgetlm import calibration, runtime
 from budgetlm import planning as P
-from budgetlm.catalog import load_catalog
-from budgetlm.hardware import local_device
 from budgetlm.models.presets import model_config
+from budgetlm.training import calibrate
 
 
 def accelerate_adam_bytes(n_params: int, precision: str) -> int:
@@ -48,7 +47,8 @@ def measure_all(args) -> list[dict]:
     for _ in range(args.passes):
         for key, (mb, cfg) in configs.items():
             precision, T, _ = key
-            passes[key].append(bench.measure(cfg, mb, T, precision, "cpu", seconds=args.seconds, min_steps=3))
+            rt = runtime.Runtime(torch.device("cpu"), "cpu", precision, "benchmark")
+            passes[key].append(calibrate.measure(cfg, mb, T, rt, seconds=args.seconds, min_steps=3))
     rows = []
     for key, (mb, cfg) in configs.items():
         precision, T, depth = key
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--from-json", default=None, help="re-analyse the measurements saved by --out (no timing)")
     args = ap.parse_args()
 
-    device, info = local_device(load_catalog())
+    device, info, _ = calibration.local()
     measured_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.from_json:
         saved = json.loads(open(args.from_json).read())

@@ -1,4 +1,4 @@
-"""Sentiment classification from nothing on a CPU budget: SST-2 or IMDb (issue 5's headline).
+"""Sentiment classification from nothing on a CPU budget: SST-2 or IMDb.
 
     python benchmarks/sentiment.py --task sst2 --data /work/shared/data --work /tmp/sst2-bench
     python benchmarks/sentiment.py --task imdb --data /work/shared/data --work /tmp/imdb-bench \\
@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BUDGETLM = [sys.executable, "-m", "budgetlm"]
+from common import BUDGETLM, tfidf_baseline
 
 
 def sh(args: list[str], log: Path, threads: int = 0) -> tuple[dict, float]:
@@ -87,29 +87,6 @@ def write_jsonl(path: Path, rows) -> Path:
         for text, label in rows:
             fh.write(json.dumps({"text": text, "label": label}) + "\n")
     return path
-
-
-def tfidf_baseline(train, val, test) -> tuple[dict, list[str]]:
-    """-> (metrics on test, predicted test labels); deterministic, so paired.py can refit it."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-
-    t0 = time.perf_counter()
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
-    xtr = vec.fit_transform([t for t, _ in train])
-    ytr = [y for _, y in train]
-    best = None
-    for c in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0):  # C chosen on the held-out validation part
-        clf = LogisticRegression(C=c, max_iter=3000).fit(xtr, ytr)
-        acc = accuracy_score([y for _, y in val], clf.predict(vec.transform([t for t, _ in val])))
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    pred = best[2].predict(vec.transform([t for t, _ in test]))
-    yte = [y for _, y in test]
-    return {"accuracy": accuracy_score(yte, pred), "f1_macro": f1_score(yte, pred, average="macro"),
-            "C": best[1], "val_accuracy": best[0], "seconds": round(time.perf_counter() - t0, 1),
-            "features": "tf-idf word 1-2 grams, sublinear tf"}, list(pred)
 
 
 def main() -> None:

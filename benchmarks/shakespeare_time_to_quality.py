@@ -1,12 +1,12 @@
 """Time to quality on CPU: Tiny Shakespeare, validation bits per byte after a wall-clock budget.
 
-Split (issue 3; the usual one): the first 90% of the characters train, the last 10% validate
+Split (the usual one): the first 90% of the characters train, the last 10% validate
 (1,003,854 / 111,540 characters). The split files go to --work (never into the repository), are
 prepared with `budgetlm prepare --val` and trained with only `--data`, `--out` and `--budget`:
 every other choice (model size, batch, learning rate, precision) is budgetlm's default.
 
-Reference on the issue's machine: nanoGPT's char-level CPU recipe reaches 2.73 bits/byte in 1 min 51 s
-and 2.26 in 10 min 35 s. Targets: <= 2.45 at 2 minutes and <= 2.10 at 10 minutes.
+The peer: nanoGPT's char-level CPU recipe reaches 2.73 bits/byte in 1 min 51 s and 2.26 in 10 min 35 s
+on the reference machine. Targets: <= 2.45 at 2 minutes and <= 2.10 at 10 minutes.
 
 Each training run holds /tmp/budgetlm-bench.lock (flock) so that benchmarks do not overlap.
 
@@ -17,75 +17,13 @@ Each training run holds /tmp/budgetlm-bench.lock (flock) so that benchmarks do n
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
-import platform
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REFERENCE = {"2m": 2.73, "10m": 2.26}  # nanoGPT char-level CPU recipe (1m51s, 10m35s), from the issue
+from common import locked, machine, prepare_split, train_run, write_json
+
+REFERENCE = {"2m": 2.73, "10m": 2.26}  # nanoGPT char-level CPU recipe (1m51s, 10m35s) on the reference machine
 TARGET = {"2m": 2.45, "10m": 2.10}
-
-
-def split(input_path: Path, work: Path) -> tuple[Path, Path]:
-    """First 90% of the characters for training, the last 10% for validation."""
-    text = input_path.read_text(encoding="utf-8")
-    n = int(len(text) * 0.9)
-    work.mkdir(parents=True, exist_ok=True)
-    tr, va = work / "train.txt", work / "val.txt"
-    tr.write_text(text[:n], encoding="utf-8")
-    va.write_text(text[n:], encoding="utf-8")
-    return tr, va
-
-
-def budgetlm(*args: str) -> dict:
-    """Run one `budgetlm` command in its own process and return its --json object."""
-    proc = subprocess.run([sys.executable, "-m", "budgetlm", *args, "--json"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"budgetlm {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@contextlib.contextmanager
-def locked(lock_path: str | None):
-    """Hold the shared benchmark lock (the file `flock` uses); '' or None = no lock."""
-    if not lock_path:
-        yield
-        return
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def prepare_split(input_path: Path, work: Path, *flags: str) -> tuple[Path, dict]:
-    """Split the text 90/10 into `work` and prepare it (from scratch) as `work/data`."""
-    tr, va = split(input_path, work)
-    data = work / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    return data, budgetlm("prepare", str(tr), "--val", str(va), "--out", str(data), *flags)
-
-
-def train_run(data: Path, out: Path, *flags: str) -> tuple[dict, float]:
-    """`budgetlm train` into a fresh `out`; returns its summary and the wall seconds."""
-    if out.exists():
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    res = budgetlm("train", "--data", str(data), "--out", str(out), *flags)
-    return res, time.perf_counter() - t0
-
-
-def write_json(path: str, obj: dict) -> None:
-    print(json.dumps(obj, indent=2))
-    if path:
-        Path(path).write_text(json.dumps(obj, indent=2, default=str))
 
 
 def main() -> None:
@@ -116,8 +54,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     write_json(args.json_out, {
         "tokenizer": prep["tokenizer"], "vocab_size": prep["vocab_size"], "prepare_args": args.prepare_args,
-        "train_args": args.train_args, "results": results, "machine": platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        "train_args": args.train_args, "results": results, **machine()})
 
 if __name__ == "__main__":
     main()

@@ -63,7 +63,7 @@ def _dataset(tmp_path, parts):
     for i, part in enumerate(parts):
         shards.write_shard(tmp_path / "train" / f"{i:06d}.bin", part)
         info.append({"file": f"train/{i:06d}.bin", "tokens": len(part)})
-    manifest = {"format": "budgetlm-dataset", "version": 1, "dtype": "uint16", "tokenizer": {},
+    manifest = {"format": "budgetlm-dataset", "version": 1, "dtype": "uint16", "tokenizer": {"vocab_size": 64},
                 "splits": {"train": {"shards": info}, "val": {"shards": []}}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return manifest

@@ -56,6 +56,11 @@ CASES: list[tuple[str, int, str]] = [
     ("train --data {user} --out {tmp}/r --max-steps 1", 2, "not a prepared dataset"),
     ("train --data {data} --out {tmp}/r --init-from {user} --max-steps 1", 2, "holds no checkpoint"),
     ("train --config {text} --out {tmp}/r", 2, "config file"),
+    ("train --data {badtypes} --out {tmp}/r --max-steps 1", 2, "is corrupt"),
+    ("train --data {badids} --out {tmp}/r --max-steps 1", 2, "beyond the tokenizer"),
+    ("train --data {flipped} --out {tmp}/r --max-steps 1", 2, "do not match the manifest's checksum"),
+    ("eval --model {run} --data {badids} --split train", 2, "beyond the tokenizer"),
+    ("eval --model {run} --data {flipped} --split train", 2, "checksum"),
     # eval
     ("eval --model {run} --data {data} --batch-size -3", 2, "--batch-size must be"),
     ("eval --model {run} --data {data} --batch-size 0", 2, "--batch-size must be"),
@@ -73,6 +78,15 @@ CASES: list[tuple[str, int, str]] = [
     ("generate --model {run} --seed -4", 2, "--seed must be"),
     ("generate --model {run} --device cuda", 2, "no cuda device"),
     ("generate --model {mlm}", 2, "needs a causal model"),
+    ("generate --model {run} --prompt {badprompt}", 2, "not valid UTF-8"),
+    # plan, hardware
+    ("plan --device nvidia-rtx-3090 --budget 1d --vocab-size -5", 2, "--vocab-size"),
+    ("plan --device nvidia-rtx-3099 --budget 1d", 2, "unknown device"),
+    ("plan --device nvidia-rtx-3090 --budget never", 2, "malformed duration"),
+    ("plan --device nvidia-rtx-3090 --budget 1d --seq-len 0", 2, "--seq-len"),
+    ("plan --device nvidia-rtx-3090 --budget 1d --num-devices 0", 2, "--num-devices"),
+    ("plan --device nvidia-rtx-3090 --budget 1d --data {user}", 2, "not a prepared dataset"),
+    ("hardware --catalog-file {text}", 2, "not valid JSON"),
     # serve (refused before the port is bound or the model loaded)
     ("serve", 2, "--model RUN is required"),
     ("serve --model {run} --max-body-bytes -1", 2, "--max-body-bytes must be"),
@@ -167,9 +181,34 @@ def world(tmp_path_factory):
     user = root / "user"
     user.mkdir()
     (user / "notes.txt").write_text("my own file")
+    _damaged_datasets(root, data)
     return {"data": data, "run": root / "run", "mlm": root / "mlm", "text": root / "text.txt",
             "utf16": root / "utf16.txt", "user": user, "root": root, "labels": root / "labels.tsv",
-            "labels16": root / "labels16.tsv", "clf": root / "clf"}
+            "labels16": root / "labels16.tsv", "clf": root / "clf", "badtypes": root / "badtypes",
+            "badids": root / "badids", "flipped": root / "flipped", "badprompt": "\udcff"}
+
+
+def _damaged_datasets(root: Path, data: Path) -> None:
+    """Copies of the dataset: a manifest with a wrong type, token ids beyond the vocabulary (with the
+    checksums dropped, as a dataset from before checksums would be), and one flipped shard byte."""
+    for name in ("badtypes", "badids", "flipped"):
+        shutil.copytree(data, root / name)
+    m = json.loads((root / "badtypes" / "manifest.json").read_text())
+    m["splits"]["train"]["shards"][0]["tokens"] = "many"
+    (root / "badtypes" / "manifest.json").write_text(json.dumps(m))
+    m = json.loads((root / "badids" / "manifest.json").read_text())
+    for split in m["splits"].values():
+        for sh in split["shards"]:
+            sh.pop("sha256", None)
+    (root / "badids" / "manifest.json").write_text(json.dumps(m))
+    shard = root / "badids" / m["splits"]["train"]["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[-2:] = (60000).to_bytes(2, "little")  # a uint16 id far beyond the byte tokenizer's 262
+    shard.write_bytes(bytes(raw))
+    shard = root / "flipped" / m["splits"]["train"]["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0x01
+    shard.write_bytes(bytes(raw))
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -348,7 +348,8 @@ def test_plan_reads_data_folder_and_catalog_override(capsys, tmp_path, monkeypat
 
     (data / "manifest.json").write_text(json.dumps({
         "format": "budgetlm-dataset", "version": shards.MANIFEST_VERSION, "dtype": "uint16",
-        "tokenizer": {"vocab_size": 500}, "splits": {"train": {"tokens": 12345}, "val": {"tokens": 10}}}))
+        "tokenizer": {"vocab_size": 500}, "splits": {"train": {"tokens": 12345, "shards": []},
+                                                     "val": {"tokens": 10, "shards": []}}}))
     override = tmp_path / "mine.json"
     override.write_text(json.dumps({"devices": [
         {"id": "nvidia-rtx-3090", "price_usd_per_hour": 1.0},

@@ -178,7 +178,7 @@ def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: 
                  split: str = "val", batch_size: int = 8, max_tokens: int = 0, precision: str = "fp32") -> dict[str, Any]:
     """Evaluate a loaded language model (`train.checkpoint.load_model`) on a prepared dataset's split
     or on text files, with exact bits per byte for causal models."""
-    from budgetlm.data.shards import Dataset
+    from budgetlm.data.shards import Dataset, check_ids
     from budgetlm.data.tokenizer import special_ids
 
     if bool(data) == bool(texts):
@@ -192,6 +192,7 @@ def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: 
         tok = ds.tokenizer()
         _check_vocab(tok, vocab)
         tokens, n_bytes, source = ds.tokens(split), ds.split_bytes(split) or None, f"{data} ({split})"
+        check_ids(tokens, vocab, f"the {split} split of {data}")
     else:
         if tok is None:
             raise BudgetError(f"checkpoint {meta.path} has no tokenizer.json: evaluate with --data instead")

@@ -446,6 +446,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     check_config(cfg)
     data = _read_data(cfg)
     cfg = replace(cfg)  # the sources fill in max_len; the caller's config stays as it was
+    fsio.remove_dead_temps(cfg.out)  # what a crashed earlier run left next to --out
     with fsio.atomic_dir(cfg.out, replace=Path(cfg.out).exists()) as tmp:
         fsio.write_marker(tmp, "finetune")
         result = _train(cfg, data, tmp)

@@ -144,12 +144,20 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: f
         raise BudgetError(f"--top-p must be in (0, 1], got {top_p}")
 
 
+def check_prompt(prompt: str) -> None:
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line arrive as lone surrogates
+        raise BudgetError("the prompt is not valid UTF-8 text") from None
+
+
 def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200,
              top_p: float = 1.0, seed: int | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
     """Continue `prompt` with a causal model; `on_text` receives the text as it is produced."""
     from budgetlm.data.tokenizer import SPECIAL_TOKENS
 
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    check_prompt(prompt)
     eot = tokenizer.token_to_id(SPECIAL_TOKENS["eot"])
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
     if not ids:

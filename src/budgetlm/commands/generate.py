@@ -22,9 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from budgetlm.generate import check_sampling, complete, load_causal
+    from budgetlm.generate import check_prompt, check_sampling, complete, load_causal
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    check_prompt(args.prompt)
     model, tok, meta = load_causal(args.model, args.device, args.checkpoint)
     out = ui.console().file
     out.write(args.prompt)

@@ -162,14 +162,6 @@ class _Splitter:
             self.open_split = None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _builtin_pieces(name: str, block_chars: int, info: dict) -> Iterator[sources.Piece]:
     h = hashlib.sha256()
     n = size = 0
@@ -211,7 +203,9 @@ class _ShardSet:
     def _close(self) -> None:
         assert self.writer is not None
         self.writer.close()
-        self.done.append({"file": f"{self.folder.name}/{self.writer.path.name}", "tokens": self.writer.count})
+        path = self.writer.path
+        self.done.append({"file": f"{self.folder.name}/{path.name}", "tokens": self.writer.count,
+                          "bytes": path.stat().st_size, "sha256": fsio.sha256_file(path)})
         self.writer = None
 
     def close(self) -> list[dict]:
@@ -432,7 +426,7 @@ def _build(tmp: Path, out_path: Path, files, val_files, cfg: PrepareConfig, reus
         "version": shards.MANIFEST_VERSION,
         "budgetlm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": [{"path": str(f), "sha256": _sha256(f), "bytes": f.stat().st_size,
+        "inputs": [{"path": str(f), "sha256": fsio.sha256_file(f), "bytes": f.stat().st_size,
                     "split": "val" if f in val_files else "train"}
                    for f in files + val_files if str(f) in stats.files] + extra_inputs,
         "skipped": [{"path": p, "reason": r} for p, r in stats.skipped],

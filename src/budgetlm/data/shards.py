@@ -18,6 +18,7 @@ gives one 1-D view over all shards of a split.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -182,10 +183,65 @@ def read_manifest(data_dir: str | Path) -> dict:
         raise BudgetError(
             f"{path} has manifest version {manifest.get('version')}; this budgetlm reads {MANIFEST_VERSION}"
         )
-    for key in ("splits", "tokenizer", "dtype"):
-        if key not in manifest:
-            raise BudgetError(f"{path} lacks {key!r}")
+    _check_types(manifest, path)
     return manifest
+
+
+def _check_types(manifest: dict, path: Path) -> None:
+    """A manifest someone edited by hand (tokens as a string, a missing split) is named corrupt."""
+    fix = "prepare the dataset again"
+    tok = manifest.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("vocab_size"), int) or tok["vocab_size"] < 1:
+        raise BudgetError(f"{path} is corrupt: tokenizer.vocab_size must be a positive integer; {fix}")
+    if manifest.get("dtype") not in ("uint16", "uint32"):
+        raise BudgetError(f"{path} is corrupt: dtype must be uint16 or uint32; {fix}")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        raise BudgetError(f"{path} is corrupt: no 'splits' table; {fix}")
+    for name, info in splits.items():
+        shard_list = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shard_list, list) or not all(
+                isinstance(sh, dict) and isinstance(sh.get("file"), str) and isinstance(sh.get("tokens"), int)
+                for sh in shard_list):
+            raise BudgetError(f"{path} is corrupt: split {name!r} must list shards with a file and a token "
+                              f"count; {fix}")
+
+
+# Shards up to this size are checked against the manifest's SHA-256 when opened (about 0.2 s per
+# 100 MB); larger ones get the header and size checks only, and `verify_dataset` checks them fully.
+VERIFY_BYTES = 256 * 2**20
+
+
+@functools.lru_cache(maxsize=256)
+def _verified(path: str, mtime_ns: int, size: int, want: str) -> bool:
+    from budgetlm.fsio import sha256_file
+
+    return sha256_file(path) == want
+
+
+def check_shard(path: Path, info: dict, full: bool = False) -> None:
+    """Compare a shard with its manifest entry: size always, SHA-256 when small (or `full`).
+    Datasets written before checksums existed have none and are taken as they are."""
+    want = info.get("sha256")
+    if not want:
+        return
+    st = path.stat()
+    if info.get("bytes") is not None and st.st_size != info["bytes"]:
+        raise BudgetError(f"corrupt token shard {path}: {st.st_size} bytes, the manifest says {info['bytes']}; "
+                          "prepare the dataset again")
+    if (full or st.st_size <= VERIFY_BYTES) and not _verified(str(path), st.st_mtime_ns, st.st_size, want):
+        raise BudgetError(f"corrupt token shard {path}: its contents do not match the manifest's checksum "
+                          "(damaged or modified); prepare the dataset again")
+
+
+def check_ids(tokens, vocab_size: int, where: str) -> None:
+    """Refuse token ids beyond the vocabulary (a shard from another tokenizer, or damaged): the model's
+    embedding would fail on them in the middle of a run."""
+    if len(tokens):
+        top = int(np.asarray(tokens).max()) if not isinstance(tokens, TokenView) else max(int(p.max()) for p in tokens.parts)
+        if top >= vocab_size:
+            raise BudgetError(f"{where} holds token id {top}, beyond the tokenizer's {vocab_size} ids: the shards "
+                              "and tokenizer.json do not belong together; prepare the dataset again")
 
 
 def open_tokens(data_dir: str | Path, split: str):
@@ -202,6 +258,7 @@ def open_tokens(data_dir: str | Path, split: str):
         raise BudgetError(f"{data_dir} has no {split} split")
     parts = []
     for shard in info.get("shards", []):
+        check_shard(data_dir / shard["file"], shard)
         arr = open_shard(data_dir / shard["file"])
         if len(arr) != shard["tokens"]:
             raise BudgetError(
@@ -242,6 +299,12 @@ class Dataset:
 
     def tokens(self, split: str):
         return open_tokens(self.path, split)
+
+    def check(self) -> None:
+        """Every split's token ids fit the vocabulary (`check_ids`)."""
+        for split in SPLITS:
+            if split in self.manifest["splits"]:
+                check_ids(self.tokens(split), self.vocab_size, f"the {split} split of {self.path}")
 
     def split_bytes(self, split: str) -> int:
         """UTF-8 bytes of the split's text (0 when the manifest does not say)."""

@@ -126,8 +126,13 @@ class PlanConfig:
             raise BudgetError("give --data or --tokens, not both")
         if self.tokens is not None and self.tokens <= 0:
             raise BudgetError(f"--tokens must be positive, got {self.tokens:g}")
-        if self.n_embd < 0:
-            raise BudgetError(f"--n-embd must be positive (or 0: 64 x depth), got {self.n_embd}")
+        if self.n_embd < 0 or self.n_embd % 2:
+            raise BudgetError(f"--n-embd must be a positive even width (or 0: 64 x depth), got {self.n_embd}")
+        if self.vocab_size is not None and not 1 <= self.vocab_size <= 2**32:
+            raise BudgetError(f"--vocab-size must be in [1, 2^32], got {self.vocab_size}")
+        for name in ("seq_len", "num_devices"):
+            if getattr(self, name) > 2**31:
+                raise BudgetError(f"--{name.replace('_', '-')} {getattr(self, name)} is beyond any plan (at most 2^31)")
         if self.n_embd and self.model == "auto":
             raise BudgetError("--n-embd needs a depth or a preset as --model (auto chooses the width itself)")
 

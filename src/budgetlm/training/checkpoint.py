@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import math
 import os
@@ -46,6 +45,7 @@ from safetensors.torch import save_model as _st_save_model
 
 from budgetlm import hf
 from budgetlm.config import BudgetError, from_dict, to_dict
+from budgetlm import fsio
 from budgetlm.fsio import atomic_write_json, fsync_dir, is_temp
 from budgetlm.models import kinds as model_kinds
 from budgetlm.training import statefile
@@ -163,12 +163,6 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_files(tmp: Path, model: torch.nn.Module, meta: CheckpointMeta, state: dict[str, Any] | None,
@@ -178,7 +172,7 @@ def _write_files(tmp: Path, model: torch.nn.Module, meta: CheckpointMeta, state:
         statefile.save_state(tmp, state)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    meta.checksums = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.name != "meta.json"}
+    meta.checksums = {p.name: fsio.sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != "meta.json"}
     (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2), encoding="utf-8")
     for f in tmp.iterdir():
         with open(f, "rb+") as fh:
@@ -305,7 +299,7 @@ def verify_files(meta: CheckpointMeta, names: tuple[str, ...]) -> None:
         want = meta.checksums.get(name)
         if want is None or not (ckpt / name).exists():
             continue
-        if sha256(ckpt / name) != want:
+        if fsio.sha256_file(ckpt / name) != want:
             raise BudgetError(f"checkpoint {ckpt} is corrupt: {name} does not match its checksum "
                               "(damaged or modified); use another checkpoint of the run or re-train")
 

@@ -38,6 +38,7 @@ from budgetlm import runtime, ui
 from budgetlm.config import BudgetError, format_duration
 from budgetlm.training.optim import set_lr
 from budgetlm.training.schedule import ScheduleConfig, lr_multiplier, progress
+from budgetlm.training.track import MetricsLogger
 
 
 @dataclass
@@ -145,11 +146,6 @@ def graceful_stop():
             signal.signal(s, h)
 
 
-# --------------------------------------------------------------------------------------------------
-# metrics
-
-
-from budgetlm.training.track import MetricsLogger  # noqa: E402,F401 - where the fine-tuning code finds it
 
 
 # --------------------------------------------------------------------------------------------------

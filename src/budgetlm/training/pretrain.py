@@ -296,6 +296,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     from budgetlm.training.report import pretraining_report
 
     data = Dataset.open(cfg.data)
+    data.check()  # shard checksums and token ids, before a model is built
     if len(data.tokens("train")) == 0:
         raise BudgetError(f"{data.path} has an empty train split")
     budget_s = parse_duration(cfg.budget) if cfg.budget else None
