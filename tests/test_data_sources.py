@@ -172,6 +172,50 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert stats.replacements == 3
 
 
+JAPANESE = "これは日本語の文章です。名前と住所を書いてください。\n" * 20
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-32", "UTF-32")])
+def test_utf16_or_32_text_is_refused_by_its_bom_even_in_a_folder(tmp_path, encoding, name):
+    (tmp_path / "good.txt").write_text("good text", encoding="utf-8")
+    (tmp_path / "wide.txt").write_bytes("the king and the queen\n".encode(encoding))
+    with pytest.raises(BudgetError, match=rf"wide.txt is {name} text: budgetlm reads UTF-8; convert it, e.g. "
+                                          rf"iconv -f {name} -t UTF-8"):
+        read([tmp_path])
+
+
+@pytest.mark.parametrize("size", [1, 200])  # judged at the end of a short file, after 64 Ki chars of a long one
+def test_text_in_another_encoding_is_refused(tmp_path, size):
+    p = tmp_path / "sjis.txt"
+    p.write_bytes((JAPANESE * size).encode("shift_jis"))
+    with pytest.raises(BudgetError, match=r"sjis.txt is not UTF-8 text \(\d+% of its characters are invalid"):
+        read([p])
+
+
+def test_latin1_prose_is_read_with_its_few_bytes_replaced(tmp_path):
+    p = tmp_path / "latin1.txt"
+    text = "Le café de la rue était fermé, mais la boulangerie à côté vendait du pain.\n" * 50
+    p.write_bytes(text.encode("latin-1"))
+    pieces, stats = read([p])
+    assert stats.replacements == text.count("é") + text.count("à") + text.count("ô")
+    assert pieces[0].text == text.replace("é", "\ufffd").replace("à", "\ufffd").replace("ô", "\ufffd")
+
+
+def test_labelled_readers_use_the_same_decoding_rule(tmp_path):
+    from budgetlm.labelled import read_labelled, read_lines
+
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_bytes(("text\tlabel\n" + "".join(f"{line}\t1\n" for line in JAPANESE.split())).encode("shift_jis"))
+    with pytest.raises(BudgetError, match="rows.tsv is not UTF-8 text"):
+        read_labelled(tsv)
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(JAPANESE.encode("cp932"))
+    with pytest.raises(BudgetError, match="lines.txt is not UTF-8 text"):
+        read_lines(lines)
+    lines.write_bytes("caf\xe9 au lait, s'il vous pla\xeet\n".encode("latin-1"))
+    assert read_lines(lines) == ["caf\ufffd au lait, s'il vous pla\ufffdt"]
+
+
 def test_utf8_bom_is_dropped(tmp_path):
     p = tmp_path / "bom.txt"
     p.write_bytes("\ufeffhello".encode("utf-8"))

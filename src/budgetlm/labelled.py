@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from budgetlm.config import BudgetError
-from budgetlm.data.sources import damaged_file_errors, json_records, load_hf_split, open_text, split_suffix
+from budgetlm.data.sources import (check_decoded, damaged_file_errors, json_records, load_hf_split, open_text,
+                                   replacements_so_far, split_suffix)
 
 
 @dataclass
@@ -33,7 +34,8 @@ class Labelled:
 
 
 # Files open through `prepare`'s reader: compressed (.gz .xz .bz2 .zst) like plain, a BOM dropped,
-# invalid UTF-8 replaced by U+FFFD rather than failing half-way through a file.
+# invalid UTF-8 replaced by U+FFFD rather than failing half-way through a file; UTF-16/32 and files
+# that are mostly invalid UTF-8 refused (`data.sources.check_decoded`).
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     for where, row in json_records(path):
         if not isinstance(row, dict):
@@ -53,7 +55,8 @@ def _rows_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict]]:
             yield i, row
 
 
-READERS: dict[str, Callable[[Path], Iterator[tuple[int, dict]]]] = {
+# format suffix -> rows as (line or item, record) of one file
+READERS: dict[str, Callable[[Path], Iterator[tuple[int | str, dict]]]] = {
     ".jsonl": _rows_jsonl,
     ".json": _rows_jsonl,
     ".csv": lambda p: _rows_delimited(p, ","),
@@ -116,15 +119,20 @@ def read_labelled(
     if reader is None:
         raise BudgetError(f"{path}: unknown format {fmt or path.suffix!r}; use one of {', '.join(READERS)} "
                           "(optionally .gz, .xz, .bz2 or .zst)")
+    before = replacements_so_far()
     with damaged_file_errors(path):
-        return _from_rows(reader(path), str(path), text_col, pair_col, label_col, need_labels)
+        data = _from_rows(reader(path), str(path), text_col, pair_col, label_col, need_labels)
+    check_decoded(path, replacements_so_far() - before, sum(map(len, data.texts + (data.pairs or []))))
+    return data
 
 
 def read_lines(path: str | Path) -> list[str]:
     """The non-blank lines of a plain-text file (plain or compressed), one text each."""
     path = _existing_file(path)
+    before = replacements_so_far()
     with damaged_file_errors(path), open_text(path, newline=None) as fh:
         lines = [ln.rstrip("\n") for ln in fh if ln.strip()]
+    check_decoded(path, replacements_so_far() - before, sum(map(len, lines)))
     if not lines:
         raise BudgetError(f"{path} holds no text")
     return lines

@@ -9,7 +9,12 @@ document (the end-of-text token goes after it); `whole` marks a document that fi
 
 Formats are chosen by file suffix through the `READERS` registry; `.gz`, `.xz`, `.bz2` and `.zst`
 are opened transparently through `OPENERS`. Invalid UTF-8 is replaced with U+FFFD and counted
-(`Stats.replacements`); files with NUL bytes in their first KB are skipped as binary.
+(`Stats.replacements`); a file with more than `MAX_REPLACED_FRACTION` of its characters replaced,
+or with a UTF-16/UTF-32 byte-order mark, is refused (it is in another encoding); other files with NUL
+bytes in their first KB are skipped as binary.
+
+`json_records` is the one JSON reader and `load_hf_split` the one Hugging Face dataset reader of
+budgetlm: the labelled-data readers (`budgetlm.labelled`) use them too.
 """
 
 from __future__ import annotations
@@ -128,19 +133,46 @@ def open_binary(path: Path) -> IO[bytes]:
 _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 
+# A file more than this fraction of whose characters are replacements is in another encoding (or is
+# binary): Latin-1 prose has a few percent of bytes above 127, each one replacement; Greek or
+# Cyrillic in an 8-bit code page, Shift-JIS, GBK or random bytes have most of theirs invalid.
+MAX_REPLACED_FRACTION = 0.25
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' when `head` starts with that encoding's byte-order mark."""
+    return next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+
+
+def _not_utf8(path: Path, what: str, encoding: str) -> BudgetError:
+    return BudgetError(f"{path} is {what}: budgetlm reads UTF-8; convert it, e.g. "
+                       f"iconv -f {encoding} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
+
 
 def open_text(path: Path, newline: str | None = "") -> IO[str]:
     """UTF-8 text (BOM dropped), invalid bytes replaced and counted. UTF-16/32 (a BOM, or NUL
     bytes at the start) is refused with a one-line error: read as UTF-8 it would be all garbage."""
     raw = open_binary(path)
     head = raw.peek(1024)[:1024] if hasattr(raw, "peek") else b""
-    wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    wide = _wide_encoding(head)
     if wide or b"\x00" in head:
         raw.close()
-        what = f"{wide} text" if wide else "not UTF-8 text (it holds NUL bytes)"
-        raise BudgetError(f"{path} is {what}: budgetlm reads UTF-8; convert it, e.g. "
-                          f"iconv -f {wide or 'UTF-16'} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
+        raise _not_utf8(path, f"{wide} text" if wide else "not UTF-8 text (it holds NUL bytes)", wide or "UTF-16")
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="budgetlm-replace", newline=newline)
+
+
+def replacements_so_far() -> int:
+    """Invalid UTF-8 sequences replaced by `open_text` readers in this process so far."""
+    return _REPLACED[0]
+
+
+def check_decoded(path: Path, replaced: int, chars: int) -> None:
+    """Refuse a file whose text is mostly replacement characters (`MAX_REPLACED_FRACTION`): it is in
+    another encoding, and replacing its bytes would keep nothing of it."""
+    if replaced and replaced > MAX_REPLACED_FRACTION * chars:
+        share = f"{min(1.0, replaced / max(chars, 1)):.0%}"
+        raise _not_utf8(path, f"not UTF-8 text ({share} of its characters are invalid UTF-8; another "
+                        "encoding such as Latin-1, a code page or Shift-JIS, or binary data)", "ENCODING")
 
 
 def looks_binary(path: Path) -> bool:
@@ -364,29 +396,40 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def read_files(files: list[Path], opt: ReadOptions, stats: Stats,
                on_file: Callable[[Path], None] | None = None) -> Iterator[Piece]:
-    """Pieces from each file in order; binary files are skipped and recorded in `stats`."""
+    """Pieces from each file in order. Binary files are skipped and recorded in `stats`; UTF-16/32
+    text and files that are mostly invalid UTF-8 are refused (`check_decoded`)."""
     for path in files:
         fmt, _ = split_suffix(path)
-        reader = READERS.get(fmt, _read_txt)
         if fmt not in NO_BINARY_CHECK and looks_binary(path):
             with open_binary(path) as fh:
-                head = fh.read(4)
-            wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
-            stats.skipped.append((str(path), f"{wide} text: convert it to UTF-8 (iconv -f {wide} -t UTF-8)" if wide
-                                  else "binary (NUL bytes in the first KB)"))
-            if on_file:
-                on_file(path)
-            continue
-        before = _REPLACED[0]
-        stats.files.append(str(path))  # listed even when the reader stops early (--max-mb)
-        with damaged_file_errors(path):
-            for piece in reader(path, opt):
-                stats.replacements += _REPLACED[0] - before
-                before = _REPLACED[0]
-                yield piece
-        stats.replacements += _REPLACED[0] - before
+                wide = _wide_encoding(fh.read(4))
+            if wide:
+                raise _not_utf8(path, f"{wide} text", wide)
+            stats.skipped.append((str(path), "binary (NUL bytes in the first KB)"))
+        else:
+            stats.files.append(str(path))  # listed even when the reader stops early (--max-mb)
+            yield from _checked_pieces(path, READERS.get(fmt, _read_txt)(path, opt), stats)
         if on_file:
             on_file(path)
+
+
+def _checked_pieces(path: Path, pieces: Iterator[Piece], stats: Stats) -> Iterator[Piece]:
+    """`pieces` of one file, its replacements counted into `stats`; a file that turns out to be mostly
+    replacement characters is refused after its first 64 Ki characters, or at its end if shorter."""
+    start = before = _REPLACED[0]
+    chars, judged = 0, False
+    with damaged_file_errors(path):
+        for piece in pieces:
+            stats.replacements += _REPLACED[0] - before
+            before = _REPLACED[0]
+            chars += len(piece.text)
+            if not judged and chars >= 65536:
+                check_decoded(path, _REPLACED[0] - start, chars)
+                judged = True
+            yield piece
+    stats.replacements += _REPLACED[0] - before
+    if not judged:
+        check_decoded(path, _REPLACED[0] - start, chars)
 
 
 # --------------------------------------------------------------------------------------------------
