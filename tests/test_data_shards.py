@@ -111,3 +111,80 @@ def test_manifest_errors(tmp_path):
         shards.read_manifest(tmp_path)
     with pytest.raises(BudgetError, match="unknown split 'test'"):
         shards.open_tokens(tmp_path, "test")
+
+
+def _edit(tmp_path, change):
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    change(m)
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("what, change", [
+    ("shard tokens as a string", lambda m: m["splits"]["train"]["shards"][0].update(tokens="many")),
+    ("split tokens as a string", lambda m: m["splits"]["train"].update(tokens="5")),
+    ("negative bytes", lambda m: m["splits"]["train"].update(bytes=-1)),
+    ("a shard outside the folder", lambda m: m["splits"]["train"]["shards"][0].update(file="../x.bin")),
+    ("an absolute shard path", lambda m: m["splits"]["train"]["shards"][0].update(file="/etc/hostname")),
+    ("a checksum that is a number", lambda m: m["splits"]["train"]["shards"][0].update(sha256=5)),
+    ("no train split", lambda m: m["splits"].pop("train")),
+    ("vocab_size as a bool", lambda m: m["tokenizer"].update(vocab_size=True)),
+    ("an unknown dtype", lambda m: m.update(dtype="float32")),
+])
+def test_hand_edited_manifest_is_named_corrupt(tmp_path, what, change):
+    _dataset(tmp_path, [np.arange(5, dtype=np.uint16)])
+    _edit(tmp_path, change)
+    with pytest.raises(BudgetError, match=r"manifest.json is corrupt: .*; prepare the dataset again"):
+        shards.read_manifest(tmp_path)
+
+
+def _checked_dataset(tmp_path, tokens):
+    from budgetlm.fsio import sha256_file
+
+    manifest = _dataset(tmp_path, [tokens])
+    shard = tmp_path / "train" / "000000.bin"
+    manifest["splits"]["train"]["shards"][0].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return shard
+
+
+def test_shard_checksum_and_size_are_checked_on_open(tmp_path):
+    shard = _checked_dataset(tmp_path, np.arange(50, dtype=np.uint16))
+    assert len(shards.open_tokens(tmp_path, "train")) == 50
+    raw = bytearray(shard.read_bytes())
+    raw[80] ^= 1  # one flipped bit in the token data: header and size still agree
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(BudgetError, match="corrupt token shard .*000000.bin: its contents do not match"):
+        shards.open_tokens(tmp_path, "train")
+    shard.write_bytes(bytes(raw) + b"\0\0")
+    with pytest.raises(BudgetError, match=r"corrupt token shard .*: 166 bytes, the manifest says 164"):
+        shards.open_tokens(tmp_path, "train")
+    shard.unlink()
+    with pytest.raises(BudgetError, match="cannot read token shard .*000000.bin"):
+        shards.open_tokens(tmp_path, "train")
+
+
+def test_large_shards_get_the_fast_check_on_open_and_the_full_one_on_request(tmp_path, monkeypatch):
+    shard = _checked_dataset(tmp_path, np.arange(50, dtype=np.uint16))
+    raw = bytearray(shard.read_bytes())
+    raw[80] ^= 1
+    shard.write_bytes(bytes(raw))
+    monkeypatch.setattr(shards, "VERIFY_BYTES", 100)  # this shard now counts as large
+    assert len(shards.open_tokens(tmp_path, "train")) == 50  # header and size only
+    with pytest.raises(BudgetError, match="do not match the manifest's checksum"):
+        shards.Dataset.open(tmp_path).check(full=True)
+
+
+def test_datasets_written_before_checksums_still_open(tmp_path):
+    _dataset(tmp_path, [np.arange(5, dtype=np.uint16)])  # entries without bytes or sha256
+    assert list(shards.Dataset.open(tmp_path).tokens("train")) == [0, 1, 2, 3, 4]
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_naming_the_shard(tmp_path):
+    _dataset(tmp_path, [np.arange(10, dtype=np.uint16), np.array([3, 64, 5], dtype=np.uint16)])
+    ds = shards.Dataset.open(tmp_path)  # vocab_size 64: ids 0-63
+    with pytest.raises(BudgetError, match=r"token shard .*train/000001.bin \(the train split of .*\) holds token "
+                                          r"id 64, beyond the tokenizer's 64 ids"):
+        ds.check()
+    shards.check_ids(ds.tokens("train"), 65, "fine")
+    with pytest.raises(BudgetError, match="^ids holds token id 9"):
+        shards.check_ids(np.arange(10), 9, "ids")

@@ -13,7 +13,10 @@ The reader checks magic, version, dtype and that the file holds exactly `count` 
 truncated or foreign file is refused with one clear line instead of silently training on garbage.
 
 A dataset folder is `manifest.json`, `tokenizer.json`, `train/*.bin`, `val/*.bin`; `open_tokens`
-gives one 1-D view over all shards of a split.
+gives one 1-D view over all shards of a split. The manifest records each shard's size and SHA-256;
+`open_tokens` compares the size always and the checksum for shards up to `VERIFY_BYTES` (larger
+ones: `Dataset.check(full=True)`), and `Dataset.check` refuses token ids beyond the vocabulary.
+Datasets written before the checksums existed open with the header and size checks.
 """
 
 from __future__ import annotations
@@ -187,28 +190,43 @@ def read_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_types(manifest: dict, path: Path) -> None:
-    """A manifest someone edited by hand (tokens as a string, a missing split) is named corrupt."""
-    fix = "prepare the dataset again"
+    """A manifest someone edited by hand (tokens as a string, a missing split, a shard outside the
+    folder) is named corrupt, instead of failing somewhere later with a traceback."""
+    def corrupt(what: str) -> BudgetError:
+        return BudgetError(f"{path} is corrupt: {what}; prepare the dataset again")
+
     tok = manifest.get("tokenizer")
-    if not isinstance(tok, dict) or not isinstance(tok.get("vocab_size"), int) or tok["vocab_size"] < 1:
-        raise BudgetError(f"{path} is corrupt: tokenizer.vocab_size must be a positive integer; {fix}")
+    if not isinstance(tok, dict) or not _count(tok.get("vocab_size")) or tok["vocab_size"] < 1:
+        raise corrupt("tokenizer.vocab_size must be a positive integer")
     if manifest.get("dtype") not in ("uint16", "uint32"):
-        raise BudgetError(f"{path} is corrupt: dtype must be uint16 or uint32; {fix}")
+        raise corrupt("dtype must be uint16 or uint32")
     splits = manifest.get("splits")
-    if not isinstance(splits, dict):
-        raise BudgetError(f"{path} is corrupt: no 'splits' table; {fix}")
+    if not isinstance(splits, dict) or not isinstance(splits.get("train"), dict):
+        raise corrupt("no 'splits' table with a train split")
     for name, info in splits.items():
-        shard_list = info.get("shards") if isinstance(info, dict) else None
-        if not isinstance(shard_list, list) or not all(
-                isinstance(sh, dict) and isinstance(sh.get("file"), str) and isinstance(sh.get("tokens"), int)
-                for sh in shard_list):
-            raise BudgetError(f"{path} is corrupt: split {name!r} must list shards with a file and a token "
-                              f"count; {fix}")
+        if not isinstance(info, dict) or not all(_count(info.get(k, 0)) for k in ("tokens", "bytes", "documents")):
+            raise corrupt(f"split {name!r} must give tokens, bytes and documents as counts")
+        shard_list = info.get("shards")
+        if not isinstance(shard_list, list) or not all(_shard_entry_ok(sh) for sh in shard_list):
+            raise corrupt(f"split {name!r} must list shards with a file inside the dataset folder and a "
+                          "token count")
+
+
+def _shard_entry_ok(shard) -> bool:
+    if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) or not _count(shard.get("tokens")):
+        return False
+    file = Path(shard["file"])
+    return (not file.is_absolute() and ".." not in file.parts and _count(shard.get("bytes", 0))
+            and isinstance(shard.get("sha256", ""), (str, type(None))))
 
 
 # Shards up to this size are checked against the manifest's SHA-256 when opened (about 0.2 s per
-# 100 MB); larger ones get the header and size checks only, and `verify_dataset` checks them fully.
+# 100 MB); larger ones get the header and size checks only, and `Dataset.check(full=True)` checks them fully.
 VERIFY_BYTES = 256 * 2**20
 
 
@@ -225,7 +243,10 @@ def check_shard(path: Path, info: dict, full: bool = False) -> None:
     want = info.get("sha256")
     if not want:
         return
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise BudgetError(f"cannot read token shard {path}: {e.strerror or e}; prepare the dataset again") from None
     if info.get("bytes") is not None and st.st_size != info["bytes"]:
         raise BudgetError(f"corrupt token shard {path}: {st.st_size} bytes, the manifest says {info['bytes']}; "
                           "prepare the dataset again")
@@ -236,12 +257,15 @@ def check_shard(path: Path, info: dict, full: bool = False) -> None:
 
 def check_ids(tokens, vocab_size: int, where: str) -> None:
     """Refuse token ids beyond the vocabulary (a shard from another tokenizer, or damaged): the model's
-    embedding would fail on them in the middle of a run."""
-    if len(tokens):
-        top = int(np.asarray(tokens).max()) if not isinstance(tokens, TokenView) else max(int(p.max()) for p in tokens.parts)
+    embedding would fail on them in the middle of a run. The message names the shard file when
+    `tokens` are memory-mapped shards (`open_tokens`). A max over a memmap reads the file once."""
+    for part in tokens.parts if isinstance(tokens, TokenView) else [tokens]:
+        top = int(np.max(part)) if len(part) else -1
         if top >= vocab_size:
-            raise BudgetError(f"{where} holds token id {top}, beyond the tokenizer's {vocab_size} ids: the shards "
-                              "and tokenizer.json do not belong together; prepare the dataset again")
+            shard = getattr(part, "filename", None)
+            raise BudgetError(f"{f'token shard {shard} ({where})' if shard else where} holds token id {top}, "
+                              f"beyond the tokenizer's {vocab_size} ids: the shards and tokenizer.json do not "
+                              "belong together; prepare the dataset again")
 
 
 def open_tokens(data_dir: str | Path, split: str):
@@ -300,10 +324,13 @@ class Dataset:
     def tokens(self, split: str):
         return open_tokens(self.path, split)
 
-    def check(self) -> None:
-        """Every split's token ids fit the vocabulary (`check_ids`)."""
+    def check(self, full: bool = False) -> None:
+        """Every shard against the manifest (`check_shard`: size, and the SHA-256 of small shards or,
+        with `full`, of all) and every token id against the vocabulary (`check_ids`)."""
         for split in SPLITS:
             if split in self.manifest["splits"]:
+                for shard in self.manifest["splits"][split]["shards"] if full else ():
+                    check_shard(self.path / shard["file"], shard, full=True)
                 check_ids(self.tokens(split), self.vocab_size, f"the {split} split of {self.path}")
 
     def split_bytes(self, split: str) -> int:
