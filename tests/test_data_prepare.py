@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -356,7 +357,8 @@ def test_interrupted_run_leaves_no_complete_looking_folder(tmp_path, sig):
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
-    assert not out.exists()
+    # nothing at --out but, after a kill, the empty folder the write lock was taken in
+    assert not out.exists() or (sig == signal.SIGKILL and [p.name for p in out.iterdir()] == [".budgetlm.lock"])
     for leftover in tmp_path.glob(".ds.*"):
         assert not (leftover / "manifest.json").exists()
     if sig == signal.SIGINT:  # a clean interruption removes its temp folder and says so
@@ -365,7 +367,7 @@ def test_interrupted_run_leaves_no_complete_looking_folder(tmp_path, sig):
     else:  # a killed run's temp folder is removed by the next run over the same --out
         assert list(tmp_path.glob(".ds.tmp-*"))
         small = jsonl(tmp_path / "small.jsonl", documents(5))
-        prepare_dataset([str(small)], str(out), PrepareConfig(tokenizer="byte"))
+        prepare_dataset([str(small)], str(out), PrepareConfig(tokenizer="byte"))  # no --overwrite needed
         assert not list(tmp_path.glob(".ds.tmp-*")) and shards.read_manifest(out)
 
 
@@ -418,3 +420,73 @@ def test_out_inside_or_around_an_input_is_refused(tmp_path, monkeypatch):
     with pytest.raises(BudgetError, match="contains the input"):
         prepare_dataset([str(tmp_path / "corpus")], str(tmp_path), PrepareConfig(tokenizer="byte", overwrite=True))
     assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == before
+
+
+def test_a_dataset_from_before_markers_can_be_overwritten(tmp_path, capsys):
+    """A folder with a budgetlm manifest but no `.budgetlm.json` marker is a dataset prepare made."""
+    src = jsonl(tmp_path / "d.jsonl", documents(10))
+    out = tmp_path / "ds"
+    assert cli(capsys, str(src), "--out", str(out), "--tokenizer", "byte")[0] == 0
+    (out / ".budgetlm.json").unlink()
+    assert shards.Dataset.open(out).tokens("train") is not None  # still loads
+    code, _, err = cli(capsys, str(src), "--out", str(out), "--tokenizer", "byte")
+    assert code == 2 and "--overwrite" in err
+    assert cli(capsys, str(src), "--out", str(out), "--tokenizer", "byte", "--overwrite")[0] == 0
+    assert (out / ".budgetlm.json").exists()
+
+
+def test_a_second_prepare_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    from budgetlm import fsio
+
+    src = jsonl(tmp_path / "d.jsonl", documents(10))
+    out = tmp_path / "ds"
+    with fsio.FolderLock(out):  # as the first prepare holds it while it builds
+        code, _, err = cli(capsys, str(src), "--out", str(out), "--tokenizer", "byte")
+        assert code == 2 and "is being written by process" in err
+        assert [p.name for p in out.iterdir()] == [".budgetlm.lock"]
+    assert cli(capsys, str(src), "--out", str(out), "--tokenizer", "byte")[0] == 0  # once it is free
+    assert ".budgetlm.lock" not in [p.name for p in out.iterdir()]
+
+
+def test_a_failed_prepare_leaves_no_folder_behind(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    code, _, err = cli(capsys, str(tmp_path / "empty.txt"), "--out", str(tmp_path / "ds"))
+    assert code == 2 and not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds*"))
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from budgetlm import fsio
+
+    def denied(self):  # what mkdir gives in a folder without write permission (even root on a read-only mount)
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.folder))
+
+    monkeypatch.setattr(fsio.FolderLock, "__enter__", denied)
+    src = jsonl(tmp_path / "d.jsonl", documents(5))
+    code, _, err = cli(capsys, str(src), "--out", str(tmp_path / "ro" / "ds"), "--tokenizer", "byte")
+    assert code == 2 and "cannot write" in err and "Permission denied" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tokenizer", "sentencepiece", "--tokenizer must be one of bpe, wordpiece, byte"),
+    ("txt_documents", "page", "--txt-documents must be one of file, paragraph, line"),
+    ("vocab_size", 10**9, "--vocab-size must be [0, 2097152]"),
+    ("shard_tokens", 0, "--shard-tokens must be"),
+    ("min_compression", float("nan"), "--min-compression must be"),
+])
+def test_python_api_checks_every_setting(field, value, message):
+    with pytest.raises(BudgetError, match=re.escape(message)):
+        PrepareConfig(**{field: value})
+
+
+def test_every_prepare_flag_shows_its_default():
+    import argparse
+
+    from budgetlm.commands.prepare import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
+        if action.dest not in ("help", "inputs"):
+            assert "(default: " in action.help, action.dest

@@ -4,8 +4,8 @@ changed by the attempt.
 
 Each row of CASES is (command line, expected exit code, fragment of the one-line message). The
 command line may use {data} (a prepared dataset), {run} (a trained causal run), {mlm} (a masked
-run), {text} (a UTF-8 text file), {utf16} (a UTF-16 file), {user} (a folder of the user's own
-files) and {tmp} (an empty scratch folder). Before each case every file under the fixtures is
+run), {text} (a UTF-8 text file), {utf16} (a UTF-16 file), {sjis} (Shift-JIS text), {user} (a
+folder of the user's own files), damaged copies of {data} and {tmp} (an empty scratch folder). Before each case every file under the fixtures is
 hashed, and after it the hashes must be the same. A new flag adds a row.
 
 The slower fault cases (a kill during a write, a full disk) are marked `faults` and run with
@@ -120,7 +120,36 @@ CASES: list[tuple[str, int, str]] = [
     ("prepare {text} --out {user} --overwrite", 2, "not a folder budgetlm made"),
     ("prepare {text} --out {run} --overwrite", 2, "budgetlm train folder"),
     ("prepare {text} --out {data}", 2, "already exists"),
-    ("prepare {utf16} --out {tmp}/p", 2, "all inputs were skipped"),  # the warning above says: UTF-16 text
+    ("prepare {utf16} --out {tmp}/p", 2, "is UTF-16 text"),
+    ("prepare {text} {utf16} --out {tmp}/p", 2, "is UTF-16 text"),
+    ("prepare {sjis} --out {tmp}/p", 2, "is not UTF-8 text"),
+    ("prepare {text} --out {tmp}/p --vocab-size 100", 2, "too small for a bpe tokenizer"),
+    ("prepare {text} --out {tmp}/p --vocab-size -1", 2, "--vocab-size must be"),
+    ("prepare {text} --out {tmp}/p --tokenizer-train-mb -1", 2, "--tokenizer-train-mb must be"),
+    ("prepare {text} --out {tmp}/p --min-chars -1", 2, "--min-chars must be"),
+    ("prepare {text} --out {tmp}/p --max-compression inf", 2, "--max-compression must be"),
+    ("prepare {text} --out {tmp}/p --block-chars 10", 2, "--block-chars must be"),
+    ("prepare {text} --out {tmp}/p --shard-tokens 0", 2, "--shard-tokens must be"),
+    ("prepare {text} --out {tmp}/p --tokenizer sentencepiece", 2, "invalid choice"),
+    ("prepare {text} --out {tmp}/p --tokenizer-from {text}", 2, "cannot read tokenizer"),
+    ("prepare {text} --out {tmp}/p --builtin nosuch", 2, "unknown built-in corpus"),
+    ("prepare --out {tmp}/p", 2, "nothing to prepare"),
+    ("prepare {tmp}/missing.txt --out {tmp}/p", 2, "input not found"),
+    ("prepare {text} --val {tmp}/missing.txt --out {tmp}/p", 2, "input not found"),
+    ("prepare {text} --out {text}", 2, "is the input"),
+    ("prepare {text} --out {labels}", 2, "is a file"),
+    ("prepare {text} --out {data} --overwrite --tokenizer-from {data}", 2, "is the input"),
+    ("prepare --hf-dataset {hfds} --split test --out {tmp}/p", 2, "no split 'test'"),
+    ("prepare --hf-dataset {hfds} --text-field body --out {tmp}/p", 2, "no field 'body'"),
+    # damaged datasets, for every reader of one
+    ("plan --device nvidia-rtx-3090 --budget 1d --data {badtypes}", 2, "is corrupt"),
+    ("plan --device nvidia-rtx-3090 --budget 1d --data {badsplit}", 2, "is corrupt"),
+    ("train --data {badpath} --out {tmp}/r --max-steps 1", 2, "inside the dataset folder"),
+    ("eval --model {run} --data {noshard} --split train", 2, "cannot read token shard"),
+    ("eval --model {run} --data {badtypes}", 2, "is corrupt"),
+    # labelled files in another encoding
+    ("finetune --model {mlm} --train {sjistsv} --out {tmp}/f", 2, "is not UTF-8 text"),
+    ("classify --model {clf} --input {sjis}", 2, "is not UTF-8 text"),
     ("prepare {text} --out {tmp}/p --clean nosuchstep", 2, "nosuchstep"),
     # finetune
     ("finetune --model {mlm} --train {labels} --out {tmp}/f --batch-size 0", 2, "--batch-size must be"),
@@ -178,6 +207,13 @@ def world(tmp_path_factory):
                  str(root / "clf"), "--epochs", "1", "--batch-size", "8", "--max-len", "16", "--device", "cpu",
                  "--precision", "fp32"]) == 0
     (root / "utf16.txt").write_bytes("the king and the queen\n".encode("utf-16"))
+    japanese = "これは日本語の文章です。名前と住所を書いてください。"
+    (root / "sjis.txt").write_bytes((japanese + "\n").encode("shift_jis") * 10)
+    (root / "sjis.tsv").write_bytes(("text\tlabel\n" + f"{japanese}\tpos\n" * 10).encode("shift_jis"))
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["the king speaks"] * 4})}).save_to_disk(
+        str(root / "hfds"))
     user = root / "user"
     user.mkdir()
     (user / "notes.txt").write_text("my own file")
@@ -185,7 +221,9 @@ def world(tmp_path_factory):
     return {"data": data, "run": root / "run", "mlm": root / "mlm", "text": root / "text.txt",
             "utf16": root / "utf16.txt", "user": user, "root": root, "labels": root / "labels.tsv",
             "labels16": root / "labels16.tsv", "clf": root / "clf", "badtypes": root / "badtypes",
-            "badids": root / "badids", "flipped": root / "flipped", "badprompt": "\udcff"}
+            "badids": root / "badids", "flipped": root / "flipped", "badprompt": "\udcff",
+            "badsplit": root / "badsplit", "badpath": root / "badpath", "noshard": root / "noshard",
+            "sjis": root / "sjis.txt", "sjistsv": root / "sjis.tsv", "hfds": root / "hfds"}
 
 
 def _damaged_datasets(root: Path, data: Path) -> None:
@@ -209,6 +247,17 @@ def _damaged_datasets(root: Path, data: Path) -> None:
     raw = bytearray(shard.read_bytes())
     raw[100] ^= 0x01
     shard.write_bytes(bytes(raw))
+    _edited_copy(root, data, "badsplit", lambda m: m["splits"]["train"].update(tokens="many"))
+    _edited_copy(root, data, "badpath", lambda m: m["splits"]["train"]["shards"][0].update(file="../text.txt"))
+    _edited_copy(root, data, "noshard", lambda m: m)
+    (root / "noshard" / m["splits"]["train"]["shards"][0]["file"]).unlink()
+
+
+def _edited_copy(root: Path, data: Path, name: str, edit) -> None:
+    shutil.copytree(data, root / name)
+    m = json.loads((root / name / "manifest.json").read_text())
+    edit(m)
+    (root / name / "manifest.json").write_text(json.dumps(m))
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ from budgetlm.data import shards
 from budgetlm.data.prepare import PrepareConfig
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="files or folders (recursive): .txt .md .jsonl .json .csv .tsv .parquet, "
@@ -20,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="dataset folder to create (default: out/NAME, NAME from the first input)")
     parser.add_argument("--val", nargs="+", metavar="INPUT", default=None,
-                        help="explicit validation inputs (then --val-fraction is ignored)")
+                        help="explicit validation inputs (then --val-fraction is ignored) (default: none: "
+                             "--val-fraction of the inputs)")
     add_dataclass_args(parser, PrepareConfig)
 
 

@@ -8,9 +8,11 @@ Three streaming passes, so the corpus is never in memory whole:
 3. encode the spools in batches with `encode_batch_fast` (Rust, all cores) and append the ids,
    one end-of-text token after each document, to memory-mapped shards.
 
-Everything is written into `.NAME.tmp-PID` next to `--out` and renamed into place only when complete,
-so an interrupted run leaves nothing that looks like a dataset, and `--overwrite` removes the old
-dataset only after the new one is whole.
+Everything is written into `.NAME.tmp-PID` next to `--out` (`fsio.atomic_dir`) and renamed into
+place only when complete, so an interrupted run leaves nothing that looks like a dataset, and
+`--overwrite` removes the old dataset only after the new one is whole. The write guard
+(`fsio.check_output`) keeps `--out` away from the inputs and lets `--overwrite` replace only a dataset
+folder; `fsio.FolderLock` on `--out` refuses a second `prepare` into it while this one writes.
 
 Train/val split: the k-th kept piece goes to val when floor(k*f + 1/2) steps up, so exactly
 round(n*f) of n pieces are val, spread evenly through the corpus, identical on every run with the
@@ -19,11 +21,13 @@ same inputs and options (a piece is a document, or a ~64 KiB block of a longer o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
 import struct
 import time
+import typing
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -54,12 +58,17 @@ class PrepareConfig:
     max_compression: float = ranged(0.75, 0.0, 2.0)  # `compression` step: drop text whose zlib size/raw size is above this (random or encoded junk)
     val_fraction: float = ranged(0.1, 0.0, 0.99)  # fraction of pieces (documents or ~64 KiB blocks) held out for validation; ignored with --val
     block_chars: int = ranged(65536, 64, 1 << 30)  # documents longer than this many characters are cut into blocks at line ends
-    shard_tokens: int = ranged(100_000_000, 1, 1 << 40)  # tokens per shard file
-    batch_chars: int = ranged(2_000_000, 1, 1 << 34)  # characters encoded per batch (bounds memory; larger batches keep all cores busy)
+    shard_tokens: int = ranged(100_000_000, 1, 10**12)  # tokens per shard file
+    batch_chars: int = ranged(2_000_000, 1, 10**9)  # characters encoded per batch (bounds memory; larger batches keep all cores busy)
     overwrite: bool = False  # replace an existing dataset at --out (the old one is kept until the new one is complete)
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        for name in ("tokenizer", "txt_documents"):  # argparse checks these choices; the Python API here
+            allowed = typing.get_args(typing.get_type_hints(PrepareConfig)[name])
+            if getattr(self, name) not in allowed:
+                raise BudgetError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,20 +288,7 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
         raise BudgetError("--out DIR is required")
     out_path = Path(out).expanduser().absolute()
     inputs = list(inputs or [])
-    names = [n for item in cfg.clean for n in item.split(",") if n]
-    for n in names:
-        if n not in clean.CLEAN_STEPS and Path(n).exists():
-            raise BudgetError(f"--clean got {n!r}, which is an input path: put INPUT... before --clean")
-    if not inputs and not cfg.builtin and not cfg.hf_dataset:
-        raise BudgetError("nothing to prepare: give INPUT files/folders, --builtin NAME or --hf-dataset NAME")
-    if val_inputs is None and not 0.0 <= cfg.val_fraction < 1.0:
-        raise BudgetError("--val-fraction must be in [0, 1)")
-    for name, value in (("--block-chars", cfg.block_chars), ("--shard-tokens", cfg.shard_tokens),
-                        ("--batch-chars", cfg.batch_chars)):
-        if value <= 0:
-            raise BudgetError(f"{name} must be positive")
-    if cfg.builtin and cfg.builtin not in builtin.BUILTINS:
-        raise BudgetError(f"unknown built-in corpus {cfg.builtin!r}: choose one of {', '.join(builtin.BUILTINS)}")
+    names = _check_request(inputs, cfg)
     # fail before reading anything: a bad vocabulary size or an unreadable --tokenizer-from
     reused = toklib.load_tokenizer(cfg.tokenizer_from) if cfg.tokenizer_from else None
     if reused is None:
@@ -302,17 +298,59 @@ def prepare_dataset(inputs: list[str], out: str, cfg: PrepareConfig,
     train_cleaner = clean.build_cleaner(names, **cleaner_args)
     files = sources.expand_inputs(inputs)
     val_files = sources.expand_inputs(val_inputs) if val_inputs else []
-    fsio.check_output(out_path, [*inputs, *(val_inputs or []), cfg.tokenizer_from], "dataset",
-                      overwrite=cfg.overwrite, made_by=_dataset_folder(out_path))
-    fsio.remove_dead_temps(out_path)
+    guard = lambda: fsio.check_output(out_path, [*inputs, *(val_inputs or []), cfg.tokenizer_from],  # noqa: E731
+                                      "dataset", overwrite=cfg.overwrite, made_by=_dataset_folder(out_path))
+    guard()
     try:
-        with fsio.atomic_dir(out_path, replace=out_path.exists()) as tmp:
-            summary = _build(tmp, out_path, files, val_files, cfg, reused, train_cleaner,
-                             clean.build_cleaner(names, **cleaner_args), names, t0)
-            fsio.write_marker(tmp, "dataset")
+        with _locked(out_path):
+            guard()  # again under the lock: another prepare may have finished meanwhile
+            fsio.remove_dead_temps(out_path)
+            with fsio.atomic_dir(out_path, replace=True) as tmp:
+                summary = _build(tmp, out_path, files, val_files, cfg, reused, train_cleaner,
+                                 clean.build_cleaner(names, **cleaner_args), names, t0)
+                fsio.write_marker(tmp, "dataset")
     except OSError as e:
-        raise fsio.space_error(e, out_path, 2 * sum(f.stat().st_size for f in files + val_files)) or e from None
+        raise _write_error(e, out_path, 2 * sum(f.stat().st_size for f in files + val_files)) from None
     return summary
+
+
+def _write_error(e: OSError, out: Path, need_bytes: int) -> BaseException:
+    """A full disk, or a folder that cannot be written, as one line; anything else as it is."""
+    import errno
+
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BudgetError(f"cannot write {e.filename or out}: {e.strerror}; choose another --out")
+    return fsio.space_error(e, out, need_bytes) or e
+
+
+def _check_request(inputs: list[str], cfg: PrepareConfig) -> list[str]:
+    """Refuse a request that cannot work before anything is read; the --clean step names."""
+    check_ranges(cfg)  # again: a config's fields may have been changed after it was made
+    names = [n for item in cfg.clean for n in item.split(",") if n]
+    for n in names:
+        if n not in clean.CLEAN_STEPS and Path(n).exists():
+            raise BudgetError(f"--clean got {n!r}, which is an input path: put INPUT... before --clean")
+    if not inputs and not cfg.builtin and not cfg.hf_dataset:
+        raise BudgetError("nothing to prepare: give INPUT files/folders, --builtin NAME or --hf-dataset NAME")
+    if cfg.builtin and cfg.builtin not in builtin.BUILTINS:
+        raise BudgetError(f"unknown built-in corpus {cfg.builtin!r}: choose one of {', '.join(builtin.BUILTINS)}")
+    return names
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold `fsio.FolderLock` on `out` while the dataset is built, so a second `prepare` into the same
+    folder is refused instead of swapping its result over the first one's. The lock creates `out`
+    when it is new; a failed build removes that empty folder again."""
+    created = not out.exists()
+    with fsio.FolderLock(out):
+        try:
+            yield
+        except BaseException:
+            if created and out.is_dir() and all(p.name == fsio.LOCK for p in out.iterdir()):
+                (out / fsio.LOCK).unlink(missing_ok=True)
+                out.rmdir()
+            raise
 
 
 def _read_pass(tmp: Path, files, val_files, cfg: PrepareConfig, train_cleaner, val_cleaner):
