@@ -332,3 +332,32 @@ def test_one_json_reader_for_prepare_and_labelled_data(tmp_path):
     bad.write_text('{"text": "ok"}\n{broken\n', encoding="utf-8")
     with pytest.raises(BudgetError, match="bad.jsonl:2: invalid JSON"):
         list(sources.json_records(bad))
+
+
+def test_hf_hub_name_with_config_and_a_folder_of_data_files(tmp_path, monkeypatch):
+    """NAME[:CONFIG] goes to `datasets.load_dataset(NAME, CONFIG, split=...)` (the hub or its cache);
+    a folder of data files is loaded by `load_dataset` from the folder, offline."""
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", ["one", "two"])
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # not the user's cache
+    assert sources.load_hf_split(str(folder), "train")["text"] == ["one", "two"]
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": ["from the hub"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert sources.load_hf_split("glue:sst2", "validation")["text"] == ["from the hub"]
+    assert sources.load_hf_split("imdb", "train")["text"] == ["from the hub"]
+    assert calls == [("glue", "sst2", "validation"), ("imdb", None, "train")]
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the Hugging Face Hub\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(BudgetError, match=r"^cannot load Hugging Face dataset 'imdb' split 'train': Couldn't reach the "
+                                          r"Hugging Face Hub$"):
+        sources.load_hf_split("imdb", "train")
