@@ -278,7 +278,9 @@ def test_hf_dataset_from_save_to_disk_folder(tmp_path):
         sources.read_hf(str(tmp_path / "ds"), "train", ReadOptions(text_field="body"))
 
 
-def test_hf_dataset_that_cannot_load_is_a_clear_error(tmp_path):
+def test_hf_dataset_that_cannot_load_is_a_clear_error(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # not the user's cache
     (tmp_path / "not_a_dataset").mkdir()
     (tmp_path / "not_a_dataset" / "junk.bin").write_bytes(b"\x00\x01 no dataset here")
     with pytest.raises(BudgetError, match="cannot load Hugging Face dataset"):
