@@ -306,10 +306,7 @@ def tokenizer_kind(tok: Tokenizer) -> str:
 
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
-    """Write `tokenizer.json` (pretty=False keeps big vocabularies small) and fsync it."""
-    import os
+    """Write `tokenizer.json` atomically (pretty=False keeps big vocabularies small)."""
+    from budgetlm import fsio
 
-    path = Path(path)
-    tok.save(str(path), pretty=False)
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsio.atomic_write_text(path, tok.to_str(pretty=False))
