@@ -292,6 +292,7 @@ def test_vocab_too_small(tmp_path, capsys):
 
 def test_existing_output_is_refused_then_overwritten(tmp_path, capsys):
     src = jsonl(tmp_path / "d.jsonl", documents(10))
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
     out = tmp_path / "ds"
     assert cli(capsys, str(src), "--out", str(out), "--tokenizer", "byte")[0] == 0
     before = (out / "manifest.json").read_bytes()
@@ -299,8 +300,10 @@ def test_existing_output_is_refused_then_overwritten(tmp_path, capsys):
     assert code == 2 and "already exists" in err and "--overwrite" in err
     assert (out / "manifest.json").read_bytes() == before
     # a failing overwrite leaves the old dataset untouched
-    code, _, err = cli(capsys, str(tmp_path / "missing"), "--out", str(out), "--overwrite")
-    assert code == 2 and (out / "manifest.json").read_bytes() == before
+    names = sorted(p.name for p in out.iterdir())
+    code, _, err = cli(capsys, str(tmp_path / "empty.txt"), "--out", str(out), "--overwrite")
+    assert code == 2 and "empty input" in err and (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == names  # not even the lock file stays
     code, s, _ = cli(capsys, str(src), "--out", str(out), "--tokenizer", "bpe", "--vocab-size", "300", "--overwrite")
     assert code == 0 and shards.read_manifest(out)["tokenizer"]["kind"] == "bpe"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds.")]  # no temp/old leftovers

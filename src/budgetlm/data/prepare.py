@@ -341,14 +341,16 @@ def _check_request(inputs: list[str], cfg: PrepareConfig) -> list[str]:
 def _locked(out: Path) -> Iterator[None]:
     """Hold `fsio.FolderLock` on `out` while the dataset is built, so a second `prepare` into the same
     folder is refused instead of swapping its result over the first one's. The lock creates `out`
-    when it is new; a failed build removes that empty folder again."""
-    created = not out.exists()
+    when it is new; a failed build removes that folder, or the lock file from a folder that was
+    there before, so a failure leaves `out` as it found it."""
+    created, had_lock = not out.exists(), (out / fsio.LOCK).exists()
     with fsio.FolderLock(out):
         try:
             yield
         except BaseException:
-            if created and out.is_dir() and all(p.name == fsio.LOCK for p in out.iterdir()):
+            if not had_lock:
                 (out / fsio.LOCK).unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
             raise
 
