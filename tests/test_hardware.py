@@ -191,3 +191,40 @@ def test_cuda_devices_with_torch_cuda_mocked(monkeypatch):
     props.major, props.minor, props.name = 7, 5, "Tesla T4"
     (t4,) = hardware.cuda_devices()
     assert t4["precisions"] == ["fp32", "fp16"] and hardware.local_devices(CATALOG)[0]["catalog_id"] == "nvidia-t4"
+
+
+def test_every_catalog_price_has_a_source_a_date_and_a_market():
+    """A price without provenance is a number nobody can check: each quote says where it comes from,
+    when it was observed, and which market it belongs to."""
+    import re
+
+    from budgetlm.catalog import MARKETS, load_catalog
+
+    devices = load_catalog()
+    priced = [d for d in devices.values() if d.prices]
+    assert len(priced) >= 20
+    for d in priced:
+        for q in d.prices:
+            assert q.usd_per_hour > 0 and q.market in MARKETS and q.market != "user", d.id
+            assert len(q.source) > 5 and re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", q.as_of), (d.id, q)
+        assert d.price in d.prices and d.price_usd_per_hour == d.price.usd_per_hour
+    # TPU slices are rented 4 chips at a time (v4-8, v5p-8): the plan costs what is rented
+    assert devices["google-tpu-v4"].price.min_devices == 4
+    assert all(d.price_usd_per_hour is None for d in devices.values() if not d.prices)
+
+
+def test_markets_are_chosen_not_mixed(tmp_path):
+    from budgetlm import api
+    from budgetlm.catalog import load_catalog
+
+    cloud = load_catalog(market="cloud")
+    assert cloud["nvidia-h100-sxm"].price.market == "cloud" and cloud["nvidia-rtx-3090"].price is None
+    market = load_catalog(market="marketplace")
+    assert market["nvidia-h100-sxm"].price_usd_per_hour < cloud["nvidia-h100-sxm"].price_usd_per_hour
+    p = api.plan(device="google-tpu-v4", budget="1h", model="2", seq_len=128, market="cloud")
+    assert p.price["min_devices"] == 4 and p.cost_usd == pytest.approx(p.seconds / 3600 * 3.22 * 4)
+    assert any("slices of 4" in n for n in p.notes)
+    mine = tmp_path / "prices.json"
+    mine.write_text('[{"id": "nvidia-rtx-3090", "price_usd_per_hour": 0.2}]')
+    p = api.plan(device="nvidia-rtx-3090", budget="1h", model="2", seq_len=128, catalog_file=str(mine))
+    assert p.price["market"] == "user" and p.cost_usd == pytest.approx(0.2 * p.seconds / 3600)

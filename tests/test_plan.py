@@ -145,7 +145,8 @@ def test_estimate_time_and_cost_by_hand():
     fpt = P.flops_per_token(cfg, 128, 0.25)
     assert p.tokens_per_second == pytest.approx(p.mfu * 71e12 / fpt)
     assert p.seconds == pytest.approx(1e9 / p.tokens_per_second)
-    assert p.cost_usd == pytest.approx(p.seconds / 3600 * 0.25)
+    assert p.cost_usd == pytest.approx(p.seconds / 3600 * dev.price.usd_per_hour)
+    assert p.price["market"] == "marketplace" and p.price["source"] and p.price["as_of"]
     assert p.memory["total"] == sum(v for k, v in p.memory.items() if k != "total") <= p.device_memory_bytes
     assert p.global_batch_tokens == p.micro_batch * p.grad_accum * 128
 
@@ -285,14 +286,15 @@ def test_compare_rows_equal_single_device_plans(model, extra, capsys):
 
 
 def test_compare_of_the_issue_example_keeps_the_planned_width():
-    """RTX 3090, 1 day, auto model: the compare row is the plan (bf16, about $6), not a model
-    re-derived from the depth alone (fp32, 24 days, $148)."""
+    """RTX 3090, 1 day, auto model: the compare row is the plan (bf16, 24 device-hours), not a model
+    re-derived from the depth alone (fp32, 24 days)."""
     from budgetlm import api
 
     single = api.plan(device="nvidia-rtx-3090", budget="1d")
     row = next(p for p in api.compare(device="nvidia-rtx-3090", budget="1d") if p.device == "nvidia-rtx-3090")
     assert row.model == single.model and row.precision == single.precision == "bf16"
-    assert row.cost_usd == pytest.approx(single.cost_usd) == pytest.approx(6.0)
+    hourly = load_catalog()["nvidia-rtx-3090"].price_usd_per_hour
+    assert row.cost_usd == pytest.approx(single.cost_usd) == pytest.approx(24 * hourly)
     assert row.tokens == single.tokens and row.seconds == pytest.approx(86400)
 
 

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from budgetlm.catalog import Device
 from budgetlm.config import BudgetError
+from budgetlm.planning import PRECISION_ORDER, Plan, PlanConfig  # torch-free, as all of planning is
+from budgetlm.planning.choose import ChooseConfig, Option
 
 if TYPE_CHECKING:  # the heavy modules load when a function needs them, so `plan` stays torch-free
     from budgetlm.data.prepare import PrepareConfig
@@ -30,8 +33,6 @@ if TYPE_CHECKING:  # the heavy modules load when a function needs them, so `plan
 # --------------------------------------------------------------------------------------------------
 # plan
 
-from budgetlm.catalog import Device  # noqa: E402
-from budgetlm.planning import PRECISION_ORDER, Plan, PlanConfig  # noqa: E402  (torch-free, as all of `plan` is)
 
 
 def plan(config: PlanConfig | None = None, **settings: Any) -> Plan:
@@ -77,6 +78,38 @@ def compare(config: PlanConfig | None = None, **settings: Any) -> list[Plan]:
     return rows
 
 
+def choose(config: PlanConfig | None = None, choice: ChooseConfig | None = None, **settings: Any) -> list[Option]:
+    """Rank rentable options (1-8 GPUs of each kind, TPU slices as rented) for a job: with a fixed
+    model and `tokens`, the time and cost of training those tokens; with model="auto", the model each
+    option trains by the deadline (`budget`), or sooner when `choice.max_cost` runs out first, and its
+    predicted loss. See `planning.choose`."""
+    from budgetlm.planning.choose import counts_for, judge, rank
+
+    job = _PlanJob.of(config, settings)
+    choice = choice or ChooseConfig()
+    fixed = job.cfg.model != "auto"
+    if fixed and not job.data_tokens:
+        raise BudgetError("a fixed --model needs the job's size: --tokens N or --data DIR (the tokens to train)")
+    frags = [f.strip().lower() for f in choice.only.split(",") if f.strip()]
+    options = []
+    for d in job.catalog.values():
+        if not d.prices or not job.can_plan(d) or (frags and not any(f in d.id for f in frags)):
+            continue
+        if d.memory_bytes < choice.min_memory_gb * 1e9:
+            continue
+        for n in counts_for(d.price.min_devices if d.price else 1, choice.counts):
+            sub = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, num_devices=n))
+            if not fixed and choice.max_cost and d.price:  # the model the cap buys: train until the money is spent
+                hours = choice.max_cost / (d.price.usd_per_hour * max(n, d.price.min_devices))
+                sub = dataclasses.replace(sub, budget_s=min(job.budget_s, hours * 3600))
+            cal = job.device(d.id)[1]
+            plan = sub.fixed(d, cal, *job.shape(), tokens=job.data_tokens) if fixed else sub.auto(d, cal)
+            options.append(judge(plan, n, job.budget_s, choice))
+    if not options:
+        raise BudgetError("no catalog device matches: check --only, --min-memory-gb and --market")
+    return rank(options, choice)
+
+
 @dataclasses.dataclass
 class _PlanJob:
     """A PlanConfig resolved once: budget in seconds, data, catalog and calibration file."""
@@ -104,7 +137,7 @@ class _PlanJob:
             manifest = read_manifest(cfg.data)
             tokens = int(manifest["splits"]["train"]["tokens"])
             vocab = vocab or int(manifest["tokenizer"]["vocab_size"])
-        return cls(cfg, budget_s, tokens, vocab or 8192, load_catalog(cfg.catalog_file),
+        return cls(cfg, budget_s, tokens, vocab or 8192, load_catalog(cfg.catalog_file, cfg.market),
                    calibration.load(cfg.calibration)["devices"])
 
     @property
@@ -151,7 +184,9 @@ class _PlanJob:
         return auto_plan(device, self.budget_s, self.data_tokens, c.seq_len, c.objective, self.vocab_size, cal,
                          c.num_devices, c.optimizer, precisions=self.precisions, pred_fraction=c.pred_fraction)
 
-    def fixed(self, device: Device, cal: dict[str, Any] | None, depth: int, width: int) -> Plan:
+    def fixed(self, device: Device, cal: dict[str, Any] | None, depth: int, width: int,
+              tokens: int | None = None) -> Plan:
+        """The plan of one shape: for the budget, or (with `tokens`) for training that many tokens."""
         from budgetlm.models.presets import model_config
         from budgetlm.planning import estimate
 
@@ -161,8 +196,8 @@ class _PlanJob:
                                 width=width or None)
         except ValueError as e:
             raise BudgetError(f"model {depth} x {width}: {e}") from None
-        return estimate(mcfg, device, 0, c.seq_len, c.num_devices, c.optimizer, cal, self.data_tokens,
-                        c.pred_fraction, self.precisions, budget_s=self.budget_s)
+        return estimate(mcfg, device, tokens or 0, c.seq_len, c.num_devices, c.optimizer, cal, self.data_tokens,
+                        c.pred_fraction, self.precisions, budget_s=None if tokens else self.budget_s)
 
 # --------------------------------------------------------------------------------------------------
 # prepare

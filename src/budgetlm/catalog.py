@@ -14,6 +14,7 @@ unknown accelerator) `calibration.local` fills in the measured one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import json
 import os
@@ -37,6 +38,23 @@ TRAINING_PEAK_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Where a price comes from: the rows of one market are comparable, those of different markets are not
+# (a hyperscaler's on-demand VM, a dedicated or reserved machine, a marketplace rental of someone's card).
+MARKETS = ("cloud", "bare-metal", "marketplace", "user")
+
+
+@dataclass(frozen=True)
+class Price:
+    """One price quote of a device (catalog.json `prices`)."""
+
+    usd_per_hour: float  # USD per device-hour
+    market: str  # cloud | bare-metal | marketplace | user (your own catalog file)
+    source: str  # where the quote comes from
+    as_of: str  # when it was observed (YYYY-MM[-DD])
+    min_devices: int = 1  # the smallest rentable unit (a TPU v4-8 slice has 4 chips)
+    note: str = ""  # anything else worth knowing (spot prices, whole-VM prices)
+
+
 @dataclass
 class Device:
     id: str  # catalog id, e.g. nvidia-h100-sxm
@@ -46,12 +64,14 @@ class Device:
     memory_bytes: int  # device memory (bytes)
     bandwidth_bytes_s: float | None  # memory bandwidth (bytes/s)
     peak_flops: dict[str, float | None]  # dense peak FLOP/s per precision; None = unsupported
-    price_usd_per_hour: float | None  # on-demand USD per device-hour; None = not rented
+    price_usd_per_hour: float | None  # USD per device-hour of the chosen quote (`price`); None = not rented
     interconnect: str = ""  # links between devices
     extra: dict[str, Any] = field(default_factory=dict)  # sources, notes, dates (kept for --catalog)
     match: tuple[str, ...] = ()  # name fragments of detected devices that are this entry (whole words)
     match_min_memory_bytes: int = 0  # ... only when the detected device has at least this memory (bytes)
     peak_notes: dict[str, str] = field(default_factory=dict)  # per column: where a non-catalog peak comes from
+    prices: tuple[Price, ...] = ()  # every quote of the catalog, with market, source and date
+    price: Price | None = None  # the quote planned with (cloud where one exists, or the market asked for)
 
     def supports(self, precision: str) -> bool:
         return bool(self.peak_flops.get(precision))
@@ -74,8 +94,40 @@ def _packaged() -> dict[str, Any]:
     return json.loads(text)
 
 
+def _prices(e: dict[str, Any]) -> tuple[Price, ...]:
+    quotes = tuple(Price(float(q["usd_per_hour"]), str(q["market"]), str(q["source"]), str(q["as_of"]),
+                         int(q.get("min_devices", 1)), str(q.get("note", ""))) for q in e.get("prices") or ())
+    bad = [q.market for q in quotes if q.market not in MARKETS]
+    if bad:
+        raise ValueError(f"{e['id']}: unknown price market {bad[0]!r} (markets: {', '.join(MARKETS)})")
+    return quotes
+
+
+def choose_price(quotes: tuple[Price, ...], market: str = "default") -> Price | None:
+    """The quote to plan with: in a given market its cheapest; by default a price of your own
+    catalog file, else the on-demand cloud price, else the first the catalog lists (one market)."""
+    if market != "default":
+        inside = [q for q in quotes if q.market == market]
+        return min(inside, key=lambda q: q.usd_per_hour) if inside else None
+    for m in ("user", "cloud"):
+        found = [q for q in quotes if q.market == m]
+        if found:
+            return found[0]
+    return quotes[0] if quotes else None
+
+
+def with_market(device: Device, market: str) -> Device:
+    """The device priced from `market` (`choose_price`); no price when it has none there."""
+    if market not in ("default", *MARKETS):
+        raise BudgetError(f"unknown market {market!r}: choose default, {', '.join(MARKETS)}")
+    q = choose_price(device.prices, market)
+    return dataclasses.replace(device, price=q, price_usd_per_hour=q.usd_per_hour if q else None)
+
+
 def _device_from_entry(e: dict[str, Any]) -> Device:
     tflops = e.get("tflops") or {}
+    quotes = _prices(e)
+    chosen = choose_price(quotes)
     mem = e.get("memory_gb")
     bw = e.get("bandwidth_gbs")
     return Device(
@@ -86,11 +138,13 @@ def _device_from_entry(e: dict[str, Any]) -> Device:
         memory_bytes=int(float(mem) * 1e9) if mem else 0,
         bandwidth_bytes_s=float(bw) * 1e9 if bw else None,
         peak_flops={p: (float(tflops[p]) * 1e12 if tflops.get(p) else None) for p in PRECISIONS},
-        price_usd_per_hour=e.get("price_usd_per_hour"),
+        price_usd_per_hour=chosen.usd_per_hour if chosen else None,
         interconnect=str(e.get("interconnect", "")),
         extra={k: v for k, v in e.items() if k not in ("tflops",)},
         match=(e["match"],) if isinstance(e.get("match"), str) else tuple(str(m) for m in e.get("match") or ()),
         match_min_memory_bytes=int(float(e.get("match_min_memory_gb") or 0) * 1e9),
+        prices=quotes,
+        price=chosen,
     )
 
 
@@ -107,12 +161,18 @@ def _read_user_file(path: str | Path) -> list[dict[str, Any]]:
     return devices
 
 
-def load_catalog(user_file: str | Path | None = None) -> dict[str, Device]:
-    """id -> Device: the packaged catalog, then the user's file (argument, else $BUDGETLM_CATALOG)."""
+def load_catalog(user_file: str | Path | None = None, market: str = "default") -> dict[str, Device]:
+    """id -> Device: the packaged catalog, then the user's file (argument, else $BUDGETLM_CATALOG),
+    priced from `market` (`choose_price`)."""
     entries = {e["id"]: copy.deepcopy(e) for e in _packaged()["devices"]}
     user_file = user_file or os.environ.get(ENV_VAR) or None
     if user_file:
         for e in _read_user_file(user_file):
+            if "price_usd_per_hour" in e and "prices" not in e:  # your own price wins, and says so
+                price = e["price_usd_per_hour"]
+                e = {**e, "prices": [] if price is None else [
+                    {"usd_per_hour": price, "market": "user", "source": f"your catalog file {user_file}",
+                     "as_of": "as given"}]}
             if e["id"] in entries:
                 base = entries[e["id"]]
                 if isinstance(e.get("tflops"), dict):  # merge per precision, not wholesale
@@ -125,9 +185,10 @@ def load_catalog(user_file: str | Path | None = None) -> dict[str, Device]:
                     )
                 entries[e["id"]] = e
     try:
-        return {k: _device_from_entry(v) for k, v in entries.items()}
-    except (TypeError, ValueError) as e:
+        devices = {k: _device_from_entry(v) for k, v in entries.items()}
+    except (TypeError, ValueError, KeyError) as e:
         raise BudgetError(f"catalog entry has a bad value ({e})") from None
+    return devices if market == "default" else {k: with_market(d, market) for k, d in devices.items()}
 
 
 def catalog_info() -> dict[str, Any]:

@@ -3,8 +3,10 @@
     budgetlm plan --device nvidia-rtx-3090 --budget 1d --objective masked --seq-len 128
     budgetlm plan --device local --budget 10m --data data/shakespeare
     budgetlm plan --device nvidia-h100-sxm --budget 2h --model small --compare
+    budgetlm plan --budget 1d --model 12 --n-embd 768 --tokens 10e9 --choose --rank cost
 
-Flags are `plan.PlanConfig`'s fields; the work is `budgetlm.api.plan` / `compare`. No torch unless
+Flags are `PlanConfig`'s and (for --choose) `ChooseConfig`'s fields; the work is `budgetlm.api.plan`,
+`compare` and `choose`. No torch unless
 `--device local` has to look for a GPU.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 from budgetlm import api, ui
 from budgetlm.config import add_dataclass_args, format_duration, from_args
 from budgetlm.planning import GiB, Plan, PlanConfig
+from budgetlm.planning.choose import ChooseConfig, Option, launch_spec
 
 
 # what the flags' values look like in --help (argparse would show the field name)
@@ -30,11 +33,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action.required = action.required or action.dest == "budget"
     parser.add_argument("--compare", action="store_true",
                         help="the same budget and model on every catalog device, as a table (default: off)")
+    parser.add_argument("--choose", action="store_true",
+                        help="rank rentable options (1-8 GPUs of each kind, TPU slices) for the job, "
+                             "the budget being the deadline (default: off)")
+    choose = parser.add_argument_group("--choose", "how options are ranked and shown")
+    add_dataclass_args(choose, ChooseConfig)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
     """The plan as a dict; with --compare a list of them, one per device (what --json prints)."""
     cfg = from_args(PlanConfig, args)
+    if args.choose:
+        choice = from_args(ChooseConfig, args)
+        options = api.choose(cfg, choice)
+        show_choose(options, cfg, choice)
+        best = options[0] if options[0].ok else None
+        launch = launch_spec(best, choice.launch, cfg.data, cfg.budget or "", cfg.objective,
+                             fixed_tokens=cfg.model != "auto") \
+            if best and choice.launch != "none" else None
+        if launch:
+            ui.info(launch)
+        return {"options": [o.to_json() for o in options[:choice.top]], "launch": launch}
     if not args.compare:
         plan = api.plan(cfg)
         show(plan)
@@ -70,7 +89,8 @@ def show(plan: Plan) -> None:
         ["tokens", f"{plan.tokens:,}" + (f" ({plan.epochs:.2f} epochs)" if plan.epochs else "")],
         ["total FLOPs", f"{plan.flops:.4g}"],
         ["time", format_duration(plan.seconds)],
-        ["cost", "-" if plan.cost_usd is None else f"${plan.cost_usd:,.2f}"],
+        ["cost", "-" if plan.cost_usd is None else f"${plan.cost_usd:,.2f} at ${plan.price['usd_per_hour']:g}/h "
+                 f"({plan.price['market']}: {plan.price['source']}, {plan.price['as_of']})"],
         ["disk: shards + checkpoints",
          f"{_gib(st['shards_bytes'])} + {st['checkpoints_kept']} x {_gib(st['checkpoint_bytes'])}"],
         ["input bandwidth needed", f"{st['input_bytes_per_second'] / 1e6:,.3f} MB/s"
@@ -99,14 +119,42 @@ def show_compare(plans: list[Plan], cfg: PlanConfig) -> None:
             f"({plans[0].params / 1e6:,.2f}M parameters), sequences of {cfg.seq_len} tokens; each row is "
             f"`budgetlm plan --device ID --model {m.n_layer} --n-embd {m.n_embd}` with the other flags as given")
     ui.table("compare (fitting devices first, then most tokens in the budget)",
-             ["device", "fits", "prec", "micro x accum", "GiB", "tokens", "cost", "$/M tok"],
+             ["device", "fits", "prec", "micro x accum", "GiB", "tokens", "cost", "$/M tok", "market"],
              [[p.device, "yes" if p.fits else "no", p.precision, f"{p.micro_batch} x {p.grad_accum}",
                f"{p.memory['total'] / GiB:,.0f}/{p.device_memory_bytes / GiB:,.0f}", _count(p.tokens),
                "-" if p.cost_usd is None else f"${p.cost_usd:,.2f}",
-               "-" if p.cost_usd is None or not p.tokens else f"{p.cost_usd / p.tokens * 1e6:,.4f}"]
+               "-" if p.cost_usd is None or not p.tokens else f"{p.cost_usd / p.tokens * 1e6:,.4f}",
+               p.price["market"] if p.price else "-"]
               for p in plans])
+    markets = {p.price["market"] for p in plans if p.price}
+    if len(markets) > 1:
+        ui.warn(f"the costs come from different markets ({', '.join(sorted(markets))}): compare like with like "
+                "with --market cloud|bare-metal|marketplace")
 
 
 def _count(n: float) -> str:
     return next(f"{n / d:,.1f}{u}" for d, u in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"), (1, ""))
                 if n >= d or d == 1)
+
+
+def show_choose(options: list[Option], cfg: PlanConfig, choice: ChooseConfig) -> None:
+    """The ranked options as a table: the ones that meet the job first, then the others with why not."""
+    fixed = cfg.model != "auto"
+    ui.info(f"{len(options)} options for a {cfg.objective} job by {cfg.budget}, ranked by {choice.rank}"
+            + (f" within ${choice.max_cost:,.2f}" if choice.max_cost else "")
+            + ("; every option trains the same model on the same tokens" if fixed
+               else "; each option trains the compute-optimal model for its speed"))
+    rows = []
+    for o in options[:choice.top]:
+        p, m = o.plan, o.plan.model
+        rows.append([f"{o.count} x {o.device}", f"{m.n_layer} x {m.n_embd} ({p.params / 1e6:,.0f}M)",
+                     _count(p.tokens), "-" if o.predicted_loss is None else f"{o.predicted_loss:.3f}",
+                     format_duration(p.seconds), "-" if p.cost_usd is None else f"${p.cost_usd:,.2f}",
+                     p.price["market"] if p.price else "-", p.precision,
+                     "yes" if o.ok else f"[red]no[/]: {o.why}"])
+    ui.table("options", ["devices", "model", "tokens", "pred. loss", "time", "cost", "market", "prec", "ok"], rows)
+    markets = {o.plan.price["market"] for o in options if o.plan.price}
+    if len(markets) > 1:
+        ui.warn(f"prices from different markets ({', '.join(sorted(markets))}); choose one with --market")
+    if any(o.device.startswith("google-tpu") for o in options[:choice.top]):
+        ui.warn("TPU options are predictions: budgetlm's torch_xla path has not been verified on a TPU")

@@ -111,6 +111,7 @@ class PlanConfig:
     mask_rate: float = 0.25  # masked objective: share of positions predicted (sparse prediction)
     catalog_file: str | None = None  # your own devices/prices (JSON) on top of the catalog (default: $BUDGETLM_CATALOG)
     calibration: str | None = None  # calibration file (default: $BUDGETLM_HOME/calibration.json)
+    market: Literal["default", "cloud", "bare-metal", "marketplace"] = "default"  # whose prices: default = your file's, else on-demand cloud, else the device's only market
 
     def check(self) -> None:
         """One-line BudgetError for values no plan can use."""
@@ -170,7 +171,8 @@ class Plan:
     mfu_source: str  # calibration | default
     tokens_per_second: float  # predicted training throughput, all devices
     seconds: float  # predicted wall-clock training time
-    cost_usd: float | None  # seconds x price x devices (None when the device has no price)
+    cost_usd: float | None  # seconds x price x devices rented (None when the device has no price)
+    price: dict[str, Any] | None = None  # the quote costed: usd_per_hour, market, source, as_of, min_devices
     storage: dict[str, float] = field(default_factory=dict)  # disk for shards/checkpoints, input bandwidth
     sizing: dict[str, Any] = field(default_factory=dict)  # compute-optimal reasoning (auto only)
     notes: list[str] = field(default_factory=list)  # warnings for the reader
@@ -323,7 +325,10 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
     if budget_s is not None:
         tokens = c.tokens_per_second * budget_s
     seconds = tokens / c.tokens_per_second if c.tokens_per_second else float("inf")
-    price = device.price_usd_per_hour
+    quote = device.price
+    rented = max(num_devices, quote.min_devices) if quote else num_devices
+    if quote and rented > num_devices:
+        notes.append(f"{device.id} rents in slices of {quote.min_devices}: the cost counts {rented} devices")
     epochs = tokens / data_tokens if data_tokens else None
     if fits and c.checkpointing and not TRAINER_CHECKPOINTING:
         notes.append("needs activation checkpointing, which `budgetlm train` does not implement yet: "
@@ -342,7 +347,8 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
         flops=fpt * tokens, peak_flops=c.peak, peak_source=device.peak_note(c.precision), mfu=c.mfu,
         mfu_source=c.mfu_source,
         tokens_per_second=c.tokens_per_second, seconds=seconds,
-        cost_usd=None if price is None else seconds / 3600 * price * num_devices,
+        cost_usd=None if quote is None else seconds / 3600 * quote.usd_per_hour * rented,
+        price=None if quote is None else asdict(quote),
         storage=_storage(cfg, c.tokens_per_second, data_tokens, optimizer,
                          disk_read_bytes_s=(calibration or {}).get("disk_read_bytes_per_second")),
         notes=notes,
