@@ -77,7 +77,7 @@ def test_launch_specs_torchrun_and_skypilot():
     assert cmd.endswith(" --max-tokens 10000000000")  # a job of fixed size stops at its tokens
     assert f"--model 12 --n-embd 768 --seq-len 1024" in cmd and "--data data/fineweb" in cmd
     if best.count > 1:
-        assert cmd.startswith(f"torchrun --standalone --nproc_per_node {best.count} -m budgetlm.cli train")
+        assert cmd.startswith(f"torchrun --standalone --nproc_per_node {best.count} -m budgetlm train")
         assert "--fsdp" in cmd
     sky = launch_spec(best, "skypilot", None, "1d", "causal")
     assert "resources:" in sky and f"accelerators: {sky_accelerator(best.device, best.count)}" in sky

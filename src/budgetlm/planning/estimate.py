@@ -13,6 +13,7 @@ from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import num_params
 from budgetlm.planning.memory import (DEFAULT_PRED_FRACTION, GiB, PRECISION_ORDER, memory_breakdown,
                                   optimizer_bytes)
+from budgetlm.planning.published import mfu_class
 
 # --------------------------------------------------------------------------------------------------
 # FLOPs, throughput, calibration
@@ -35,11 +36,15 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, pred_fraction: float | None 
     return 6.0 * (body + head) + 12.0 * L * C * T
 
 
-# Model FLOPs utilisation when nothing was measured (hardware-notes 2.5: 0.35-0.5 on datacenter
-# GPUs, 0.3-0.5 on consumer GPUs, 0.2-0.3 for tiny models or fp32; nanochat ~0.5 on H100, llm.c ~0.6).
+# Model FLOPs utilisation when nothing was measured. NVIDIA GPUs: the fit on published runs
+# (planning/published.py, benchmarks/plan_backtest.py), log MFU = intercept + geforce [GeForce card]
+# + log2_width log2(width / 1024), for plain PyTorch kernels, which budgetlm uses; a test keeps these
+# equal to a fresh fit. Other accelerators have no published runs here: hardware-notes 2.5's
+# 0.35-0.5 for datacenter parts, 0.40, unverified; CPUs 0.30 until calibrated.
+FITTED_MFU = {"intercept": -1.1407, "geforce": 0.6959, "log2_width": 0.0872}
 DEFAULT_MFU = {"gpu": 0.40, "tpu": 0.40, "cpu": 0.30}
-TINY_WIDTH = 512  # below this width matmuls are too small to fill an accelerator
-TINY_MFU_FACTOR = 0.6  # 0.4 -> 0.24, inside hardware-notes' 0.2-0.3 for tiny models
+TINY_WIDTH = 512  # below this width matmuls are too small to fill an accelerator (no published run is this narrow)
+TINY_MFU_FACTOR = 0.6  # hardware-notes 2.5: 0.2-0.3 for tiny models, where 0.35-0.5 is usual
 TRAINER_CHECKPOINTING = True  # budgetlm.training --activation-checkpointing recomputes each block in backward
 RECOMPUTE_FACTOR = 8.0 / 6.0  # full recompute adds one forward pass (2N of 6N FLOPs per token)
 
@@ -82,10 +87,20 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
                 achieved = nearest[0] / nearest[1]
         # (a CPU's ISA-estimated peak can be exceeded, so MFU may pass 1; only achieved FLOP/s matter)
         return achieved / peak, "calibration"
-    mfu = DEFAULT_MFU.get(device.kind, DEFAULT_MFU["gpu"])
+    return default_mfu(device, cfg), "default"
+
+
+def default_mfu(device: Device, cfg: ModelConfig) -> float:
+    """The MFU assumed before anything was measured (FITTED_MFU on NVIDIA GPUs, DEFAULT_MFU elsewhere)."""
+    if device.kind == "gpu" and device.id.startswith("nvidia-"):
+        f = FITTED_MFU
+        mfu = math.exp(f["intercept"] + f["geforce"] * (mfu_class(device.id) == "geforce")
+                       + f["log2_width"] * math.log2(cfg.n_embd / 1024))
+    else:
+        mfu = DEFAULT_MFU.get(device.kind, DEFAULT_MFU["gpu"])
     if device.kind != "cpu" and cfg.n_embd < TINY_WIDTH:
         mfu *= TINY_MFU_FACTOR
-    return mfu, "default"
+    return mfu
 
 
 # --------------------------------------------------------------------------------------------------
