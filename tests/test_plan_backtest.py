@@ -53,3 +53,12 @@ def test_default_mfu_by_device_class():
     assert E.default_mfu(cat["nvidia-h100-sxm"], model_config(12, 8192, width=2048)) > h100
     assert E.default_mfu(cat["google-tpu-v5e"], wide) == E.DEFAULT_MFU["tpu"]  # no published TPU run: unchanged
     assert mfu_class("nvidia-rtx-3090") == "geforce" and mfu_class("nvidia-a100-sxm4-40gb") == "datacenter"
+
+
+def test_a_tpu_plan_says_its_path_is_unverified():
+    from budgetlm import api
+
+    p = api.plan(device="google-tpu-v5e", budget="1h", model="2", seq_len=128)
+    assert any("unverified" in n for n in p.notes)
+    assert not any("unverified" in n for n in api.plan(device="nvidia-h100-sxm", budget="1h", model="2",
+                                                       seq_len=128).notes)

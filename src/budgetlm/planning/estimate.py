@@ -324,6 +324,9 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
         choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens, precisions,
                                  calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
     notes: list[str] = []
+    if device.kind == "tpu":
+        notes.append("TPU: budgetlm's torch_xla path is unverified on a TPU, and its MFU is the assumed "
+                     f"{DEFAULT_MFU['tpu']:.2f}, neither measured nor fitted")
     fpt = flops_per_token(cfg, seq_len, pred_fraction)
     if choices:
         c = choices[0]
