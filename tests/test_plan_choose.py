@@ -6,7 +6,7 @@ import pytest
 
 from budgetlm import api, cli
 from budgetlm.config import BudgetError
-from budgetlm.planning.choose import RANKS, ChooseConfig, counts_for, launch_spec, sky_accelerator
+from budgetlm.planning.choose import RANKS, ChooseConfig, counts_for, launch_spec, rank, sky_accelerator
 
 JOB_124M = dict(budget="1d", model="12", n_embd=768, vocab_size=50257, tokens=10e9, seq_len=1024)
 
@@ -36,8 +36,8 @@ def test_rank_by_time_and_by_quality_within_a_cost_cap():
     fast = api.choose(choice=ChooseConfig(rank="time"), market="cloud", **JOB_124M)
     ok = [o for o in fast if o.ok]
     assert [o.plan.seconds for o in ok] == sorted(o.plan.seconds for o in ok)
-    capped = api.choose(None, ChooseConfig(rank="quality", max_cost=20), budget="1d", objective="masked",
-                        seq_len=128, market="cloud")
+    capped = api.choose(None, ChooseConfig(rank="quality", max_cost=20, only="h100,a100,rtx-4090,tpu-v5e"),
+                        budget="1d", objective="masked", seq_len=128, market="cloud")
     ok = [o for o in capped if o.ok]
     assert ok and all(o.plan.cost_usd <= 20 * 1.0001 for o in ok)
     losses = [o.predicted_loss for o in ok]
@@ -64,10 +64,12 @@ def test_only_min_memory_and_counts_filter_the_options():
 
 
 def test_every_rank_in_the_registry_orders_options():
-    opts = api.choose(None, ChooseConfig(counts=[1], only="h100,rtx-4090"), budget="2h", seq_len=256)
-    for name in RANKS:
-        ranked = api.choose(None, ChooseConfig(counts=[1], only="h100,rtx-4090", rank=name), budget="2h", seq_len=256)
-        assert sorted(o.device for o in ranked) == sorted(o.device for o in opts)
+    opts = api.choose(None, ChooseConfig(counts=[1, 2], only="h100,rtx-4090"), budget="2h", seq_len=256)
+    for name, key in RANKS.items():
+        ranked = rank(opts, ChooseConfig(rank=name))
+        assert sorted(map(id, ranked)) == sorted(map(id, opts))
+        ok = [o for o in ranked if o.ok]
+        assert [key(o) for o in ok] == sorted(key(o) for o in ok) and all(not o.ok for o in ranked[len(ok):])
 
 
 def test_launch_specs_torchrun_and_skypilot():

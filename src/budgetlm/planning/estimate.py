@@ -12,7 +12,7 @@ from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import num_params
 from budgetlm.planning.memory import (DEFAULT_PRED_FRACTION, GiB, PRECISION_ORDER, memory_breakdown,
-                                  optimizer_bytes)
+                                  optimizer_bytes, state_bytes)
 from budgetlm.planning.published import mfu_class
 
 # --------------------------------------------------------------------------------------------------
@@ -245,32 +245,39 @@ def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: 
                    optimizer: str = "adamw", tokens_hint: float = 1e9, precisions: tuple[str, ...] | None = None,
                    calibration: dict | None = None, pred_fraction: float | None = None,
                    max_micro_batch: int = 1024, allow_checkpointing: bool = True) -> list[Choice]:
-    """Every (precision, checkpointing, micro-batch) that fits, fastest first.
-
-    Bigger micro-batches fill the device better, so among equally fast options the largest micro-batch
-    not above the global batch wins; checkpointing only when nothing fits without it."""
+    """The best configuration of each precision that fits, fastest first: the largest power-of-two
+    micro-batch that fits, not above the per-device batch (a bigger micro-batch fills the device
+    better), with activation checkpointing only when nothing fits without it (it is always slower).
+    Memory grows with the micro-batch, so the largest that fits is found by bisection."""
     gbt = _global_batch_tokens(tokens_hint, seq_len, MAX_MICRO_TOKENS.get(device.kind, 0))
     per_device_seqs = max(1, gbt // (seq_len * num_devices))
     cap = MAX_MICRO_TOKENS.get(device.kind)
     if cap:
         max_micro_batch = max(1, min(max_micro_batch, cap // seq_len))
+    top = int(math.log2(max(1, min(max_micro_batch, per_device_seqs))))  # micro-batches 2**0 .. 2**top
+    fpt = flops_per_token(cfg, seq_len, pred_fraction)
     out: list[Choice] = []
     for precision in precisions or PRECISION_ORDER:
         peak = peak_flops(device, precision)
         if not peak:
             continue
         mfu, source = mfu_for(device, precision, cfg, seq_len, calibration, pred_fraction)
+        state = state_bytes(cfg, precision, optimizer, num_devices)
         for ckpt in (False, True) if allow_checkpointing else (False,):
-            mb = 1
-            while mb <= min(max_micro_batch, per_device_seqs):
-                mem = memory_breakdown(cfg, device, mb, seq_len, precision, ckpt, optimizer, num_devices, pred_fraction)
-                if mem["total"] > device.memory_bytes:
-                    break
-                achieved = mfu * peak * num_devices / (RECOMPUTE_FACTOR if ckpt else 1.0)
-                tps = achieved / flops_per_token(cfg, seq_len, pred_fraction)
-                accum = max(1, math.ceil(per_device_seqs / mb))
-                out.append(Choice(mb, accum, precision, ckpt, mem, tps, mfu, source, peak))
-                mb *= 2
+            def mem_at(e: int) -> dict[str, int]:
+                return memory_breakdown(cfg, device, 2**e, seq_len, precision, ckpt, optimizer, num_devices,
+                                        pred_fraction, state)
+            if mem_at(0)["total"] > device.memory_bytes:
+                continue
+            lo, hi = 0, top  # invariant: 2**lo fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if mem_at(mid)["total"] <= device.memory_bytes else (lo, mid - 1)
+            mb = 2**lo
+            tps = mfu * peak * num_devices / (RECOMPUTE_FACTOR if ckpt else 1.0) / fpt
+            out.append(Choice(mb, max(1, math.ceil(per_device_seqs / mb)), precision, ckpt, mem_at(lo), tps, mfu,
+                              source, peak))
+            break  # without checkpointing fits: checkpointing would only be slower
     out.sort(key=lambda c: (-round(c.tokens_per_second, 6), c.checkpointing, -c.micro_batch))
     return out
 

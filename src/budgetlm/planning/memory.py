@@ -198,10 +198,11 @@ FRAGMENTATION = 0.10  # allocator slack on top of what tensors need (hardware-no
 
 def memory_breakdown(cfg: ModelConfig, device: Device, micro_batch: int, seq_len: int, precision: str,
                      checkpointing: bool, optimizer: str = "adamw", shards: int = 1,
-                     pred_fraction: float | None = None) -> dict[str, int]:
+                     pred_fraction: float | None = None, state: dict[str, int] | None = None) -> dict[str, int]:
     """Peak bytes on one device. Besides what is saved for backward, the peak holds the gradient of
-    the logits (fp32) and of the low-precision logits while the loss backward runs."""
-    s = state_bytes(cfg, precision, optimizer, shards)
+    the logits (fp32) and of the low-precision logits while the loss backward runs. `state`: this
+    model's `state_bytes` when the caller has them already (they do not depend on the batch)."""
+    s = state if state is not None else state_bytes(cfg, precision, optimizer, shards)
     act = activation_bytes(cfg, micro_batch, seq_len, precision, checkpointing, pred_fraction=pred_fraction)
     transient = act["logits"] + act["logits"] * PRECISIONS[precision].act_bytes // 4
     tensors = sum(s.values()) + act["layers"] + act["head"] + act["logits"] + transient
