@@ -16,7 +16,7 @@ import json
 from types import SimpleNamespace
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def valid_unicode(text: str) -> str:
@@ -67,6 +67,16 @@ def request_models(max_prompt_chars: int, max_tokens_limit: int, max_batch: int)
         stream_options: StreamOptions | None = Field(None, description="with stream only")
         user: Unicode | None = Field(None, max_length=256, description="an end-user id; no effect on the answer "
                                                                       "(as in OpenAI)")
+
+        @model_validator(mode="before")
+        @classmethod
+        def null_is_default(cls, data):
+            """OpenAI reads `null` as "the default" (its clients send it for parameters set to None)."""
+            if not isinstance(data, dict):
+                return data
+            fields = cls.model_fields
+            return {k: v for k, v in data.items()
+                    if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None}
 
     class CompletionRequest(Sampled):
         prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=max_batch)] = Field(
