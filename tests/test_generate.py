@@ -187,6 +187,28 @@ def _rows(steps, n: int) -> list[list[int]]:
     return rows
 
 
+def test_left_padded_cache_logits_equal_each_rows_own_forward():
+    """Padding hidden, positions per row: prefill, a multi-token chunk, then single-token steps."""
+    m = tiny_lm(seq=32)
+    rows = [[5, 9, 2, 33, 8, 1], [7, 3], [40, 41, 42, 43]]
+    more = [[11, 12], [13, 14], [15, 16]]  # fed as one (B, 2) chunk after the prefill
+    T = max(len(r) for r in rows)
+    idx = torch.tensor([[0] * (T - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    cache = m.new_kv_cache(batch_size=3)
+    got = [m.step(idx, cache, attention_mask=mask), m.step(torch.tensor(more), cache)]
+    got += [m.step(torch.tensor([[20 + i] for i in range(3)]), cache) for _ in range(2)]
+    for i, r in enumerate(rows):
+        full, _ = m(torch.tensor([r + more[i] + [20 + i] * 2]))
+        want = full[0, [len(r) - 1, len(r) + 1, len(r) + 2, len(r) + 3]]
+        assert torch.allclose(torch.stack([g[i] for g in got]), want, atol=1e-4)
+    cache.select([2, 0])  # rows leave the batch: the rest go on unchanged
+    nxt = m.step(torch.tensor([[30], [31]]), cache)
+    for i, r in zip((2, 0), (0, 1)):
+        full, _ = m(torch.tensor([rows[i] + more[i] + [20 + i] * 2 + [30 + r]]))
+        assert torch.allclose(nxt[r], full[0, -1], atol=1e-4)
+
+
 def test_left_padded_batch_greedy_equals_single_generation():
     from budgetlm.generate import generate_batch
 
