@@ -101,13 +101,14 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, tempera
     logits = _prefill(model, contexts, cache)  # (B, V)
     for n in range(max_new_tokens):
         tokens, lps, keep = [None] * len(prompts), [None] * len(prompts), []
+        logits = logits.detach().float().cpu()  # one device-to-host copy per step; rows sample on the CPU
         for i, row in enumerate(active):
             token = sample_next(logits[i], temperature, top_k, top_p, generators[row])
             if token in stop:
                 continue
             tokens[row] = token
             if logprobs:
-                lps[row] = torch.log_softmax(logits[i].float(), dim=-1).cpu()
+                lps[row] = torch.log_softmax(logits[i], dim=-1)
             contexts[row].append(token)
             keep.append(i)
         yield BatchStep(tokens, lps)
