@@ -1,6 +1,5 @@
 """The HTTP layer with a fake model (fast), plus one test against a real tiny model when available."""
 
-import contextlib
 import json
 import threading
 import time
@@ -19,43 +18,13 @@ from budgetlm.serve import (  # noqa: E402
     split_at_stop,
     stop_holdback,
 )
+from serve_helpers import FakeLM, live_server  # noqa: E402
 from train_helpers import lm_meta  # noqa: E402
-
-
-class FakeLM:
-    """Continues any prompt with the words of `script`, one word per step; counts concurrent steps."""
-
-    name, kind, max_context = "fake-lm", "causal", 32
-
-    def __init__(self, script="hello world . END more words here"):
-        self.script = script.split(" ")
-        self.step_s = 0.0
-        self.active = 0
-        self.max_active = 0
-        self.steps = 0  # forward passes run, all requests together
-        self.closed = threading.Event()  # set when a generation ends, finished or stopped early
-        self._guard = threading.Lock()
-
-    def count_tokens(self, text):
-        return len(text.split())
-
-    def completion_steps(self, prompt, max_tokens, temperature, top_p, seed):
-        try:
-            for i, word in enumerate(self.script[:max_tokens]):
-                with self._guard:  # the "forward pass" starts
-                    self.active += 1
-                    self.max_active = max(self.max_active, self.active)
-                time.sleep(self.step_s)  # a forward pass takes time: gives other requests a chance to overlap
-                with self._guard:
-                    self.active -= 1
-                    self.steps += 1
-                yield (" " if i else "") + word
-        finally:
-            self.closed.set()
 
 
 class FakeClassifier:
     name, kind, max_context = "fake-clf", "classifier", 64
+    chat_template = None
 
     def count_tokens(self, text):
         return len(text.split())
@@ -186,14 +155,34 @@ def test_serve_cli_refuses_public_bind_without_key(monkeypatch, capsys, tmp_path
     assert "api-key" in err and len(err.strip().splitlines()) == 1
 
 
+def metric_samples(text: str) -> dict:
+    """{(sample name, frozenset of labels): value} from the Prometheus text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_metrics_count_requests_and_tokens(lm_client):
+    from prometheus_client.parser import text_string_to_metric_families
+
     lm_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
     lm_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 0})
-    text = lm_client.get("/metrics").text
-    assert 'budgetlm_requests_total{path="/v1/completions",status="200"} 1' in text
-    assert 'budgetlm_requests_total{path="/v1/completions",status="422"} 1' in text
-    assert "budgetlm_generated_tokens_total 2" in text
-    assert "# TYPE budgetlm_request_seconds summary" in text
+    lm_client.get("/v1/models/nope")
+    r = lm_client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    got = metric_samples(r.text)
+    path = ("path", "/v1/completions")
+    assert got[("budgetlm_requests_total", frozenset({path, ("status", "200")}))] == 1
+    assert got[("budgetlm_requests_total", frozenset({path, ("status", "422")}))] == 1
+    assert got[("budgetlm_requests_total", frozenset({("path", "/v1/models/{model}"), ("status", "404")}))] == 1
+    assert got[("budgetlm_generated_tokens_total", frozenset())] == 2
+    assert got[("budgetlm_request_seconds_count", frozenset({path}))] == 2
+    assert got[("budgetlm_request_seconds_bucket", frozenset({path, ("le", "+Inf")}))] == 2
+    assert got[("budgetlm_first_token_seconds_count", frozenset({path}))] == 1
+    assert got[("budgetlm_requests_in_flight", frozenset())] == 1  # the /metrics request itself
+    kinds = {f.name: f.type for f in text_string_to_metric_families(r.text)}
+    assert kinds["budgetlm_request_seconds"] == "histogram" and kinds["budgetlm_requests"] == "counter"
 
 
 def test_concurrent_requests_do_not_overlap_model_steps():
@@ -272,7 +261,8 @@ def test_api_key_is_checked_before_the_body_is_read():
     assert r.status_code == 413
     assert client.get("/openapi.json").status_code == 200  # the docs stay open, like /health
     text = client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
-    assert 'budgetlm_requests_total{path="/v1/completions",status="401"} 2' in text  # refusals are counted
+    key = ("budgetlm_requests_total", frozenset({("path", "/v1/completions"), ("status", "401")}))
+    assert metric_samples(text)[key] == 2  # refusals are counted
 
 
 @pytest.mark.parametrize("flag,value", [
@@ -319,27 +309,6 @@ def test_bind_errors_each_have_their_line():
         bind_socket("192.0.2.1", 8000)  # TEST-NET-1 (RFC 5737): never an address of this machine
     with pytest.raises(BudgetError, match="cannot bind"):
         bind_socket("no-such-host.invalid", 8000)
-
-
-@contextlib.contextmanager
-def live_server(service, cfg):
-    """A real uvicorn server (the one `budgetlm serve` runs) in a thread, on a free port."""
-    from budgetlm.serve import bind_socket, make_server
-
-    sock = bind_socket("127.0.0.1", 0)
-    server = make_server(create_app(service, cfg), cfg)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def _closed_within(conn, seconds: float) -> bool:

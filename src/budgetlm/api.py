@@ -251,7 +251,7 @@ def finetune(config=None, **settings: Any):
 
 @dataclass
 class LoadedModel:
-    """A trained or fine-tuned run, ready to use: `generate`, `evaluate`, `classify`."""
+    """A trained or fine-tuned run, ready to use: `generate`, `generate_batch`, `evaluate`, `classify`."""
 
     model: Any  # the torch module, in eval mode
     meta: CheckpointMeta  # what the checkpoint says about itself
@@ -273,6 +273,18 @@ class LoadedModel:
         if self.kind != "causal":
             raise BudgetError(f"{self.meta.run_dir} holds a {self.kind} model: generation needs a causal model")
         return complete(self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed).text
+
+    def generate_batch(self, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8,
+                       top_k: int = 200, top_p: float = 1.0, seed: int | None = None,
+                       batch_size: int = 16) -> list[str]:
+        """Each prompt's continuation, in order, `batch_size` prompts decoded together; with a seed,
+        each equals `generate(prompt, ..., seed=seed)` (see `generate.complete_batch`)."""
+        from budgetlm.generate import complete_batch
+
+        if self.kind != "causal":
+            raise BudgetError(f"{self.meta.run_dir} holds a {self.kind} model: generation needs a causal model")
+        return [c.text for c in complete_batch(self.model, self.tokenizer, list(prompts), max_new_tokens,
+                                               temperature, top_k, top_p, seed, batch_size)]
 
     def evaluate(self, data: str | None = None, texts: list[str] | None = None, split: str = "val",
                  batch_size: int = 8, max_tokens: int = 0) -> dict[str, Any]:

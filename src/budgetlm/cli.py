@@ -33,11 +33,11 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "prepare": ("budgetlm.commands.prepare", "clean, tokenize and pack raw text into token shards", True),
     "train": ("budgetlm.commands.train", "pre-train a causal or masked model under a wall-clock budget", True),
     "eval": ("budgetlm.commands.eval", "loss, perplexity, bits per byte (LM) or accuracy/F1 (classifier)", True),
-    "generate": ("budgetlm.commands.generate", "sample text from a trained causal model", True),
+    "generate": ("budgetlm.commands.generate", "sample text from a trained causal model (one prompt, or a file of them in batches)", True),
     "finetune": ("budgetlm.commands.finetune", "fine-tune a model for sequence classification", True),
     "classify": ("budgetlm.commands.classify", "classify texts with a fine-tuned model", True),
     "export": ("budgetlm.commands.export", "export a model to Hugging Face format", True),
-    "serve": ("budgetlm.commands.serve", "serve a model over HTTP (completions, classification)", False),
+    "serve": ("budgetlm.commands.serve", "serve a model over HTTP (OpenAI-compatible completions and chat, classification)", False),
     "demo": ("budgetlm.commands.demo", "run the whole path on the built-in corpus", True),
 }
 

@@ -13,6 +13,10 @@ means a stop token was hit ("stop"), otherwise the length limit ("length").
 When the context fills up (`max_seq_len`), the cache is rebuilt from the most recent half of the
 context, so generation can run past the trained length with the model always seeing positions it
 was trained on (nanoGPT crops the context the same way, without a cache).
+
+Several prompts decode together with `generate_batch` (left padding, one forward pass per step for
+all rows; `generate_tokens` is its one-row case); `complete` and `complete_batch` wrap the engines
+with the tokenizer for `budgetlm generate --prompt` and `--input`.
 """
 
 from __future__ import annotations
@@ -56,28 +60,80 @@ def generate_tokens(model, prompt_ids: list[int], max_new_tokens: int, temperatu
                     top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
                     stop_ids: Iterable[int] = ()) -> Iterator[int]:
     """Yield up to max_new_tokens sampled ids after prompt_ids (see the module docstring)."""
-    if not prompt_ids:
-        raise ValueError("generation needs at least one prompt token (e.g. the end-of-text token)")
+    for step in generate_batch(model, [prompt_ids], max_new_tokens, temperature, top_k, top_p, [generator],
+                               stop_ids):
+        if step.tokens[0] is None:
+            return
+        yield step.tokens[0]
+
+
+@dataclass
+class BatchStep:
+    """One decoding step of a batch: for each row, its new token (None once the row has ended)."""
+
+    tokens: list[int | None]  # per row: the sampled id, or None (a stop token now or earlier)
+    logprobs: list[torch.Tensor | None]  # per row: log-softmax (V,) of the logits it was sampled from, when asked
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, generators: list[torch.Generator | None] | None = None,
+                   stop_ids: Iterable[int] = (), logprobs: bool = False) -> Iterator[BatchStep]:
+    """Decode several prompts together, one forward pass for all rows per `next()` (the prompts on
+    the first call); at most max_new_tokens steps, fewer once every row has hit a stop token.
+
+    Prompts of different lengths are left-padded and the cache hides the padding and gives each row
+    its own positions (models.transformer.KVCache), so under greedy decoding every row gets the
+    tokens it would get alone; each row samples with its own generator (`generators[i]`), so a
+    seeded row draws as it would alone too. Rows that end leave the batch. When the longest row
+    fills the context window, every row is rebuilt from its own most recent half-window of tokens
+    (a row shorter than the longest is therefore cropped earlier than it would be alone)."""
+    if not prompts or not all(prompts):
+        raise ValueError("generation needs at least one prompt token per row (e.g. the end-of-text token)")
     if not getattr(model.cfg, "causal", False):
         raise ValueError("generation needs a causal model")
-    stop = set(int(s) for s in stop_ids)
-    window = model.cfg.max_seq_len
-    device = model.embed.weight.device
-    cache = model.new_kv_cache(batch_size=1, max_len=window)
-    context = list(prompt_ids)[-window:]
-    logits = model.step(torch.tensor([context], device=device), cache)[0]  # (V,)
-    for _ in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        if token in stop:
+    stop, window = set(int(s) for s in stop_ids), model.cfg.max_seq_len
+    generators = generators or [None] * len(prompts)
+    contexts = [list(p)[-window:] for p in prompts]
+    active = list(range(len(prompts)))  # the rows still in the cache, in cache order
+    longest = max(len(c) for c in contexts)
+    cache = model.new_kv_cache(batch_size=len(prompts), max_len=min(window, longest + max_new_tokens))
+    logits = _prefill(model, contexts, cache)  # (B, V)
+    for n in range(max_new_tokens):
+        tokens, lps, keep = [None] * len(prompts), [None] * len(prompts), []
+        logits = logits.detach().float().cpu()  # one device-to-host copy per step; rows sample on the CPU
+        for i, row in enumerate(active):
+            token = sample_next(logits[i], temperature, top_k, top_p, generators[row])
+            if token in stop:
+                continue
+            tokens[row] = token
+            if logprobs:
+                lps[row] = torch.log_softmax(logits[i], dim=-1)
+            contexts[row].append(token)
+            keep.append(i)
+        yield BatchStep(tokens, lps)
+        if not keep or n == max_new_tokens - 1:
             return
-        yield token
-        context.append(token)
-        if cache.pos >= window:  # full: rebuild from the most recent half of the context
+        if len(keep) < len(active):
+            cache.select(keep)
+            active = [active[i] for i in keep]
+        if cache.pos >= window:  # full: rebuild every row from its most recent half of the window
             cache.reset()
-            context = context[-(window // 2):]
-            logits = model.step(torch.tensor([context], device=device), cache)[0]
+            logits = _prefill(model, [contexts[r][-(window // 2):] for r in active], cache)
         else:
-            logits = model.step(torch.tensor([[token]], device=device), cache)[0]
+            idx = torch.tensor([[contexts[r][-1]] for r in active], device=model.embed.weight.device)
+            logits = model.step(idx, cache)  # (b, V)
+
+
+def _prefill(model, contexts: list[list[int]], cache) -> torch.Tensor:
+    """Left-pad the contexts into one (B, T) batch, run it into the cache; logits (B, V)."""
+    device = model.embed.weight.device
+    T = max(len(c) for c in contexts)
+    if all(len(c) == T for c in contexts):  # no padding: the plain causal path
+        return model.step(torch.tensor(contexts, device=device), cache)
+    idx = torch.tensor([[0] * (T - len(c)) + c for c in contexts], device=device)  # the pad id is never seen
+    mask = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in contexts], device=device)
+    return model.step(idx, cache, attention_mask=mask)
 
 
 @torch.no_grad()
@@ -127,7 +183,7 @@ class Completion:
     prompt_tokens: int  # tokens of the prompt (the end-of-text token for an empty one)
     finish_reason: str  # stop (end-of-text token) | length (max_new_tokens reached)
     seed: int  # the sampling seed (given, or drawn and reported)
-    seconds: float  # wall time of the generation
+    seconds: float  # wall time of the generation (of its whole batch, from complete_batch)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
@@ -151,19 +207,31 @@ def check_prompt(prompt: str) -> None:
         raise BudgetError("the prompt is not valid UTF-8 text") from None
 
 
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200,
-             top_p: float = 1.0, seed: int | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
-    """Continue `prompt` with a causal model; `on_text` receives the text as it is produced."""
+def eot_id(tokenizer) -> int | None:
+    """The end-of-text token: where an empty prompt starts, and where generation stops."""
     from budgetlm.data.tokenizer import SPECIAL_TOKENS
 
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
-    check_prompt(prompt)
-    eot = tokenizer.token_to_id(SPECIAL_TOKENS["eot"])
+    return tokenizer.token_to_id(SPECIAL_TOKENS["eot"])
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """A prompt's token ids as generation sees them: an empty prompt is the end-of-text token (the
+    start of a document)."""
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
     if not ids:
+        eot = eot_id(tokenizer)
         if eot is None:
             raise BudgetError("empty prompt and the tokenizer has no end-of-text token to start from")
         ids = [eot]
+    return ids
+
+
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200,
+             top_p: float = 1.0, seed: int | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
+    """Continue `prompt` with a causal model; `on_text` receives the text as it is produced."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    check_prompt(prompt)
+    eot, ids = eot_id(tokenizer), prompt_ids(tokenizer, prompt)
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     gen = torch.Generator().manual_seed(seed)
     stream = TextStream(tokenizer)
@@ -176,6 +244,42 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperatu
     n = len(stream.ids)
     return Completion(stream.text(), n, len(ids), "length" if n == max_new_tokens else "stop", seed,
                       time.perf_counter() - t0)
+
+
+def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 200, temperature: float = 0.8,
+                   top_k: int = 200, top_p: float = 1.0, seed: int | None = None,
+                   batch_size: int = 16) -> list[Completion]:
+    """Continue every prompt, `batch_size` prompts decoded together (`generate_batch`); the
+    completions come back in the prompts' order. Prompts of similar token length share a batch (less
+    padding). With `seed`, every prompt samples with that seed, so each completion is the one
+    `complete(..., seed=seed)` gives for its prompt (token for token under greedy decoding); without
+    one, each prompt draws its own seed. `seconds` is the wall time of the prompt's whole batch."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    if batch_size < 1:
+        raise BudgetError(f"--batch-size must be at least 1, got {batch_size}")
+    for prompt in prompts:
+        check_prompt(prompt)
+    eot = eot_id(tokenizer)
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    seeds = [seed if seed is not None else random.SystemRandom().randrange(2**31) for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+    out: list[Completion | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        generated: dict[int, list[int]] = {i: [] for i in chunk}
+        t0 = time.perf_counter()
+        for step in generate_batch(model, [ids[i] for i in chunk], max_new_tokens, temperature, top_k, top_p,
+                                   [torch.Generator().manual_seed(seeds[i]) for i in chunk],
+                                   stop_ids=[eot] if eot is not None else []):
+            for i, token in zip(chunk, step.tokens):
+                if token is not None:
+                    generated[i].append(token)
+        seconds = time.perf_counter() - t0
+        for i in chunk:
+            n = len(generated[i])
+            out[i] = Completion(tokenizer.decode(generated[i]), n, len(ids[i]),
+                                "length" if n == max_new_tokens else "stop", seeds[i], seconds)
+    return out  # type: ignore[return-value]
 
 
 def load_causal(run: str, device: str = "cpu", which: str = "latest"):

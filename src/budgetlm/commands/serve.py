@@ -22,19 +22,21 @@ def run(args: argparse.Namespace) -> None:
     key = resolve_api_key(cfg)
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise BudgetError("serve needs FastAPI and uvicorn: pip install 'budgetlm[serve]'") from None
+        raise BudgetError("serve needs FastAPI, uvicorn and prometheus-client: pip install 'budgetlm[serve]'") from None
     from budgetlm.serve import bind_socket, create_app, load_service, serve_forever
 
     sock = bind_socket(cfg.host, cfg.port)  # a busy port fails now, not after loading the model
     try:
-        service = load_service(cfg.model, quantize=cfg.quantize)
+        service = load_service(cfg.model, quantize=cfg.quantize, chat_template=cfg.chat_template)
         app = create_app(service, cfg, api_key=key)
     except BaseException:
         sock.close()
         raise
-    ui.info(f"serving {service.kind} model [bold]{service.name}[/] on http://{cfg.host}:{cfg.port} "
+    chat = ", with a chat template" if getattr(service, "chat_template", None) else ""
+    ui.info(f"serving {service.kind} model [bold]{service.name}[/]{chat} on http://{cfg.host}:{cfg.port} "
             f"(docs at /docs; at most {cfg.max_concurrent} requests at once, model access serialised by one "
             "lock; Ctrl-C stops gracefully)")
     if key:

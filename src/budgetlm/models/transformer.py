@@ -86,9 +86,9 @@ def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half rotary embedding (the Llama/NeoX convention: pairs are (i, i + D/2)).
 
-    x (B, T, H, D); cos, sin (T, D/2)."""
+    x (B, T, H, D); cos, sin (T, D/2), or (B, T, D/2) when each row has its own positions."""
     x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, D/2) each
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # (T, 1, D/2)
+    cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)  # (T, 1, D/2) or (B, T, 1, D/2)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -100,7 +100,13 @@ class KVCache:
     """Keys and values of every layer for incremental causal decoding.
 
     Pre-allocated (n_layer, B, H, max_len, D) so a decode step writes in place instead of
-    concatenating; `pos` is how many positions are filled (also the rotary offset of new tokens)."""
+    concatenating; `pos` is how many slots are filled (also the rotary offset of new tokens).
+
+    Rows of different lengths are left-padded: the first input with an attention mask switches the
+    cache to tracking, per row, which slots hold real tokens (`valid`) and how many real tokens it
+    has seen (`seen`, the position of its next token). Padding is then hidden from every query and
+    each row's tokens get the rotary positions they would have without padding, so a padded row
+    decodes as it would alone (the same tokens under greedy decoding)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
         shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.head_dim)
@@ -108,6 +114,41 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0
+        self.valid: torch.Tensor | None = None  # (B, max_len) bool, once padding is tracked
+        self.seen: torch.Tensor | None = None  # (B,) real tokens per row, once padding is tracked
+
+    @property
+    def padded(self) -> bool:
+        return self.valid is not None
+
+    def track(self, attention_mask: torch.Tensor | None, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record which of the next T slots hold real tokens (attention_mask (B, T), 1 = real; None =
+        all real). Returns the new tokens' positions (B, T) and the attention mask for them over all
+        filled slots (B, 1, T, pos + T), True = may attend."""
+        B, device = self.k.shape[1], self.k.device
+        if self.valid is None:
+            self.valid = torch.zeros(B, self.max_len, dtype=torch.bool, device=device)
+            self.valid[:, : self.pos] = True
+            self.seen = torch.full((B,), self.pos, dtype=torch.long, device=device)
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        real = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+        self.valid[:, self.pos : end] = real
+        positions = (self.seen[:, None] + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T); padding: any
+        self.seen = self.seen + real.sum(1)
+        keys = self.valid[:, None, None, :end]  # (B, 1, 1, S)
+        causal = _causal_mask(T, self.pos, device)  # (T, S)
+        # The diagonal keeps a padding query's row non-empty (no NaN from an all-masked softmax).
+        own = torch.arange(end, device=device)[None, :] == (torch.arange(T, device=device)[:, None] + self.pos)
+        return positions, (keys & causal) | own  # (B, 1, T, S)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only these rows (in this order): finished rows stop costing compute."""
+        index = torch.tensor(rows, device=self.k.device)
+        self.k, self.v = self.k.index_select(1, index), self.v.index_select(1, index)
+        if self.valid is not None:
+            self.valid, self.seen = self.valid.index_select(0, index), self.seen.index_select(0, index)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, D) after the filled part; return all keys/values so far."""
@@ -120,6 +161,7 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+        self.valid = self.seen = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,13 +327,17 @@ class Transformer(nn.Module):
                kv_cache: KVCache | None = None) -> torch.Tensor:
         """Hidden states after the final norm, (B, T, C): the seam for classification heads."""
         B, T = idx.shape
-        start = kv_cache.pos if kv_cache is not None else 0
-        cos, sin = self._rope(start, T)
+        if kv_cache is not None and (attention_mask is not None or kv_cache.padded):
+            positions, mask = kv_cache.track(attention_mask, T)  # left-padded rows: per-row positions
+            cos, sin = self._rope(0, kv_cache.pos + T)  # positions never exceed the filled slots
+            cos, sin = cos[positions], sin[positions]  # (B, T, D/2)
+        else:
+            cos, sin = self._rope(kv_cache.pos if kv_cache is not None else 0, T)
+            mask = self._attn_mask(attention_mask, T)
         x = self.embed(idx)  # (B, T, C)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.embed_drop(x)
-        mask = self._attn_mask(attention_mask, T)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute and kv_cache is None:
@@ -343,9 +389,10 @@ class Transformer(nn.Module):
         return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, p.dtype)
 
     @torch.no_grad()
-    def step(self, idx: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
-        """Feed idx (B, T) after what the cache holds; return logits of the last position (B, V)."""
-        h = self.encode(idx, kv_cache=kv_cache)  # (B, T, C)
+    def step(self, idx: torch.Tensor, kv_cache: KVCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed idx (B, T) after what the cache holds; return logits of the last position (B, V).
+        attention_mask (B, T), 1 = real token: left padding for rows of different lengths (see KVCache)."""
+        h = self.encode(idx, attention_mask, kv_cache)  # (B, T, C)
         return self.project(h[:, -1])
 
 

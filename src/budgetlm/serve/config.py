@@ -20,10 +20,11 @@ class ServeConfig:
     port: int = ranged(8000, 1, 65535)  # TCP port to listen on
     api_key: str = ""  # bearer token clients must send; empty = $BUDGETLM_API_KEY, or none on loopback
     quantize: Literal["none", "int8"] = "none"  # int8 = dynamic int8 quantization of linear layers (CPU)
+    chat_template: str = ""  # JSON chat template for /v1/chat/completions; empty = the run's chat_template.json, if any
     max_body_bytes: int = ranged(1_000_000, 1)  # largest accepted request body in bytes (413 above)
     max_prompt_chars: int = ranged(16_000, 1)  # longest accepted prompt / classify text in characters
     max_tokens_limit: int = ranged(1024, 1)  # largest max_tokens a completion request may ask for
-    max_batch: int = ranged(64, 1)  # most texts one /v1/classify request may carry
+    max_batch: int = ranged(64, 1)  # most texts one /v1/classify request, or choices (prompts x n) one completion request, may carry
     max_concurrent: int = ranged(4, 1)  # requests answered at once; more get 503 + Retry-After
     read_timeout: float = ranged(10.0, 0, above=True)  # seconds to send a request's headers, or its body, or to idle between requests
     graceful_timeout: float = ranged(10.0, 0)  # seconds to let in-flight requests finish on shutdown

@@ -13,7 +13,7 @@ import hmac
 import json
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})  # no key asked
-WORK_PATHS = frozenset({"/v1/completions", "/v1/classify"})  # the endpoints that run the model
+WORK_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/classify"})  # the endpoints that run the model
 RETRY_AFTER_S = 1  # what a 503 asks clients to wait: about one short completion
 CLOSE = (b"connection", b"close")  # refused before the body was read: do not read the rest of it
 

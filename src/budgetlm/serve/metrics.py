@@ -1,68 +1,53 @@
-"""GET /metrics: request counters in the Prometheus text format, and the middleware that fills them."""
+"""GET /metrics: counters and latency histograms through `prometheus_client` (one registry per app,
+so several apps in one process, as in the tests, keep their own), and the middleware that fills them."""
 
 from __future__ import annotations
 
-import threading
 import time
+
+# seconds: from a cached health check to a long completion on a CPU
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
-    """Counters for GET /metrics in the Prometheus text exposition format (version 0.0.4)."""
+    """The server's Prometheus metrics (text exposition format, `render`)."""
 
-    PATHS = ("/v1/completions", "/v1/classify", "/health", "/metrics")
+    PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/classify", "/health", "/metrics")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency_sum: dict[str, float] = {}
-        self.latency_count: dict[str, int] = {}
-        self.tokens_generated = 0
-        self.texts_classified = 0
-        self.in_flight = 0
-        self.started = time.time()
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("budgetlm_requests", "HTTP requests by path and status code.", ["path", "status"],
+                                registry=r)
+        self.latency = Histogram("budgetlm_request_seconds", "Time to answer a request (until the last byte for "
+                                 "streams).", ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram("budgetlm_first_token_seconds", "Time from a completion request's decoding "
+                                     "start to its first decoding step (the prompt's forward pass included).",
+                                     ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens_generated = Counter("budgetlm_generated_tokens", "Completion tokens produced.", registry=r)
+        self.texts_classified = Counter("budgetlm_classified_texts", "Texts classified.", registry=r)
+        self.in_flight = Gauge("budgetlm_requests_in_flight", "Requests being answered now.", registry=r)
+        started = time.time()
+        uptime = Gauge("budgetlm_uptime_seconds", "Seconds since the server started.", registry=r)
+        uptime.set_function(lambda: time.time() - started)
+
+    def label(self, path: str) -> str:
+        """A bounded label set, whatever paths clients send."""
+        if path.startswith("/v1/models/"):
+            return "/v1/models/{model}"
+        return path if path in self.PATHS else "other"
 
     def observe(self, path: str, status: int, seconds: float) -> None:
-        path = path if path in self.PATHS else "other"  # bounded label set, whatever clients send
-        with self._lock:
-            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
-            self.latency_sum[path] = self.latency_sum.get(path, 0.0) + seconds
-            self.latency_count[path] = self.latency_count.get(path, 0) + 1
+        path = self.label(path)
+        self.requests.labels(path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
 
-    def add(self, field: str, n: int) -> None:
-        with self._lock:
-            setattr(self, field, getattr(self, field) + n)
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of the text exposition format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    def render(self) -> str:
-        with self._lock:
-            lines = [
-                "# HELP budgetlm_requests_total HTTP requests by path and status code.",
-                "# TYPE budgetlm_requests_total counter",
-            ]
-            for (path, status), n in sorted(self.requests.items()):
-                lines.append(f'budgetlm_requests_total{{path="{path}",status="{status}"}} {n}')
-            lines += [
-                "# HELP budgetlm_request_seconds Time to answer a request (until the last byte "
-                "for streams).",
-                "# TYPE budgetlm_request_seconds summary",
-            ]
-            for path in sorted(self.latency_sum):
-                lines.append(f'budgetlm_request_seconds_sum{{path="{path}"}} {self.latency_sum[path]:.6f}')
-                lines.append(f'budgetlm_request_seconds_count{{path="{path}"}} {self.latency_count[path]}')
-            lines += [
-                "# HELP budgetlm_generated_tokens_total Completion tokens produced.",
-                "# TYPE budgetlm_generated_tokens_total counter",
-                f"budgetlm_generated_tokens_total {self.tokens_generated}",
-                "# HELP budgetlm_classified_texts_total Texts classified.",
-                "# TYPE budgetlm_classified_texts_total counter",
-                f"budgetlm_classified_texts_total {self.texts_classified}",
-                "# HELP budgetlm_requests_in_flight Requests being answered now.",
-                "# TYPE budgetlm_requests_in_flight gauge",
-                f"budgetlm_requests_in_flight {self.in_flight}",
-                "# HELP budgetlm_uptime_seconds Seconds since the server started.",
-                "# TYPE budgetlm_uptime_seconds gauge",
-                f"budgetlm_uptime_seconds {time.time() - self.started:.3f}",
-            ]
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 class CountRequests:
@@ -83,9 +68,9 @@ class CountRequests:
                 status = message["status"]
             await send(message)
 
-        self.metrics.add("in_flight", 1)
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, counted)
         finally:
-            self.metrics.add("in_flight", -1)
+            self.metrics.in_flight.dec()
             self.metrics.observe(scope["path"], status, time.perf_counter() - t0)

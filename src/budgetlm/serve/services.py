@@ -2,8 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from budgetlm.serve.chat import ChatTemplate
+
+
+@dataclass
+class Sampling:
+    """How the rows of one request are sampled."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling mass
+    seeds: list[int | None] = field(default_factory=list)  # one per row; None = a fresh random one
+    logprobs: int | None = None  # alternatives to report per token (0 = the chosen token only); None = no logprobs
+
+
+@dataclass
+class Token:
+    """One generated token, as the HTTP layer sees it."""
+
+    text: str  # what it adds to the completion ("" while a UTF-8 character is still incomplete)
+    token: str = ""  # the token decoded on its own (logprobs name tokens by it)
+    logprob: float | None = None  # its log-probability under the model (when logprobs were asked)
+    top: list[tuple[str, float]] = field(default_factory=list)  # the most likely tokens there, best first
+
+
+@dataclass
+class PromptToken:
+    """One token of a prompt, for `echo` with logprobs."""
+
+    token: str  # the token decoded on its own
+    logprob: float | None  # log-probability given the tokens before it (None for the first)
+    top: list[tuple[str, float]] | None  # the most likely tokens at its place (None for the first)
+    offset: int  # its first character in the prompt
 
 
 class ModelService(Protocol):
@@ -12,14 +46,18 @@ class ModelService(Protocol):
     name: str
     kind: str
     max_context: int  # tokens
+    chat_template: ChatTemplate | None  # how chat messages become a prompt; None = no chat
 
     def count_tokens(self, text: str) -> int: ...
 
-    def completion_steps(
-        self, prompt: str, max_tokens: int, temperature: float, top_p: float, seed: int | None
-    ) -> Iterator[str]:
-        """Yield the completion's text one decoding step at a time (one forward pass per next()).
-        The server may close the iterator early (stop string, client gone): keep no state outside it."""
+    def completion_steps(self, prompts: list[str], max_tokens: int, sampling: Sampling) -> Iterator[list[Token | None]]:
+        """Complete every prompt (each one a row, decoded together): each next() is one forward pass
+        and yields one entry per row, its next token or None once the row has ended (end-of-text).
+        The server may close the iterator early (stop strings, client gone): keep no state outside it."""
+        ...
+
+    def prompt_logprobs(self, prompt: str, top: int) -> list[PromptToken]:
+        """The prompt's tokens with their log-probabilities (one forward pass)."""
         ...
 
     def classify(self, texts: list[str]) -> list[dict]:
@@ -28,46 +66,77 @@ class ModelService(Protocol):
 
 
 class LMService:
-    """A causal budgetlm run: completions through `generate.generate_tokens` (KV cache per request;
-    prompt encoded exactly as `budgetlm generate` does, so greedy answers match it)."""
+    """A causal budgetlm run: completions through `generate.generate_batch` (one KV cache per request;
+    prompts encoded exactly as `budgetlm generate` does, so greedy answers match it)."""
 
     kind = "causal"
 
-    def __init__(self, model, tokenizer, name: str):
-        from budgetlm.data.tokenizer import SPECIAL_TOKENS
+    def __init__(self, model, tokenizer, name: str, chat_template: ChatTemplate | None = None):
+        from budgetlm.generate import eot_id
 
-        self.model, self.tok, self.name = model, tokenizer, name
+        self.model, self.tok, self.name, self.chat_template = model, tokenizer, name, chat_template
         self.max_context = int(model.cfg.max_seq_len)
-        self.eot = tokenizer.token_to_id(SPECIAL_TOKENS["eot"])
+        self.eot = eot_id(tokenizer)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tok.encode(text, add_special_tokens=False).ids)
 
-    def completion_steps(self, prompt, max_tokens, temperature, top_p, seed):
+    def token(self, token_id: int) -> str:
+        return self.tok.decode([token_id], skip_special_tokens=False)
+
+    def top(self, logprobs, n: int) -> list[tuple[str, float]]:
+        import torch
+
+        values, ids = torch.topk(logprobs, min(n, logprobs.numel()))
+        return [(self.token(int(i)), float(v)) for v, i in zip(values, ids)]
+
+    def completion_steps(self, prompts, max_tokens, sampling):
         import random
 
         import torch
 
-        from budgetlm.generate import TextStream, generate_tokens
+        from budgetlm.generate import TextStream, generate_batch, prompt_ids
 
-        ids = self.tok.encode(prompt, add_special_tokens=False).ids if prompt else []
-        ids = ids or [self.eot]
-        seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-        gen = torch.Generator().manual_seed(seed)
-        stops = [self.eot] if self.eot is not None else []
-        it = generate_tokens(self.model, ids, max_tokens, temperature, 0, top_p, gen, stop_ids=stops)
-        stream = TextStream(self.tok)
-        while True:
-            token = next(it, None)  # one forward pass (the prompt on the first call)
-            if token is None:
-                return
-            yield stream.push(token)  # "" while a UTF-8 character is still incomplete
+        ids = [prompt_ids(self.tok, p) for p in prompts]
+        seeds = [s if s is not None else random.SystemRandom().randrange(2**31) for s in sampling.seeds]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        streams = [TextStream(self.tok) for _ in prompts]
+        want = sampling.logprobs is not None
+        for step in generate_batch(self.model, ids, max_tokens, sampling.temperature, 0, sampling.top_p, gens,
+                                   stop_ids=[self.eot] if self.eot is not None else [], logprobs=want):
+            row = []
+            for stream, token, lp in zip(streams, step.tokens, step.logprobs):
+                if token is None:
+                    row.append(None)
+                    continue
+                # "" while a UTF-8 character is still incomplete
+                t = Token(stream.push(token))
+                if want:
+                    t.token, t.logprob, t.top = self.token(token), float(lp[token]), self.top(lp, sampling.logprobs)
+                row.append(t)
+            yield row
+
+    def prompt_logprobs(self, prompt: str, top: int) -> list[PromptToken]:
+        import torch
+
+        from budgetlm.generate import prompt_ids
+
+        ids = prompt_ids(self.tok, prompt)
+        offsets = [s for s, _ in self.tok.encode(prompt, add_special_tokens=False).offsets] if prompt else [0]
+        with torch.no_grad():
+            logits, _ = self.model(torch.tensor([ids], device=self.model.embed.weight.device))
+        lp = torch.log_softmax(logits[0].float(), dim=-1).cpu()  # (T, V): row t predicts token t + 1
+        out = [PromptToken(self.token(ids[0]), None, None, offsets[0])]
+        for t in range(1, len(ids)):
+            out.append(PromptToken(self.token(ids[t]), float(lp[t - 1, ids[t]]), self.top(lp[t - 1], top), offsets[t]))
+        return out
 
 
 class ClassifierService:
     """A fine-tuned classifier run (`budgetlm finetune`)."""
 
     kind = "classifier"
+    chat_template = None
 
     def __init__(self, loaded, name: str):
         self.clf, self.name = loaded, name
@@ -76,7 +145,10 @@ class ClassifierService:
     def count_tokens(self, text: str) -> int:
         return len(self.clf.encoder([text])[0][0])
 
-    def completion_steps(self, prompt, max_tokens, temperature, top_p, seed):  # pragma: no cover
+    def completion_steps(self, prompts, max_tokens, sampling):  # pragma: no cover
+        raise RuntimeError("a classifier does not generate text")
+
+    def prompt_logprobs(self, prompt, top):  # pragma: no cover
         raise RuntimeError("a classifier does not generate text")
 
     def classify(self, texts: list[str]) -> list[dict]:
@@ -88,17 +160,21 @@ class ClassifierService:
         ]
 
 
-def load_service(run: str, quantize: str = "none", device: str = "cpu") -> ModelService:
-    """The right service for what the run holds: a causal LM or a fine-tuned classifier."""
+def load_service(run: str, quantize: str = "none", device: str = "cpu", chat_template: str = "") -> ModelService:
+    """The right service for what the run holds: a causal LM or a fine-tuned classifier. A causal
+    run's chat template is the file `chat_template` when given, else the run's own (serve/chat.py)."""
     from budgetlm.training.checkpoint import load_meta
 
     name = Path(run).resolve().name
-    if load_meta(run).is_classifier:
+    meta = load_meta(run)
+    if meta.is_classifier:
         from budgetlm.classify import load_classifier
 
         return ClassifierService(load_classifier(run, device=device, quantize=quantize), name)
     from budgetlm.generate import load_causal
     from budgetlm.quantize import maybe_quantize
+    from budgetlm.serve.chat import find_template, load_template
 
-    model, tok, _ = load_causal(run, device)  # one-line error for a masked LM
-    return LMService(maybe_quantize(model, quantize), tok, name)
+    model, tok, meta = load_causal(run, device)  # one-line error for a masked LM
+    template = load_template(chat_template) if chat_template else find_template(meta)
+    return LMService(maybe_quantize(model, quantize), tok, name, template)
