@@ -493,3 +493,22 @@ def test_every_prepare_flag_shows_its_default():
     for action in parser._actions:
         if action.dest not in ("help", "inputs"):
             assert "(default: " in action.help, action.dest
+
+
+def test_builtin_python_is_the_docs_next_to_the_standard_library_source():
+    import ast
+
+    from budgetlm.data import builtin
+
+    docs = sum(len(t.encode()) for _, t in builtin.python_docs())
+    names, size, parsed = [], 0, 0
+    for name, text in builtin.python_all():
+        names.append(name)
+        size += len(text.encode())
+        if name.startswith("source:") and parsed < 20:  # source documents are the modules' own code
+            ast.parse(text)
+            parsed += 1
+    assert parsed == 20 and any(n.startswith("pydoc:") or n.startswith("stdlib:") for n in names)
+    assert not any("test" in n.split(":")[1].split(".") for n in names if n.startswith("source:"))
+    assert 3 * docs < size <= builtin.MAX_BYTES + builtin.MAX_SOURCE_BYTES
+    assert set(builtin.BUILTINS) == {"python-docs", "python"}

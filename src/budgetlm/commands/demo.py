@@ -1,7 +1,7 @@
 """`budgetlm demo`: the whole path on the built-in corpus, no download needed.
 
-1. prepare the built-in `python-docs` corpus (the Python reference and standard-library docstrings of
-   this interpreter) into token shards, reusing them when already there;
+1. prepare the built-in `python` corpus (the Python reference, the standard library's docstrings and
+   its source code, ~12 MB, from this interpreter) into token shards, reusing them when already there;
 2. train a small causal model under a short wall-clock budget (default 3 minutes; `--budget`), the
    model sized automatically for the budget and this machine (the plan is printed first);
 3. evaluate it on the held-out split (loss, bits per byte);
@@ -46,9 +46,9 @@ def _data(out: Path, max_mb: float):
     if (data / "manifest.json").is_file():
         ui.info(f"[bold]1/4 data[/] reusing {data}")
         return Dataset.open(data)
-    ui.info("[bold]1/4 data[/] preparing the built-in python-docs corpus")
+    ui.info("[bold]1/4 data[/] preparing the built-in python corpus (docs and standard-library source)")
     # the vocabulary is sized to the corpus by prepare
-    return api.prepare(out=str(data), builtin="python-docs", tokenizer="bpe", max_mb=max_mb)
+    return api.prepare(out=str(data), builtin="python", tokenizer="bpe", max_mb=max_mb)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ui.info(f"[bold]2/4 train[/] {args.budget} budget -> {run_dir}")
     summary = api.train(data=str(data.path), out=str(run_dir), budget=args.budget, device=args.device, seed=args.seed)
 
-    ui.info("[bold]3/4 evaluate[/] held-out python-docs text")
+    ui.info("[bold]3/4 evaluate[/] held-out python docs and source")
     rows = [["validation loss", f"{summary.val_loss:.4f}"],
             ["bits per byte", f"{summary.val_bpb:.4f}" if summary.val_bpb is not None else "-"],
             ["training tokens", f"{summary.tokens:,}"], ["optimizer steps", summary.steps]]

@@ -2,7 +2,11 @@
 
 `python-docs`: the Python reference documentation shipped with the interpreter
 (`pydoc_data.topics`, one document per topic) and the docstrings of the standard library, one
-document per module (module, class, function and method docstrings in source order).
+document per module (module, class, function and method docstrings in source order), about 2 MB.
+
+`python`: the same documentation next to the standard library's source code itself, one document
+per module (about 12 MB on CPython 3.11): large enough that a few minutes of training see most of it
+once or twice rather than the docs ten times over, and a sample reads as Python code or docs.
 
 Docstrings are read from the standard library's *source files* with `ast`, not by importing the
 modules: importing all of the standard library has side effects (`antigravity` opens a browser,
@@ -23,7 +27,8 @@ from budgetlm.config import BudgetError
 # folders of the standard library that are tests, GUIs, vendored or platform tooling, not docs
 _SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "ensurepip",
                "turtledemo", "tkinter", "__pycache__", "venv", "pydoc_data", "config-3"}
-MAX_BYTES = 8_000_000  # keep the corpus "a few MB" whatever the interpreter ships
+MAX_BYTES = 8_000_000  # keep the docs "a few MB" whatever the interpreter ships
+MAX_SOURCE_BYTES = 32_000_000  # and the source code at most a few times that
 
 
 def _topics() -> Iterator[tuple[str, str]]:
@@ -67,20 +72,36 @@ def _docstrings(tree: ast.Module, module: str) -> str:
     return "\n".join(out)
 
 
-def _stdlib_docs() -> Iterator[tuple[str, str]]:
+def _stdlib_files() -> Iterator[tuple[Path, str]]:
+    """(path, module name) of the standard library's source files, sorted, tests and GUIs left out."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        f for f in root.rglob("*.py")
-        if not _SKIP_PARTS.intersection(f.relative_to(root).parts)
-    )
-    for f in files:
+    for f in sorted(f for f in root.rglob("*.py") if not _SKIP_PARTS.intersection(f.relative_to(root).parts)):
+        yield f, _module_name(f, root)
+
+
+def _stdlib_docs() -> Iterator[tuple[str, str]]:
+    for f, module in _stdlib_files():
         try:
             tree = ast.parse(f.read_bytes(), filename=str(f))
         except (SyntaxError, ValueError, OSError, UnicodeDecodeError):
             continue  # e.g. a template file that is not valid Python: skip it
-        text = _docstrings(tree, _module_name(f, root))
+        text = _docstrings(tree, module)
         if text.strip():
-            yield f"stdlib:{_module_name(f, root)}", text
+            yield f"stdlib:{module}", text
+
+
+def _stdlib_sources() -> Iterator[tuple[str, str]]:
+    total = 0
+    for f, module in _stdlib_files():
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # a file in another encoding (a test fixture): leave it out
+        total += len(text.encode("utf-8"))
+        if total > MAX_SOURCE_BYTES:
+            return
+        if text.strip():
+            yield f"source:{module}", text
 
 
 def _compiled_in_docs() -> Iterator[tuple[str, str]]:
@@ -122,6 +143,11 @@ def python_docs() -> Iterator[tuple[str, str]]:
         yield name, text
 
 
+def python_all() -> Iterator[tuple[str, str]]:
+    """`python_docs`, then the standard library's source code, one document per module."""
+    return _chain(python_docs(), _stdlib_sources())
+
+
 def _chain(*its: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     for it in its:
         yield from it
@@ -130,6 +156,7 @@ def _chain(*its: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
 # name -> (documents generator, one-line description)
 BUILTINS: dict[str, tuple[Callable[[], Iterator[tuple[str, str]]], str]] = {
     "python-docs": (python_docs, "Python reference topics and standard-library docstrings of this interpreter"),
+    "python": (python_all, "python-docs next to the standard library's source code (the demo's corpus)"),
 }
 
 
