@@ -57,7 +57,7 @@ class TrainConfig:
     progress_every: float = ranged(30.0, 0.1, 86400.0)  # seconds between progress lines when the output is a log, not a terminal
     track: list[str] = field(default_factory=list)  # experiment trackers to log to: tensorboard, wandb, mlflow (each an optional extra)
     resume: bool = False  # continue the run in --out from its latest checkpoint
-    init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
+    init_from: str = ""  # start from the weights of this run or local Hugging Face Llama folder (continued pre-training: new data, fresh optimizer and schedule)
 
     def __post_init__(self) -> None:
         check_ranges(self)
