@@ -260,3 +260,74 @@ def test_classifier_finetuned_from_a_transformers_model_exports(tmp_path):
     ids = torch.randint(0, 50, (2, 7))
     with torch.no_grad():
         assert torch.allclose(hf(ids).logits, model(ids)[0], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# folders older transformers read, the model card, a quiet command
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_folder_carries_what_transformers_4_reads(tmp_path, tokenizer_file, causal):
+    """transformers 4 knows no `TokenizersBackend` and reads the rope base and ModernBERT's global
+    layers from their older keys (benchmarks/hf_compat.py loads such folders in 4.48; docs/models.md)."""
+    from budgetlm.export import export_hf
+
+    m = Transformer(_cfg(_vocab(tokenizer_file), causal, rope_theta=50000.0)).eval()
+    export_hf(m, tmp_path / "hf", tokenizer_file)
+    tok_cfg = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    if causal:
+        assert cfg["rope_theta"] == 50000.0 and cfg["rope_scaling"] is None
+    else:
+        assert cfg["global_rope_theta"] == cfg["local_rope_theta"] == 50000.0
+        assert cfg["global_attn_every_n_layers"] == 1
+    assert cfg["torch_dtype"] == "float32"
+    # and the installed transformers still reads the folder the same way
+    assert type(transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")).__name__ in (
+        "PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def test_model_card_describes_the_run_and_the_output_is_quiet(tmp_path, capsys):
+    from train_helpers import TINY, make_dataset
+
+    data = make_dataset(tmp_path, "shakespeare-mini")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--max-steps", "3", *TINY, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    transformers.utils.logging.set_verbosity_info()  # a caller that wants transformers' logs keeps them
+    try:
+        assert main(["export", "--model", str(run), "--out", str(tmp_path / "hf")]) == 0
+        assert transformers.utils.logging.get_verbosity() == transformers.utils.logging.INFO
+        assert transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        transformers.utils.logging.set_verbosity_warning()
+    cap = capsys.readouterr()
+    printed = cap.out + cap.err
+    for noise in ("Loading weights", "it/s]", "%|", "loading file", "loading configuration"):
+        assert noise not in printed, printed
+    assert "exported LlamaForCausalLM" in printed
+
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    params = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters())
+    for fact in ("`LlamaForCausalLM`", f"| parameters | {params:,} |", "| layers | 2 |", "| width | 32 |",
+                 f"`shakespeare-mini` ({summary['tokens']:,} tokens trained)", "| budget | max steps 3 |",
+                 "3 optimizer steps", "| device | cpu, fp32 |", f"| validation loss | {summary['val_loss']:.4f} |",
+                 f"| validation bits per byte | {summary['val_bpb']:.4f} |",
+                 'AutoModelForCausalLM.from_pretrained("hf")', "max difference"):
+        assert fact in card, fact
+
+
+def test_classifier_card_names_labels_and_metrics(tmp_path, capsys, tokenizer_file):
+    torch.manual_seed(0)
+    clf = SequenceClassifier(_cfg(_vocab(tokenizer_file), False), 2)
+    meta = {"labels": ["neg", "pos"], "pooling": "cls", "max_len": 64}
+    run = _save(tmp_path, "clf", clf, meta, tokenizer_file)
+    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.875, "f1_macro": 0.5, "steps": 12,
+                                                  "train_seconds": 75.0, "train_examples": 40}))
+    _export(capsys, run, tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    for fact in ("pipeline_tag: text-classification", "`ModernBertForSequenceClassification`", "| labels | neg, pos |",
+                 "| validation accuracy | 0.8750 |", "| validation macro F1 | 0.5000 |", "1m15s of training, 12 optimizer steps"):
+        assert fact in card, fact

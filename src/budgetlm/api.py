@@ -308,7 +308,8 @@ class LoadedModel:
 
 
 def load(run: str | Path, device: str = "cpu", which: str = "latest") -> LoadedModel:
-    """A run folder (or one of its checkpoints) as a model with its tokenizer."""
+    """A run folder (or one of its checkpoints), or a local Hugging Face Llama folder (`hfmodels`),
+    as a model with its tokenizer."""
     from budgetlm.data.tokenizer import load_tokenizer
     from budgetlm.runtime import detect_device_type
     from budgetlm.training.checkpoint import load_model

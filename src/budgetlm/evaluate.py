@@ -124,11 +124,15 @@ def masked_metrics(model: torch.nn.Module, tokens, seq_len: int, batch_size: int
 # a trained run on a dataset split or on text files
 
 
-def _check_vocab(tok, vocab_size: int) -> None:
+def _check_vocab(tok, vocab_size: int, exact: bool = True) -> None:
+    """A run's tokenizer has exactly the model's vocabulary; a Hugging Face folder's may have fewer
+    tokens than its embedding table (`exact=False`), never more."""
     have = tok.get_vocab_size()
-    if have != vocab_size:
-        raise BudgetError(f"tokenizer vocabulary ({have}) does not match the checkpoint's ({vocab_size}): "
-                          "this data was prepared with a different tokenizer")
+    if have > vocab_size or (exact and have != vocab_size):
+        hint = "this data was prepared with a different tokenizer" if exact else \
+            "the data's tokenizer has tokens the model never saw (prepare adds budgetlm's special tokens); " \
+            "evaluate the folder with --text FILE..., or train on the data first (train --init-from)"
+        raise BudgetError(f"tokenizer vocabulary ({have}) does not match the checkpoint's ({vocab_size}): {hint}")
 
 
 def text_tokens(paths: list[str], tok, eot: int | None) -> tuple[np.ndarray, int]:
@@ -179,7 +183,7 @@ def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: 
     """Evaluate a loaded language model (`train.checkpoint.load_model`) on a prepared dataset's split
     or on text files, with exact bits per byte for causal models."""
     from budgetlm.data.shards import Dataset, check_ids
-    from budgetlm.data.tokenizer import special_ids
+    from budgetlm.data.tokenizer import SPECIAL_TOKENS, special_ids
 
     if bool(data) == bool(texts):
         raise BudgetError("give either --data DIR (its val split) or --text FILE... to evaluate")
@@ -187,19 +191,22 @@ def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: 
         raise BudgetError(f"--batch-size must be at least 1 and --max-tokens at least 0, got {batch_size} and {max_tokens}")
     rt = runtime.init_runtime(device, precision, seed=0)
     vocab = int(meta.model_config["vocab_size"])
+    exact = getattr(meta, "origin", "budgetlm") != "hf"
     if data:
         ds = Dataset.open(data)
         tok = ds.tokenizer()
-        _check_vocab(tok, vocab)
+        _check_vocab(tok, vocab, exact)
         tokens, n_bytes, source = ds.tokens(split), ds.split_bytes(split) or None, f"{data} ({split})"
         check_ids(tokens, vocab, f"the {split} split of {data}")
     else:
         if tok is None:
             raise BudgetError(f"checkpoint {meta.path} has no tokenizer.json: evaluate with --data instead")
-        _check_vocab(tok, vocab)
-        tokens, n_bytes = text_tokens(texts, tok, special_ids(tok).get("eot"))
+        _check_vocab(tok, vocab, exact)
+        # a Hugging Face tokenizer may lack budgetlm's end-of-text token: files are then joined as they are
+        tokens, n_bytes = text_tokens(texts, tok, tok.token_to_id(SPECIAL_TOKENS["eot"]))
         source = ", ".join(texts)
     mask_rate = float(meta.run_config.get("mask_rate", 0.25) or 0.25)
+    causal = meta.model_config.get("causal", True)
     result = evaluate_lm(model, meta.model_config, tokens, n_bytes, rt, batch_size, max_tokens or None,
-                         special_ids(tok), mask_rate)
+                         None if causal else special_ids(tok), mask_rate)  # only masking needs the special ids
     return {**result, "checkpoint": meta.path, "data": source}

@@ -20,11 +20,13 @@ never a user's own files.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from budgetlm import fsio, ui
+from budgetlm import fsio, modelcard, ui
 from budgetlm.config import BudgetError
 
 VERIFY_TOLERANCE = 1e-4  # max |logit difference| accepted in fp32
@@ -343,7 +345,63 @@ def write_tokenizer(tokenizer_path: str | Path, out_dir: Path, causal: bool, max
             tok.post_processor = template
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, **roles)
     fast.save_pretrained(str(out_dir))
+    portable_tokenizer_config(out_dir)
     return roles, hf_token_ids(tok, roles)
+
+
+# --------------------------------------------------------------------------------------------------
+# files every transformers version reads (docs/models.md lists the versions checked)
+
+# transformers 5 names its generic tokenizer.json class `TokenizersBackend` in tokenizer_config.json;
+# transformers 4 has no such class and refuses the folder. `PreTrainedTokenizerFast` exists in both
+# (in 5 as the same class under its old name) and loads the same tokenizer.json.
+PORTABLE_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cls = data.get("tokenizer_class")
+    if cls in PORTABLE_TOKENIZER_CLASS:
+        data["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS[cls]
+        fsio.atomic_write_json(path, data)
+
+
+def _v4_config_keys(cfg) -> dict[str, Any]:
+    """The keys transformers 4 reads where 5 reads `rope_parameters` and `layer_types` (5 ignores
+    them). Without them 4 falls back to its own defaults, which change the logits: Llama's rope base
+    10000; ModernBERT's global base 160000, local base 10000 and a sliding-window layer in three."""
+    theta = float(cfg.rope_theta)
+    if cfg.causal:
+        return {"rope_theta": theta, "rope_scaling": None}
+    return {"global_rope_theta": theta, "local_rope_theta": theta, "global_attn_every_n_layers": 1}
+
+
+def add_v4_config_keys(folder: Path, cfg) -> None:
+    path = Path(folder) / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(_v4_config_keys(cfg))
+    data.setdefault("torch_dtype", data.get("dtype"))  # 4's name for the weights' dtype
+    fsio.atomic_write_json(path, data)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' progress bars ("Loading weights") and its info and warning logs off while the
+    export writes and checks the folder: the command's output is budgetlm's. Restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _write_native(model, tmp: Path, tokenizer_path, labels, dtype: str) -> tuple[Any, dict[str, str]]:
@@ -360,6 +418,7 @@ def _write_native(model, tmp: Path, tokenizer_path, labels, dtype: str) -> tuple
     config = hf_config(model, token_ids, labels)
     config.dtype = dtype
     config.save_pretrained(str(tmp))
+    add_v4_config_keys(tmp, model.cfg)
     if model.cfg.causal and not is_clf:
         from transformers import GenerationConfig
 
@@ -382,18 +441,20 @@ def _write_wrapped(model, tmp: Path, hf_tokenizer_dir: Path | None, dtype: str) 
 
         tok = AutoTokenizer.from_pretrained(str(hf_tokenizer_dir))
         tok.save_pretrained(str(tmp))
+        portable_tokenizer_config(tmp)
         roles = {k: str(v) for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
     return hf.config, roles
 
 
 def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels: list[str] | None = None,
               overwrite: bool = False, verify: bool = True, dtype: str = "float32",
-              hf_tokenizer_dir: Path | None = None) -> dict[str, Any]:
-    """Write `model` (+ tokenizer) as a transformers folder at `out`, atomically; see the module doc."""
+              hf_tokenizer_dir: Path | None = None, card: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Write `model` (+ tokenizer, + README.md model card) as a transformers folder at `out`, atomically;
+    see the module doc. `card`: the run's rows for the card ("training", "results": label -> text)."""
     out = Path(out)
     fsio.check_output(out, (), "export", overwrite=overwrite)  # only an empty folder or an earlier export
     diff = None
-    with fsio.atomic_dir(out, replace=out.exists()) as tmp:
+    with fsio.atomic_dir(out, replace=out.exists()) as tmp, quiet_transformers():
         if _is_wrapped_hf(model):
             config, roles = _write_wrapped(model, tmp, hf_tokenizer_dir, dtype)
         else:
@@ -404,6 +465,7 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
             if not diff <= limit:
                 raise BudgetError(f"export check failed: transformers logits differ by {diff:.2e} (> {limit}); "
                                   f"nothing written to {out}")
+        _write_card(model, config, out.name, tmp, dtype, diff, card or {})
         fsio.write_marker(tmp, "export")  # lets a later --overwrite replace this folder, and only this kind
     return {
         "out": str(out),
@@ -415,6 +477,27 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
     }
 
 
+def _write_card(model, config, name: str, tmp: Path, dtype: str, diff: float | None,
+                card: dict[str, dict[str, str]]) -> None:
+    """README.md: the model card (budgetlm.modelcard), from the exported config and the run's rows."""
+    from budgetlm.models.heads import SequenceClassifier
+
+    wrapped = _is_wrapped_hf(model)
+    kind = "classifier" if wrapped or isinstance(model, SequenceClassifier) else \
+        ("causal" if model.cfg.causal else "masked")
+    shape = {"layers": "num_hidden_layers", "width": "hidden_size", "attention heads": "num_attention_heads",
+             "context (tokens)": "max_position_embeddings", "vocabulary (tokens)": "vocab_size"}
+    rows = {"architecture": f"`{config.architectures[0]}`",
+            "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+            **{label: f"{v:,}" for label, key in shape.items() if isinstance(v := getattr(config, key, None), int)},
+            "weights": dtype}
+    if kind == "classifier":
+        rows["labels"] = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
+    check = (f"The export was checked: `transformers` reproduces budgetlm's logits on a probe batch "
+             f"(max difference {diff:.1e}).") if diff is not None else ""
+    text = modelcard.render(name, kind, config.architectures[0], rows, _hf_auto_class(model).__name__,
+                            card.get("training"), card.get("results"), check)
+    fsio.atomic_write_text(tmp / "README.md", text)
 
 
 FORMATS = {"hf": export_hf}  # --format -> writer(model, out, tokenizer_path, labels=, overwrite=, verify=, dtype=, ...)
@@ -449,5 +532,7 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
     if not tok and not hf_tok.is_dir():
         ui.warn("the run has no tokenizer: exporting the model without one")
     labels = [str(x) for x in meta.classifier.labels] if meta.classifier else None
+    card = {"training": modelcard.run_facts(meta.run_dir, meta.run_config, meta.data, meta.step),
+            "results": modelcard.metric_rows(meta.run_dir, meta.metrics)}
     return FORMATS[cfg.format](model, out, tok, labels=labels, overwrite=cfg.overwrite, verify=cfg.verify,
-                               dtype=cfg.dtype, hf_tokenizer_dir=hf_tok)
+                               dtype=cfg.dtype, hf_tokenizer_dir=hf_tok, card=card)

@@ -17,7 +17,7 @@ def model_arg(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    model_arg(parser, "run directory (or checkpoint directory) to evaluate")
+    model_arg(parser, "run directory (or checkpoint directory, or a local Hugging Face Llama folder) to evaluate")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--data", help="prepared dataset folder: evaluate its --split")
     src.add_argument("--text", nargs="+", metavar="FILE",

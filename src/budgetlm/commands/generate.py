@@ -15,7 +15,7 @@ from budgetlm.config import BudgetError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="run directory of a trained causal model")
+    parser.add_argument("--model", required=True, help="run directory of a trained causal model, or a local Hugging Face Llama folder")
     parser.add_argument("--prompt", default="", help="text to continue (default: empty, the start of a document)")
     parser.add_argument("--input", default="", metavar="FILE",
                         help="many prompts: a .jsonl file of records with a \"prompt\" field, or any other file "

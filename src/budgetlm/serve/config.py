@@ -15,7 +15,7 @@ API_KEY_ENV = "BUDGETLM_API_KEY"
 
 @dataclass
 class ServeConfig:
-    model: str = ""  # run directory of a trained causal LM or fine-tuned classifier
+    model: str = ""  # run directory of a trained causal LM or fine-tuned classifier, or a local Hugging Face Llama folder
     host: str = "127.0.0.1"  # address to bind; anything but loopback requires an API key
     port: int = ranged(8000, 1, 65535)  # TCP port to listen on
     api_key: str = ""  # bearer token clients must send; empty = $BUDGETLM_API_KEY, or none on loopback

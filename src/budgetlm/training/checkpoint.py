@@ -24,6 +24,9 @@ nonsense. Nothing in a checkpoint is executed: weights and state are safetensors
 
 `load_model(run_dir)` rebuilds the model through `MODEL_KINDS`, which the model modules fill
 (`models.kinds` for budgetlm's own, `hf.MODEL_KINDS` for wrapped Hugging Face models).
+
+A local Hugging Face Llama folder is accepted wherever a run is (`load_meta`, `load_weights`,
+`load_model`): `hfmodels` reads it as a budgetlm causal model, and its meta says `origin="hf"`.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import torch
 from safetensors.torch import load_model as _st_load_model
 from safetensors.torch import save_model as _st_save_model
 
-from budgetlm import hf
+from budgetlm import hf, hfmodels
 from budgetlm.config import BudgetError, from_dict, to_dict
 from budgetlm import fsio
 from budgetlm.fsio import atomic_write_json, fsync_dir, is_temp
@@ -98,6 +101,7 @@ class CheckpointMeta:
     # where it was loaded from (set by load_meta, never written)
     path: str = field(default="", metadata={"transient": True})
     tokenizer_path: str = field(default="", metadata={"transient": True})
+    origin: str = field(default="budgetlm", metadata={"transient": True})  # budgetlm | hf (a Hugging Face folder)
 
     @property
     def is_classifier(self) -> bool:
@@ -109,8 +113,8 @@ class CheckpointMeta:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder holding this checkpoint (RUN/checkpoints/step_N -> RUN)."""
-        return Path(self.path).parents[1]
+        """The run folder holding this checkpoint (RUN/checkpoints/step_N -> RUN); a Hugging Face folder itself."""
+        return Path(self.path) if self.origin == "hf" else Path(self.path).parents[1]
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)
@@ -277,7 +281,10 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
 
 def load_meta(path: str | Path, which: str = "latest") -> CheckpointMeta:
     """The CheckpointMeta of a run's (or a checkpoint directory's) checkpoint, with `path` and
-    `tokenizer_path` filled in. Unreadable or unknown metadata is a one-line BudgetError."""
+    `tokenizer_path` filled in, or of a Hugging Face Llama folder (`hfmodels`). Unreadable or unknown
+    metadata is a one-line BudgetError."""
+    if hfmodels.is_hf_folder(path):
+        return hf_folder_meta(path)
     ckpt = resolve_checkpoint(path, which)
     try:
         data = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
@@ -289,6 +296,19 @@ def load_meta(path: str | Path, which: str = "latest") -> CheckpointMeta:
     meta.path = str(ckpt.resolve())
     tok = ckpt / "tokenizer.json"
     meta.tokenizer_path = str(tok.resolve()) if tok.exists() else ""
+    return meta
+
+
+def hf_folder_meta(path: str | Path) -> CheckpointMeta:
+    """A Hugging Face Llama folder described as a checkpoint of a budgetlm causal LM (step 0, no run)."""
+    folder = hfmodels.read_folder(path)
+    vocab = folder.config.vocab_size
+    if folder.tokenizer_path:
+        from budgetlm.data.tokenizer import load_tokenizer
+
+        vocab = load_tokenizer(folder.tokenizer_path).get_vocab_size()
+    meta = CheckpointMeta(kind="lm", model_config=to_dict(folder.config), objective="causal", vocab_size=vocab)
+    meta.path, meta.tokenizer_path, meta.origin = str(Path(path).resolve()), folder.tokenizer_path, "hf"
     return meta
 
 
@@ -310,8 +330,23 @@ def _check_finite(model: torch.nn.Module, ckpt: str) -> None:
             raise BudgetError(f"checkpoint {ckpt} is corrupt: {name} holds NaN or infinite weights")
 
 
+def _load_hf_weights(model: torch.nn.Module, meta: CheckpointMeta) -> None:
+    """A Hugging Face folder's weights (`hfmodels`), the vocabulary grown to the model's when the
+    run's tokenizer added tokens after the folder's."""
+    sd = hfmodels.load_state_dict(meta.path)
+    sd = hfmodels.grow_vocab(sd, model.state_dict()["embed.weight"].shape[0])
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # shapes that disagree with config.json
+        detail = next((x.strip() for x in str(e).splitlines() if "size mismatch" in x), str(e).splitlines()[0])
+        raise BudgetError(f"{meta.path}: the weights do not match its config.json ({detail})") from None
+    _check_finite(model, meta.path)
+
+
 def load_weights(model: torch.nn.Module, meta: CheckpointMeta, device: str | torch.device = "cpu") -> None:
     """Verified weights of the checkpoint `meta` describes, into `model` (which must match)."""
+    if meta.origin == "hf":
+        return _load_hf_weights(model, meta)
     verify_files(meta, ("model.safetensors",))
     ckpt = meta.path
     try:

@@ -57,7 +57,7 @@ class TrainConfig:
     progress_every: float = ranged(30.0, 0.1, 86400.0)  # seconds between progress lines when the output is a log, not a terminal
     track: list[str] = field(default_factory=list)  # experiment trackers to log to: tensorboard, wandb, mlflow (each an optional extra)
     resume: bool = False  # continue the run in --out from its latest checkpoint
-    init_from: str = ""  # start from the weights of this run (continued pre-training: new data, fresh optimizer and schedule)
+    init_from: str = ""  # start from the weights of this run or local Hugging Face Llama folder (continued pre-training: new data, fresh optimizer and schedule)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -231,6 +231,11 @@ def _source(path: str, cfg: TrainConfig, data: Dataset) -> ck.CheckpointMeta:
         kind = "causal" if meta.causal else "masked"
         raise BudgetError(f"{path} is a {kind} model: pass --objective {kind}")
     want = int(meta.model_config.get("vocab_size", 0))
+    if meta.origin == "hf":  # the folder's tokenizer, maybe with prepare's special tokens appended
+        from budgetlm.hfmodels import check_tokenizer_extends, read_folder
+
+        check_tokenizer_extends(data.tokenizer_path, read_folder(meta.path), str(data.path))
+        return meta
     if data.vocab_size != want:
         raise BudgetError(f"the tokenizer of {data.path} has {data.vocab_size} tokens but the checkpoint's model "
                           f"expects {want}: the data was prepared with a different tokenizer")
@@ -252,9 +257,13 @@ def choose_model(cfg: TrainConfig, data: Dataset, budget_s: float | None, rt) ->
         # RoPE has no learned positions: --seq-len may change the context of the source model
         meta = _source(cfg.init_from, cfg, data)
         mcfg = model_config_from(meta.model_config)
+        reason = f"weights from {meta.path}"
+        if data.vocab_size > mcfg.vocab_size:  # only a Hugging Face folder's tokenizer may have grown (_source)
+            reason += f"; {data.vocab_size - mcfg.vocab_size} embedding rows added for the tokens prepare added"
+            mcfg = dataclasses.replace(mcfg, vocab_size=data.vocab_size)
         cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size or FIXED_MODEL_BATCH[cfg.objective],
                                   seq_len=cfg.seq_len or mcfg.max_seq_len, dropout=max(cfg.dropout, 0.0))
-        choice = ModelChoice(mcfg, cfg, f"weights from {meta.path}", meta)
+        choice = ModelChoice(mcfg, cfg, reason, meta)
     elif cfg.model == "auto":
         choice = _planned(cfg, data, budget_s, T, rt)
     else:
