@@ -124,6 +124,10 @@ def test_generate_and_serve_equal_transformers_greedy(llama, capsys):
     client = TestClient(create_app(load_service(str(llama)), ServeConfig()))
     body = client.post("/v1/completions", json={"prompt": text, "max_tokens": 10, "temperature": 0}).json()
     assert body["choices"][0]["text"] == res["text"]
+    # the folder's tokenizer has no end-of-text token: an empty prompt has nothing to start from
+    for prompt in ("", ["", text]):
+        r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 4})
+        assert r.status_code == 400 and "empty" in r.json()["detail"] and r.json()["error"]["param"] == "prompt"
 
 
 def test_eval_on_text_equals_transformers_loss(llama, tmp_path, capsys):

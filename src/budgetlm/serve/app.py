@@ -125,6 +125,10 @@ def count_prompts(service: ModelService, cfg: ServeConfig, prompts: list[str], n
     total = 0
     for i, prompt in enumerate(prompts):
         k = service.count_tokens(prompt)
+        if k == 0 and not getattr(service, "starts_empty", True):
+            where = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+            raise ApiError(400, f"{where} is empty and this model's tokenizer has no end-of-text token to "
+                                "start from", param)
         if k >= service.max_context:
             where = "the prompt" if len(prompts) == 1 else f"prompt {i}"
             raise ApiError(400, f"{where} is {k} tokens; the model's context is {service.max_context}", param)

@@ -47,6 +47,7 @@ class ModelService(Protocol):
     kind: str
     max_context: int  # tokens
     chat_template: ChatTemplate | None  # how chat messages become a prompt; None = no chat
+    starts_empty: bool  # an empty prompt can be completed (the tokenizer has an end-of-text token to start from)
 
     def count_tokens(self, text: str) -> int: ...
 
@@ -77,6 +78,7 @@ class LMService:
         self.model, self.tok, self.name, self.chat_template = model, tokenizer, name, chat_template
         self.max_context = int(model.cfg.max_seq_len)
         self.eot = eot_id(tokenizer)
+        self.starts_empty = self.eot is not None
 
     def count_tokens(self, text: str) -> int:
         return len(self.tok.encode(text, add_special_tokens=False).ids)
