@@ -96,6 +96,17 @@ def test_eval_masked(runs, capsys):
     assert r2["loss"] == r["loss"]  # fixed masking seed
 
 
+def test_eval_progress_lines_in_a_log(runs, capsys, monkeypatch):
+    """Output to a file, not a terminal: plain progress lines with the share of tokens done."""
+    monkeypatch.setenv("BUDGETLM_PROGRESS_EVERY", "0")  # a line at every batch
+    root, data = runs
+    for name in ("causal", "masked"):
+        rc, _, err = evaluate(capsys, "--model", str(root / name), "--data", str(data), "--batch-size", "1")
+        assert rc == 0, err
+        lines = [ln for ln in err.splitlines() if ln.startswith("evaluating: ")]
+        assert len(lines) >= 2 and "elapsed" in lines[-1], err
+
+
 def test_eval_bad_inputs(runs, tmp_path, capsys):
     root, data = runs
     rc, _, err = evaluate(capsys, "--model", str(tmp_path / "none"), "--data", str(data))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from budgetlm import runtime
+from budgetlm import runtime, ui
 from budgetlm.config import BudgetError
 
 LN2 = math.log(2.0)
@@ -60,10 +60,11 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
 @torch.no_grad()
 @in_eval_mode
 def causal_nll(model: torch.nn.Module, tokens, seq_len: int, batch_size: int, rt: runtime.Runtime,
-               max_tokens: int | None = None) -> dict[str, float]:
+               max_tokens: int | None = None, on_tokens: Callable[[int], None] | None = None) -> dict[str, float]:
     """Sum of next-token NLL (nats) over tokens[1:n] with n = len(tokens) or max_tokens.
 
-    Windows of seq_len predictions start every seq_len tokens, so each position is predicted once."""
+    Windows of seq_len predictions start every seq_len tokens, so each position is predicted once.
+    `on_tokens(k)` is told after each batch how many tokens it covered (progress)."""
     n = len(tokens) if not max_tokens else min(len(tokens), max_tokens)
     if n < 2:
         raise BudgetError("the evaluation text is too short: it needs at least 2 tokens")
@@ -76,6 +77,8 @@ def causal_nll(model: torch.nn.Module, tokens, seq_len: int, batch_size: int, rt
         chunk = np.stack([arr[s : s + seq_len + 1] for s in full[i : i + batch_size]])
         total += _sum_nll(model, chunk, rt)
         count += chunk.shape[0] * seq_len
+        if on_tokens:
+            on_tokens(chunk.shape[0] * seq_len)
     for s in tail:  # at most one window: the tail shorter than seq_len
         chunk = arr[s:n][None, :]
         total += _sum_nll(model, chunk, rt)
@@ -93,7 +96,8 @@ def _sum_nll(model: torch.nn.Module, windows: np.ndarray, rt: runtime.Runtime) -
 @torch.no_grad()
 @in_eval_mode
 def masked_metrics(model: torch.nn.Module, tokens, seq_len: int, batch_size: int, rt: runtime.Runtime,
-                   collator, max_tokens: int | None = None, seed: int = EVAL_MASK_SEED) -> dict[str, float]:
+                   collator, max_tokens: int | None = None, seed: int = EVAL_MASK_SEED,
+                   on_tokens: Callable[[int], None] | None = None) -> dict[str, float]:
     """Masked-LM loss and accuracy over non-overlapping windows, masked with a fixed seed."""
     n = len(tokens) if not max_tokens else min(len(tokens), max_tokens)
     starts = list(range(0, n - seq_len + 1, seq_len))
@@ -103,6 +107,8 @@ def masked_metrics(model: torch.nn.Module, tokens, seq_len: int, batch_size: int
     total, correct, count = 0.0, 0, 0
     for i in range(0, len(starts), batch_size):
         windows = np.stack([np.asarray(tokens[s : s + seq_len]) for s in starts[i : i + batch_size]])
+        if on_tokens:
+            on_tokens(windows.size)
         batch = collator(windows, rng)
         idx = torch.from_numpy(batch["idx"]).to(rt.device)
         targets = torch.from_numpy(batch["targets"]).to(rt.device)
@@ -154,11 +160,11 @@ def text_tokens(paths: list[str], tok, eot: int | None) -> tuple[np.ndarray, int
 
 def evaluate_lm(model, model_config: dict[str, Any], tokens, n_bytes: int | None, rt: runtime.Runtime,
                 batch_size: int = 8, max_tokens: int | None = None, mask_ids: dict[str, int] | None = None,
-                mask_rate: float = 0.25) -> dict[str, Any]:
+                mask_rate: float = 0.25, on_tokens: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The eval numbers for a language model over a token array (bytes: of the full array's text)."""
     seq_len = int(model_config["max_seq_len"])
     if model_config.get("causal", True):
-        r = causal_nll(model, tokens, seq_len, batch_size, rt, max_tokens)
+        r = causal_nll(model, tokens, seq_len, batch_size, rt, max_tokens, on_tokens)
         out = {"objective": "causal", "loss": r["loss"], "perplexity": math.exp(min(r["loss"], 700.0)),
                "tokens": r["predicted"] + 1}
         if n_bytes:
@@ -173,7 +179,7 @@ def evaluate_lm(model, model_config: dict[str, Any], tokens, n_bytes: int | None
     ids = mask_ids or {}
     collator = MaskingCollator(MaskingConfig(rate=mask_rate), ids["mask"], int(model_config["vocab_size"]),
                                [v for k, v in ids.items() if k != "unk"])
-    r = masked_metrics(model, tokens, seq_len, batch_size, rt, collator, max_tokens)
+    r = masked_metrics(model, tokens, seq_len, batch_size, rt, collator, max_tokens, on_tokens=on_tokens)
     return {"objective": "masked", "loss": r["loss"], "accuracy": r["accuracy"], "tokens": r["predicted"],
             "mask_rate": mask_rate, "mask_seed": EVAL_MASK_SEED}
 
@@ -207,6 +213,9 @@ def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: 
         source = ", ".join(texts)
     mask_rate = float(meta.run_config.get("mask_rate", 0.25) or 0.25)
     causal = meta.model_config.get("causal", True)
-    result = evaluate_lm(model, meta.model_config, tokens, n_bytes, rt, batch_size, max_tokens or None,
-                         None if causal else special_ids(tok), mask_rate)  # only masking needs the special ids
+    n = min(len(tokens), max_tokens) if max_tokens else len(tokens)
+    with ui.progress("evaluating", total=n, unit="tokens") as bar:  # a bar on a terminal, lines in a log
+        result = evaluate_lm(model, meta.model_config, tokens, n_bytes, rt, batch_size, max_tokens or None,
+                             None if causal else special_ids(tok), mask_rate,  # only masking needs the special ids
+                             on_tokens=lambda k: bar.advance(0, k))
     return {**result, "checkpoint": meta.path, "data": source}
