@@ -15,6 +15,7 @@ library modules and return typed results; they never print tables (commands do).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,6 +245,39 @@ def finetune(config=None, **settings: Any):
     from budgetlm.finetuning import FinetuneConfig, finetune as run_finetune
 
     return run_finetune(dataclasses.replace(config or FinetuneConfig(), **settings))
+
+# --------------------------------------------------------------------------------------------------
+# prune
+
+
+def prune(config=None, **settings: Any):
+    """Prune a run into a smaller one (`budgetlm prune`; see `budgetlm.prune`) -> `prune.PruneResult`.
+    With `recover_budget`, the pruned model is staged in a hidden sibling of `out` and trained on
+    through `train(init_from=...)` into `out`; the staged copy is removed afterwards."""
+    import shutil
+
+    from budgetlm import fsio
+    from budgetlm.prune import MARKER_KIND, PruneConfig, prune_run, recovery_config
+
+    cfg = dataclasses.replace(config or PruneConfig(), **settings)
+    cfg.check()
+    out = fsio.check_output(cfg.out, [cfg.model, cfg.data], MARKER_KIND, overwrite=cfg.overwrite)
+    if not cfg.recover_budget:
+        return prune_run(cfg, out)
+    staged = out.with_name(f".{out.name}.pruned{fsio.TMP_MARK}{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        result = prune_run(dataclasses.replace(cfg, overwrite=False), staged)
+        recovery = recovery_config(cfg, staged, staged)
+        if out.exists():  # an earlier prune output, which check_output allowed --overwrite to replace
+            shutil.rmtree(out)
+        run = train(**recovery)
+        fsio.write_marker(out, MARKER_KIND)
+        result = dataclasses.replace(result, run_dir=str(out), recovered=run.to_json())
+        fsio.atomic_write_json(out / "prune.json", result.to_json())
+        return result
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 # --------------------------------------------------------------------------------------------------
 # load: a trained run as a model with its tokenizer

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "generate": ("budgetlm.commands.generate", "sample text from a trained causal model (one prompt, or a file of them in batches)", True),
     "finetune": ("budgetlm.commands.finetune", "fine-tune a model for sequence classification", True),
     "classify": ("budgetlm.commands.classify", "classify texts with a fine-tuned model", True),
+    "prune": ("budgetlm.commands.prune", "remove attention heads and MLP channels: a smaller dense model (or a magnitude-pruned baseline)", True),
     "export": ("budgetlm.commands.export", "export a model to Hugging Face format", True),
     "serve": ("budgetlm.commands.serve", "serve a model over HTTP (OpenAI-compatible completions and chat, classification)", False),
     "demo": ("budgetlm.commands.demo", "run the whole path on the built-in corpus", True),

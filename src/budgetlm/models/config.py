@@ -18,7 +18,8 @@ class ModelConfig:
     vocab_size: int = 8192  # token ids the embedding table holds (taken from the tokenizer)
     n_layer: int = 6  # number of transformer blocks
     n_embd: int = 256  # model width C (channels of the residual stream)
-    n_head: int = 4  # attention heads; head size = n_embd / n_head
+    n_head: int = 4  # attention heads; head size = n_embd / n_head unless head_size is set
+    head_size: int = 0  # channels per attention head (0 = n_embd / n_head); head-pruned models keep it with fewer heads
     intermediate_size: int = 0  # hidden width of the gated MLP; 0 = 8/3 x n_embd rounded up to 64
     max_seq_len: int = 512  # longest context in tokens the model is trained and used with
     causal: bool = True  # True: next-token LM (Llama layout); False: masked LM (ModernBERT layout)
@@ -28,17 +29,27 @@ class ModelConfig:
     dropout: float = 0.0  # residual-branch dropout probability: 0 for pre-training (Cramming), ~0.1 for fine-tuning
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if (self.n_embd // self.n_head) % 2:
-            raise ValueError("head size must be even for rotary embeddings")
         for name in ("vocab_size", "n_layer", "n_embd", "n_head", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.head_size < 0:
+            raise ValueError(f"head_size must be positive (or 0: n_embd / n_head), got {self.head_size}")
+        if not self.head_size and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.head_dim % 2:
+            raise ValueError("head size must be even for rotary embeddings")
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        """Resolved channels per head. The `head_size` field stays 0 in the configs of unpruned
+        models, so a `dataclasses.replace` of n_embd or n_head re-derives the head size instead of
+        keeping a stale one."""
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def attn_dim(self) -> int:
+        """Inner width of attention (n_head x head size): n_embd, except in head-pruned models."""
+        return self.n_head * self.head_dim
 
     @property
     def ffn_dim(self) -> int:

@@ -71,8 +71,8 @@ def num_params(cfg: ModelConfig, embeddings: bool = True) -> int:
 
     embeddings=False leaves out the token embedding and an untied output matrix (the count that
     scaling laws and the 6N FLOP rule use)."""
-    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    attn = 4 * C * C  # fused q, k, v (3 C x C) and the output projection (C x C)
+    C, L, V, A = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.attn_dim
+    attn = 4 * C * A  # fused q, k, v (3A x C) and the output projection (C x A); A = C unless heads were pruned
     mlp = 3 * C * cfg.ffn_dim  # fused gate/up (2 I x C) and down (C x I)
     norms = 2 * C * L + C  # two per block and the final one
     if not cfg.causal:

@@ -173,8 +173,9 @@ class Attention(nn.Module):
         super().__init__()
         self.layer, self.n_head, self.head_dim = layer, cfg.n_head, cfg.head_dim
         self.causal = cfg.causal
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)  # rows: [q; k; v]
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        # A = n_head x head size: n_embd, except in head-pruned models (budgetlm.prune)
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.attn_dim, bias=False)  # rows: [q; k; v], head-major in each
+        self.proj = nn.Linear(cfg.attn_dim, cfg.n_embd, bias=False)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None):
@@ -198,7 +199,7 @@ class Attention(nn.Module):
         # at 8.4k tokens/s; on the residual branches only, 10.5k; without dropout, 11.8k
         # (docs/bench/training.md).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
-        return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
 
 
 def _causal_mask(T: int, offset: int, device) -> torch.Tensor:

@@ -21,19 +21,20 @@ from budgetlm.planning.published import mfu_class
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, pred_fraction: float | None = None) -> float:
     """Training FLOPs per token (forward and backward), the one formula that the plan, training's
-    MFU and calibration all use: 6 x (matmul parameters) + 12 L C T for the attention scores
+    MFU and calibration all use: 6 x (matmul parameters) + 12 L A T for the attention scores (A,
+    attention's inner width, is C unless heads were pruned)
     (Kaplan et al. 2020; PaLM appendix B; nanoGPT's estimate_mfu). The output projection counts
     once even when tied: it is a matmul either way. A masked model runs its head (dense layer and
     output projection) only on the predicted positions, `pred_fraction` of them (its mask rate;
     None: DEFAULT_PRED_FRACTION); causal models ignore it. The attention term assumes full
     attention; causal kernels skip about half of it."""
-    C, L, F, V, T = cfg.n_embd, cfg.n_layer, cfg.ffn_dim, cfg.vocab_size, seq_len
-    body = L * (4 * C * C + 3 * C * F)
+    C, L, F, V, T, A = cfg.n_embd, cfg.n_layer, cfg.ffn_dim, cfg.vocab_size, seq_len, cfg.attn_dim
+    body = L * (4 * C * A + 3 * C * F)  # A = C unless heads were pruned (budgetlm.prune)
     head = V * C
     if not cfg.causal:
         head += C * C
         head *= DEFAULT_PRED_FRACTION if pred_fraction is None else pred_fraction
-    return 6.0 * (body + head) + 12.0 * L * C * T
+    return 6.0 * (body + head) + 12.0 * L * A * T
 
 
 # Model FLOPs utilisation when nothing was measured. NVIDIA GPUs: the fit on published runs

@@ -52,8 +52,8 @@ def param_groups(cfg: ModelConfig) -> dict[str, int]:
     """Exact parameter counts split the way the optimizers split them (budgetlm.training.optim):
     hidden 2-D matrices (Muon's), other matrices (embedding, output head) and vectors (norm gains),
     plus the number of parameter tensors of each kind."""
-    C, L, F, V = cfg.n_embd, cfg.n_layer, cfg.ffn_dim, cfg.vocab_size
-    hidden = L * (4 * C * C + 3 * C * F)  # fused qkv (3C x C), proj (C x C), w_in (2F x C), w_out (C x F)
+    C, L, F, V, A = cfg.n_embd, cfg.n_layer, cfg.ffn_dim, cfg.vocab_size, cfg.attn_dim
+    hidden = L * (4 * C * A + 3 * C * F)  # fused qkv (3A x C), proj (C x A), w_in (2F x C), w_out (C x F)
     hidden_tensors = 4 * L
     other = V * C * (1 if cfg.tie_embeddings else 2)
     other_tensors = 1 if cfg.tie_embeddings else 2
@@ -96,7 +96,7 @@ def state_bytes(cfg: ModelConfig, precision: str, optimizer: str = "adamw", shar
     # forward and keeps the copy for backward; the embedding lookup and the norms stay fp32
     copies = (g["hidden"] + cfg.vocab_size * cfg.n_embd) * p.copy_bytes
     if shards > 1:
-        layer = 4 * cfg.n_embd**2 + 3 * cfg.n_embd * cfg.ffn_dim
+        layer = 4 * cfg.n_embd * cfg.attn_dim + 3 * cfg.n_embd * cfg.ffn_dim
         gathered = 2 * layer * p.weight_bytes  # FSDP all-gathers the current (and prefetched) block
         weights, grads, opt = -(-weights // shards) + gathered, -(-grads // shards), -(-opt // shards)
         copies = 2 * layer * p.copy_bytes
@@ -147,6 +147,7 @@ def activation_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, precision
     pred_fraction: share of positions that reach the output projection (1 for causal; the masking
     rate for masked models, which predict only masked positions: Cramming's sparse prediction)."""
     B, T, C, F, H, L = micro_batch, seq_len, cfg.n_embd, cfg.ffn_dim, cfg.n_head, cfg.n_layer
+    A = cfg.attn_dim  # attention's inner width: C unless heads were pruned
     a = PRECISIONS[precision].act_bytes
     att = ATTENTION[attention]
     bt = B * T
@@ -155,7 +156,7 @@ def activation_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, precision
     rope_casts = 4 * T * (cfg.head_dim // 2) * a if a != 4 else 0  # cos/sin cast to the compute dtype, for q and k
     per_block = (
         2 * norm
-        + ATTN_WIDTH_SAVES * bt * C * a
+        + ATTN_WIDTH_SAVES * bt * A * a
         + MLP_FFN_SAVES * bt * F * a
         + att.lse_per_token * B * H * T * 4
         + att.scores_per_token_pair * B * H * T * T * a

@@ -1,0 +1,96 @@
+"""What structured pruning (`budgetlm prune`) costs and saves: for a causal LM run and a fine-tuned
+classifier run, at each sparsity, the parameters, the inference speed (tokens/s or examples/s) and the
+quality (bits per byte on the LM's val split, accuracy on a labelled file), before and after recovery
+training (`--recover-budget`, LMs only: a classifier has no pre-training objective to recover with).
+
+    .venv/bin/python benchmarks/prune_table.py --lm runs/shakespeare --data runs/shakespeare-data \\
+        --classifier runs/sst2 --labelled sst2/dev.tsv --recover-budget 2m --out prune.json
+
+Every row is measured in this process, one after the other, with --threads intra-op threads; the
+pruned runs are written under --work (replaced on each call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from common import locked, machine, write_json
+
+
+def lm_row(run: Path, data: str, max_tokens: int) -> dict:
+    from budgetlm import api
+
+    loaded = api.load(run, device="cpu")
+    t0 = time.perf_counter()
+    m = loaded.evaluate(data=data, max_tokens=max_tokens)
+    dt = time.perf_counter() - t0
+    return {"params": sum(p.numel() for p in loaded.model.parameters()), "tokens_per_s": round(m["tokens"] / dt, 1),
+            "bits_per_byte": m.get("bits_per_byte"), "loss": m["loss"]}
+
+
+def classifier_row(run: Path, labelled: str) -> dict:
+    from budgetlm import api
+    from budgetlm.classify import evaluate_classifier
+
+    params = sum(p.numel() for p in api.load(run).model.parameters())
+    r = evaluate_classifier([run], labelled, which="latest")
+    return {"params": params, "examples_per_s": round(r["examples"] / max(r["seconds"], 1e-9), 1),
+            "accuracy": r["accuracy"]}
+
+
+def sweep(source: str, work: Path, sparsities: list[float], measure, recover: dict | None) -> list[dict]:
+    """The source row, then each sparsity pruned (and, with `recover`, pruned and trained on)."""
+    from budgetlm import api
+
+    rows = [{"sparsity": 0.0, "stage": "original", **measure(Path(source))}]
+    for s in sparsities:
+        out = work / f"s{int(s * 100)}"
+        api.prune(model=source, out=str(out), sparsity=s, overwrite=True)
+        rows.append({"sparsity": s, "stage": "pruned", **measure(out)})
+        if recover:
+            rec = work / f"s{int(s * 100)}-recovered"
+            res = api.prune(model=source, out=str(rec), sparsity=s, overwrite=True, **recover)
+            rows.append({"sparsity": s, "stage": f"recovered {recover['recover_budget']}",
+                         "recovery_steps": res.recovered["steps"], **measure(rec)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lm", default="", help="causal LM run directory")
+    p.add_argument("--data", default="", help="prepared dataset of the LM (val split: bits per byte; train split: recovery)")
+    p.add_argument("--classifier", default="", help="fine-tuned classifier run directory")
+    p.add_argument("--labelled", default="", help="labelled file the classifier's accuracy is measured on")
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--recover-budget", default="", help="recovery training per pruned LM, e.g. 2m (default: none)")
+    p.add_argument("--max-tokens", type=int, default=0, help="val tokens for bits per byte (0 = all)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
+    p.add_argument("--work", default="runs/prune-table")
+    p.add_argument("--lock", default="", help="benchmark lock file (flock)")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    result: dict = {"sparsity": args.sparsity, "recover_budget": args.recover_budget, "machine": machine()}
+    with locked(args.lock):
+        if args.lm:
+            recover = {"recover_budget": args.recover_budget, "data": args.data, "device": "cpu"} \
+                if args.recover_budget else None
+            result["lm"] = sweep(args.lm, work / "lm", args.sparsity,
+                                 lambda r: lm_row(r, args.data, args.max_tokens), recover)
+        if args.classifier:
+            result["classifier"] = sweep(args.classifier, work / "clf", args.sparsity,
+                                         lambda r: classifier_row(r, args.labelled), None)
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
