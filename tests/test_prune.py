@@ -286,3 +286,20 @@ def test_head_size_is_optional_and_old_configs_load():
     C, L, A, T = 64, pruned.n_layer, 48, 32
     norms = (2 * L + 1) * C
     assert flops_per_token(pruned, T) == 6 * (num_params(pruned) - norms) + 12 * L * A * T
+
+
+def test_a_pruned_causal_model_exports_with_logits_parity_and_a_pruned_masked_one_is_refused(runs, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    code, res, err = prune_cli(capsys, "--model", runs["causal"], "--out", tmp_path / "p", "--sparsity", "0.5")
+    assert code == 0, err
+    assert main(["export", "--model", str(tmp_path / "p"), "--out", str(tmp_path / "hf"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_abs_logit_diff"] <= 1e-4  # export verifies with transformers before finishing
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["num_attention_heads"] * cfg["head_dim"] < cfg["hidden_size"]
+    code, res, err = prune_cli(capsys, "--model", runs["masked"], "--out", tmp_path / "pm", "--sparsity", "0.5")
+    assert code == 0, err
+    assert main(["export", "--model", str(tmp_path / "pm"), "--out", str(tmp_path / "hfm")]) == 2
+    err = capsys.readouterr().err
+    assert "no ModernBERT equivalent" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "hfm").exists()

@@ -138,10 +138,12 @@ def hf_config(model, token_ids: dict[str, int | None] | None = None, labels: lis
         tie_word_embeddings=bool(cfg.tie_embeddings),
         attention_dropout=cfg.dropout,
     )
+    narrow = cfg.n_head * cfg.head_dim != cfg.n_embd  # heads pruned: attention narrower than the width
     if cfg.causal:
         arch = "LlamaForSequenceClassification" if is_clf else "LlamaForCausalLM"
         return LlamaConfig(
             **common,
+            **({"head_dim": cfg.head_dim} if narrow else {}),
             num_key_value_heads=cfg.n_head,
             hidden_act="silu",
             rms_norm_eps=cfg.norm_eps,
@@ -151,6 +153,10 @@ def hf_config(model, token_ids: dict[str, int | None] | None = None, labels: lis
             **{k: ids[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")},
             **extra,
         )
+    if narrow:
+        raise BudgetError(f"a masked model with pruned heads ({cfg.n_head} x {cfg.head_dim} channels in a width of "
+                          f"{cfg.n_embd}) has no ModernBERT equivalent (its heads span the width): export the "
+                          "unpruned model, or prune only MLP channels")
     arch = "ModernBertForSequenceClassification" if is_clf else "ModernBertForMaskedLM"
     clf_extra = {}
     if is_clf:
@@ -177,7 +183,7 @@ def hf_config(model, token_ids: dict[str, int | None] | None = None, labels: lis
 
 
 def _llama_layer(sd, p: str, q: str, C: int, I: int) -> dict:
-    wq, wk, wv = sd[p + "attn.qkv.weight"].split(C)  # fused rows are [q; k; v]
+    wq, wk, wv = sd[p + "attn.qkv.weight"].chunk(3)  # fused rows are [q; k; v], n_head x head size each
     gate, up = sd[p + "mlp.w_in.weight"].split(I)  # fused rows are [gate; up], act on gate
     return {
         q + "input_layernorm.weight": sd[p + "attn_norm.weight"],
