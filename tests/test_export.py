@@ -331,3 +331,17 @@ def test_classifier_card_names_labels_and_metrics(tmp_path, capsys, tokenizer_fi
     for fact in ("pipeline_tag: text-classification", "`ModernBertForSequenceClassification`", "| labels | neg, pos |",
                  "| validation accuracy | 0.8750 |", "| validation macro F1 | 0.5000 |", "1m15s of training, 12 optimizer steps"):
         assert fact in card, fact
+
+
+def test_export_writes_heartbeat_lines_to_a_log(tmp_path, capsys, monkeypatch):
+    """Output to a file, not a terminal: an export that takes a while shows itself alive."""
+    from train_helpers import TINY, make_dataset
+
+    data = make_dataset(tmp_path, "shakespeare-mini")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--max-steps", "2", *TINY, "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("BUDGETLM_PROGRESS_EVERY", "0.05")
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "hf")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"exporting to {tmp_path / 'hf'}")]
+    assert lines and all("elapsed" in ln for ln in lines)

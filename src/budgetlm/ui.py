@@ -58,8 +58,9 @@ class Progress:
     last one when a job that long ends, so a log shows the job moving (short jobs stay quiet)."""
 
     def __init__(self, description: str, total: float | None, unit: str = "", every_s: float | None = None,
-                 eta: bool = True):
+                 eta: bool = True, heartbeat: bool = False):
         import os
+        import threading
         import time
 
         self.description, self.total, self.unit = description, total, unit
@@ -69,6 +70,10 @@ class Progress:
         self.t0 = self.last_line = time.perf_counter()
         self.tty = sys.stderr.isatty() and not os.environ.get("BUDGETLM_PLAIN_PROGRESS")
         self._bar = None
+        # heartbeat: a job with no steps to report (tokenizer training, an export) still writes a line
+        # every `every_s` to a log, from a daemon thread, so the log shows it alive
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True) if heartbeat and not self.tty else None
         if self.tty:
             columns = [TextColumn("[bold]{task.description}"), BarColumn(),
                        TextColumn("{task.percentage:>3.0f}%") if total else TextColumn(""),
@@ -82,11 +87,16 @@ class Progress:
     def __enter__(self) -> "Progress":
         if self._bar is not None:
             self._bar.start()
+        if self._beat is not None:
+            self._beat.start()
         return self
 
     def __exit__(self, *exc) -> None:
         import time
 
+        if self._beat is not None:
+            self._stop.set()
+            self._beat.join()
         if self._bar is not None:
             self._bar.stop()
         elif exc[0] is None and time.perf_counter() - self.t0 >= self.every_s:
@@ -108,14 +118,26 @@ class Progress:
         elif time.perf_counter() - self.last_line >= self.every_s:
             self._line()
 
+    def _heartbeat(self) -> None:
+        import time
+
+        while not self._stop.wait(max(self.every_s, 0.05)):
+            if time.perf_counter() - self.last_line >= self.every_s:
+                self._line()
+
     def _line(self) -> None:
+        with self._lock:
+            self._write_line()
+
+    def _write_line(self) -> None:
         import time
 
         from budgetlm.config import format_duration
 
         self.last_line = time.perf_counter()
         done = f"{100 * self.completed / self.total:3.0f}%" if self.total else self._amount(self.completed)
-        parts = [f"{self.description}: {done}", self.status, f"elapsed {format_duration(self.last_line - self.t0)}"]
+        head = f"{self.description}: {done}" if self.total or self.completed else self.description
+        parts = [head, self.status, f"elapsed {format_duration(self.last_line - self.t0)}"]
         sys.stderr.write("  ".join(p for p in parts if p) + "\n")
         sys.stderr.flush()
 
@@ -124,7 +146,7 @@ class Progress:
 
 
 def progress(description: str, total: float | None, unit: str = "", every_s: float | None = None,
-             eta: bool = True) -> Progress:
+             eta: bool = True, heartbeat: bool = False) -> Progress:
     """`with ui.progress("reading", total=n_bytes, unit="bytes") as bar: bar.advance(0, n)`; see Progress.
     Progress always goes to stderr, so it never disturbs --json on stdout."""
-    return Progress(description, total, unit, every_s, eta)
+    return Progress(description, total, unit, every_s, eta, heartbeat)

@@ -423,7 +423,7 @@ def _tokenizer_pass(train_spool, cfg: PrepareConfig, reused, clean_names: list[s
     kind = cfg.tokenizer
     limit = int(cfg.tokenizer_train_mb * 1e6)
     texts = (t for batch, _ in _read_spool(train_spool.path, 1 << 20, limit) for t, _ in batch)
-    with ui.progress(f"training {kind} tokenizer", total=None):
+    with ui.progress(f"training {kind} tokenizer", total=None, heartbeat=True):
         vocab = cfg.vocab_size or toklib.auto_vocab(kind, train_spool.bytes)
         tok = toklib.train_tokenizer(kind, texts if toklib.needs_training(kind) else None, vocab)
     normalizes = toklib.apply_cleaning(tok, clean_names)  # raw text later maps to the tokens learned here
