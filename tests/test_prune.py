@@ -303,3 +303,26 @@ def test_a_pruned_causal_model_exports_with_logits_parity_and_a_pruned_masked_on
     err = capsys.readouterr().err
     assert "no ModernBERT equivalent" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "hfm").exists()
+
+
+def test_a_pruned_run_serves_and_fine_tunes(runs, ds, tmp_path, capsys):
+    """The other commands load a pruned run like any other: serve (causal) and finetune (masked)."""
+    from fastapi.testclient import TestClient
+
+    from budgetlm.serve import create_app
+    from budgetlm.serve.services import load_service
+
+    for kind in ("causal", "masked"):
+        code, _, err = prune_cli(capsys, "--model", runs[kind], "--out", tmp_path / kind, "--sparsity", 0.5)
+        assert code == 0, err
+    client = TestClient(create_app(load_service(str(tmp_path / "causal"))))
+    r = client.post("/v1/completions", json={"prompt": "the king", "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    rows = ["text,label"] + [f"{'good fine' if i % 2 else 'bad poor'} words {i},{'pos' if i % 2 else 'neg'}"
+                             for i in range(40)]
+    (tmp_path / "l.csv").write_text("\n".join(rows))
+    assert main(["finetune", "--json", "--model", str(tmp_path / "masked"), "--train", str(tmp_path / "l.csv"),
+                 "--out", str(tmp_path / "clf"), "--epochs", "1", "--batch-size", "8", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["labels"] == ["neg", "pos"]
+    assert main(["classify", "--json", "--model", str(tmp_path / "clf"), "--text", "good fine words"]) == 0
