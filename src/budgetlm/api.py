@@ -92,19 +92,20 @@ def choose(config: PlanConfig | None = None, choice: ChooseConfig | None = None,
     if fixed and not job.data_tokens:
         raise BudgetError("a fixed --model needs the job's size: --tokens N or --data DIR (the tokens to train)")
     frags = [f.strip().lower() for f in choice.only.split(",") if f.strip()]
+    shape = job.shape() if fixed else None
     options = []
     for d in job.catalog.values():
         if not d.prices or not job.can_plan(d) or (frags and not any(f in d.id for f in frags)):
             continue
         if d.memory_bytes < choice.min_memory_gb * 1e9:
             continue
+        cal = job.device(d.id)[1]
         for n in counts_for(d.price.min_devices if d.price else 1, choice.counts):
             sub = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, num_devices=n))
             if not fixed and choice.max_cost and d.price:  # the model the cap buys: train until the money is spent
                 hours = choice.max_cost / (d.price.usd_per_hour * max(n, d.price.min_devices))
                 sub = dataclasses.replace(sub, budget_s=min(job.budget_s, hours * 3600))
-            cal = job.device(d.id)[1]
-            plan = sub.fixed(d, cal, *job.shape(), tokens=job.data_tokens) if fixed else sub.auto(d, cal)
+            plan = sub.fixed(d, cal, *shape, tokens=job.data_tokens) if fixed else sub.auto(d, cal)
             options.append(judge(plan, n, job.budget_s, choice))
     if not options:
         raise BudgetError("no catalog device matches: check --only, --min-memory-gb and --market")

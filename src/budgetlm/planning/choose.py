@@ -42,12 +42,20 @@ class ChooseConfig:
 class Option:
     """One way to run the job: `count` devices of one kind, and what the plan says about it."""
 
-    device: str  # catalog id
     count: int  # devices rented
     plan: Plan  # the plan on them
-    ok: bool  # meets the deadline, fits, is priced and within the cap
-    why: str  # why not, when not ok
+    why: str  # why it does not meet the job ("" when it does)
     predicted_loss: float | None  # nats per token by the scaling-law fit (comparable within one job)
+
+    @property
+    def device(self) -> str:
+        """The catalog id."""
+        return self.plan.device
+
+    @property
+    def ok(self) -> bool:
+        """Meets the deadline, fits, is priced and within the cap."""
+        return not self.why
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.device, "count": self.count, "ok": self.ok, "why": self.why,
@@ -77,7 +85,7 @@ def judge(plan: Plan, count: int, deadline_s: float, cfg: ChooseConfig) -> Optio
         why = "no price in this market"
     elif cfg.max_cost and plan.cost_usd > cfg.max_cost * 1.0001:
         why = f"costs ${plan.cost_usd:,.2f}"
-    return Option(plan.device, count, plan, not why, why, predicted_loss(plan) if plan.fits else None)
+    return Option(count, plan, why, predicted_loss(plan) if plan.fits else None)
 
 
 RANKS = {
