@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from budgetlm.serve.config import ServeConfig, check_config
 from budgetlm.serve.decoding import (
@@ -166,6 +167,24 @@ async def decode_all(decoding: Decoding, request) -> bool:
     return True
 
 
+async def respond(req, request, job: Job, decoding: Decoding, head: dict, first: Callable[[], list[dict]],
+                  chunk: Callable[[Update], dict], whole: Callable[[], Any]):
+    """What completions and chat answer: with `stream`, server-sent events (the `first` chunks, one
+    `chunk` per update, a usage chunk when `stream_options.include_usage` asks); otherwise every choice
+    decoded to its end and `whole()`, or CLIENT_GONE when the client left first."""
+    from fastapi.responses import Response, StreamingResponse
+
+    if req.stream:
+        tail = None
+        if req.stream_options is not None and req.stream_options.include_usage:
+            def tail() -> dict:
+                return {**head, "choices": [], "usage": usage(job, decoding).model_dump()}
+        return StreamingResponse(events(decoding, first(), chunk, tail), media_type="text/event-stream")
+    if not await decode_all(decoding, request):
+        return Response(status_code=CLIENT_GONE)
+    return whole()
+
+
 # --------------------------------------------------------------------------------------------------
 # routes
 
@@ -208,8 +227,7 @@ def prepare_completion(service: ModelService, cfg: ServeConfig, req) -> Job:
 
 def _add_completion_route(app, service: ModelService, cfg: ServeConfig) -> None:
     from fastapi import Request
-    from fastapi.responses import Response, StreamingResponse
-
+    
     from budgetlm.serve import schema
 
     models = schema.request_models(cfg.max_prompt_chars, cfg.max_tokens_limit, cfg.max_batch)
@@ -233,21 +251,18 @@ def _add_completion_route(app, service: ModelService, cfg: ServeConfig) -> None:
             lp = fmt(u.entries) if fmt and u.entries else None
             return {**head, "choices": [{"text": u.text, "index": u.index, "logprobs": lp, "finish_reason": u.finish}]}
 
-        if req.stream:
-            first = [chunk(Update(i, r.prefix, r.prefix_entries, None)) for i, r in enumerate(decoding.rows)
-                     if r.prefix or r.prefix_entries]
-            tail = None
-            if req.stream_options is not None and req.stream_options.include_usage:
-                def tail() -> dict:
-                    return {**head, "choices": [], "usage": usage(job, decoding).model_dump()}
-            return StreamingResponse(events(decoding, first, chunk, tail), media_type="text/event-stream")
-        if not await decode_all(decoding, request):
-            return Response(status_code=CLIENT_GONE)
-        return schema.CompletionResponse(
-            id=cid, created=created, model=service.name, usage=usage(job, decoding),
-            choices=[schema.Choice(text=r.prefix + r.text, index=i, finish_reason=r.finish,
-                                   logprobs=fmt(decoding.all_entries(r)) if fmt else None)
-                     for i, r in enumerate(decoding.rows)])
+        def first() -> list[dict]:  # an echoed prompt goes out before the first token
+            return [chunk(Update(i, r.prefix, r.prefix_entries, None)) for i, r in enumerate(decoding.rows)
+                    if r.prefix or r.prefix_entries]
+
+        def whole() -> schema.CompletionResponse:
+            return schema.CompletionResponse(
+                id=cid, created=created, model=service.name, usage=usage(job, decoding),
+                choices=[schema.Choice(text=r.prefix + r.text, index=i, finish_reason=r.finish,
+                                       logprobs=fmt(decoding.all_entries(r)) if fmt else None)
+                         for i, r in enumerate(decoding.rows)])
+
+        return await respond(req, request, job, decoding, head, first, chunk, whole)
 
 
 def chat_prompt(service: ModelService, cfg: ServeConfig, req) -> str:
@@ -297,8 +312,7 @@ def prepare_chat(service: ModelService, cfg: ServeConfig, req) -> Job:
 
 def _add_chat_route(app, service: ModelService, cfg: ServeConfig) -> None:
     from fastapi import Request
-    from fastapi.responses import Response, StreamingResponse
-
+    
     from budgetlm.serve import schema
 
     models = schema.request_models(cfg.max_prompt_chars, cfg.max_tokens_limit, cfg.max_batch)
@@ -320,21 +334,19 @@ def _add_chat_route(app, service: ModelService, cfg: ServeConfig) -> None:
             lp = chat_logprobs(u.entries) if req.logprobs and u.entries else None
             return {**head, "choices": [{"index": u.index, "delta": delta, "logprobs": lp, "finish_reason": u.finish}]}
 
-        if req.stream:
-            first = [{**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                           "finish_reason": None}]} for i in range(len(decoding.rows))]
-            tail = None
-            if req.stream_options is not None and req.stream_options.include_usage:
-                def tail() -> dict:
-                    return {**head, "choices": [], "usage": usage(job, decoding).model_dump()}
-            return StreamingResponse(events(decoding, first, chunk, tail), media_type="text/event-stream")
-        if not await decode_all(decoding, request):
-            return Response(status_code=CLIENT_GONE)
-        return schema.ChatCompletionResponse(
-            id=cid, created=created, model=service.name, usage=usage(job, decoding),
-            choices=[schema.ChatChoice(index=i, message=schema.ChatMessage(content=r.text), finish_reason=r.finish,
-                                       logprobs=chat_logprobs(decoding.all_entries(r)) if req.logprobs else None)
-                     for i, r in enumerate(decoding.rows)])
+        def first() -> list[dict]:  # each choice opens with the assistant's role
+            return [{**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                          "finish_reason": None}]} for i in range(len(decoding.rows))]
+
+        def whole() -> schema.ChatCompletionResponse:
+            return schema.ChatCompletionResponse(
+                id=cid, created=created, model=service.name, usage=usage(job, decoding),
+                choices=[schema.ChatChoice(index=i, message=schema.ChatMessage(content=r.text),
+                                           finish_reason=r.finish,
+                                           logprobs=chat_logprobs(decoding.all_entries(r)) if req.logprobs else None)
+                         for i, r in enumerate(decoding.rows)])
+
+        return await respond(req, request, job, decoding, head, first, chunk, whole)
 
 
 def _add_classify_route(app, service: ModelService, cfg: ServeConfig) -> None:
