@@ -49,7 +49,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         sorted_p, order = probs.sort(descending=True)
         # drop a token when the tokens before it already reach top_p (the first one always stays)
         drop = (sorted_p.cumsum(0) - sorted_p) >= top_p
-        drop[0] = False  # even when top_p underflows float32 to 0 (found by schemathesis via serve)
+        drop[0] = False  # even when a tiny top_p underflows float32 to 0: the most likely token always stays
         sorted_p[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
     return int(torch.multinomial(probs, 1, generator=generator))
