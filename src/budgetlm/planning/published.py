@@ -107,13 +107,26 @@ def features(device_class: str, fused: bool, width: int) -> list[float]:
 
 
 def fit(points: list[tuple[list[float], float]]) -> list[float]:
-    """Least squares of log MFU on the features (numpy, imported here: `plan` never needs the fit,
-    only its constants)."""
-    import numpy as np
+    """Least squares of log MFU on the features (normal equations, a negligible ridge for stability)."""
+    k = len(FEATURES)
+    a = [[sum(x[i] * x[j] for x, _ in points) + (1e-6 if i == j else 0.0) for j in range(k)] for i in range(k)]
+    b = [sum(x[i] * math.log(y) for x, y in points) for i in range(k)]
+    return _solve(a, b)
 
-    x = np.array([p[0] for p in points], dtype=float)
-    y = np.log([p[1] for p in points])
-    return [float(c) for c in np.linalg.lstsq(x, y, rcond=None)[0]]
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (a handful of unknowns): planning imports no numpy
+    (.importlinter), so the few lines stay here rather than numpy.linalg.lstsq."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        m[c], m[p] = m[p], m[c]
+        for r in range(n):
+            if r != c and m[c][c]:
+                f = m[r][c] / m[c][c]
+                m[r] = [vr - f * vc for vr, vc in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
 
 
 def predict(coef: list[float], x: list[float]) -> float:
