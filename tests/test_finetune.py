@@ -433,7 +433,7 @@ def test_overwrite_replaces_a_classifier_only_by_a_finished_one(runs, data, tmp_
     def crash(*a, **k):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(ft, "_loop", crash)
+    monkeypatch.setattr(ft, "finetune_loop", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         ft.finetune(ft.FinetuneConfig(model=str(runs["masked"]), train=str(data["train"]), val=str(data["val"]),
                                       out=str(out), overwrite=True))

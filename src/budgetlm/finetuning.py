@@ -366,8 +366,13 @@ def _source(cfg: FinetuneConfig, names: list[str], tmp: Path):
     return model, encoder, meta, tok
 
 
-def _loop(cfg: FinetuneConfig, setup, batches: Batches, validator: _Validator, rt, metrics):
-    """The shared loop with fine-tuning's schedule, optimizer and hooks."""
+def finetune_loop(cfg, setup, batches, evaluate, rt, metrics, averaged=None):
+    """The shared loop with fine-tuning's schedule, optimizer and hooks, for every fine-tuning task.
+
+    `cfg` needs the fields budget, epochs, lr, weight_decay, warmup and eval_every (FinetuneConfig's
+    names); `batches` a `steps_per_epoch` attribute; `evaluate(model, state)` is the loop's
+    evaluation hook (a result with "stop": True ends the run); `averaged` an optional
+    `torch.optim.swa_utils.AveragedModel` updated after every optimizer step."""
     from budgetlm.training.loop import LoopConfig, LoopHooks, graceful_stop, train_loop
     from budgetlm.training.optim import OptimConfig, build_optimizer
     from budgetlm.training.schedule import ScheduleConfig
@@ -383,9 +388,9 @@ def _loop(cfg: FinetuneConfig, setup, batches: Batches, validator: _Validator, r
     loop_cfg = LoopConfig(budget_s=budget_s, max_steps=max_steps, grad_clip=1.0, eval_every=eval_frac,
                           eval_every_steps=cfg.eval_every or batches.steps_per_epoch, checkpoint_every_s=0,
                           log_every=max(1, min(50, batches.steps_per_epoch // 4)))
-    hooks = LoopHooks(evaluate=validator)
-    if validator.averaged is not None:
-        hooks.on_step = lambda m, state: validator.averaged.update_parameters(m)
+    hooks = LoopHooks(evaluate=evaluate)
+    if averaged is not None:
+        hooks.on_step = lambda m, state: averaged.update_parameters(m)
     with graceful_stop() as stop:
         return train_loop(setup, batches, optimizer, rt, loop_cfg, ScheduleConfig(warmup=cfg.warmup, decay="linear"),
                           hooks=hooks, metrics=metrics, stop=stop)
@@ -415,7 +420,7 @@ def _train(cfg: FinetuneConfig, data: _Data, tmp: Path) -> FinetuneResult:
                            batches.steps_per_epoch, rt.device, averaged)
     metrics = MetricsLogger(tmp / "metrics.jsonl", cfg.track, tmp, to_dict(cfg))
     try:
-        result = _loop(cfg, setup, batches, validator, rt, metrics)
+        result = finetune_loop(cfg, setup, batches, validator, rt, metrics, averaged)
         if not validator.history or validator.history[-1]["step"] != result.state.step:
             with torch.no_grad():
                 validator(setup.model, result.state)  # the final state always gets a validation
