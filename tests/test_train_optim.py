@@ -6,7 +6,7 @@ import torch
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.transformer import build_model
-from budgetlm.training.optim import OPTIMIZERS, OptimConfig, build_optimizer, set_lr, split_params
+from budgetlm.training.optim import OPTIMIZERS, OptimConfig, build_optimizer, muon_precision, set_lr, split_params
 from train_helpers import one_thread  # noqa: F401
 
 
@@ -58,3 +58,43 @@ def test_muon_gets_hidden_matrices_only():
 def test_unknown_optimizer():
     with pytest.raises(BudgetError, match="unknown optimizer"):
         build_optimizer("sgdx", tiny(), OptimConfig())
+
+
+def _muon_pair(ns_precision: str):
+    m = tiny()
+    opt = build_optimizer("muon", m, OptimConfig(lr=1e-2, muon_precision=ns_precision)).optimizers[0]
+    return m, opt
+
+
+def test_muon_in_fp32_takes_the_same_step_as_torch_muon_in_bf16():
+    x = torch.randint(0, 64, (2, 16))
+    steps = {}
+    for prec in ("bf16", "fp32"):
+        m, opt = _muon_pair(prec)
+        before = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+        _, loss = m(x, x)
+        loss.backward()
+        opt.step()
+        steps[prec] = [p.detach() - b for p, b in zip((p for g in opt.param_groups for p in g["params"]), before)]
+    assert opt.ns_dtype == torch.float32
+    for a, b in zip(steps["bf16"], steps["fp32"]):
+        # same direction and size; bf16 rounding (8 bits of mantissa) is the only difference
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
+        assert abs(a.norm() / b.norm() - 1) < 0.05
+
+
+def test_muon_state_moves_between_the_bf16_and_fp32_variants():
+    x = torch.randint(0, 64, (2, 16))
+    m, opt = _muon_pair("bf16")
+    _, loss = m(x, x)
+    loss.backward()
+    opt.step()
+    _, other = _muon_pair("fp32")
+    other.load_state_dict(opt.state_dict())  # a checkpoint of one resumes with the other
+    bufs = [other.state[p]["momentum_buffer"] for g in other.param_groups for p in g["params"]]
+    assert bufs and all(b.abs().sum() > 0 for b in bufs)
+
+
+def test_muon_orthogonalises_in_the_training_precision():
+    assert muon_precision("bf16") == "bf16"
+    assert muon_precision("fp32") == "fp32" and muon_precision("fp16") == "fp32"

@@ -193,7 +193,9 @@ def add_dataclass_args(
         help_text = comments.get(f.name, "")
         if "range" in f.metadata:
             help_text += f"; {range_text(*f.metadata['range'])}"
-        if isinstance(default, bool):
+        if "(default:" in help_text:
+            pass  # the comment already says what the default means
+        elif isinstance(default, bool):
             help_text += f" (default: {'on' if default else 'off'})"
         elif default in (None, "", []):
             help_text += " (default: none)"

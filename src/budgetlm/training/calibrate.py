@@ -36,7 +36,7 @@ from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import model_config
 from budgetlm.models.transformer import Transformer
 from budgetlm.training.loop import LoopConfig, LoopHooks, train_loop
-from budgetlm.training.optim import OptimConfig, build_optimizer
+from budgetlm.training.optim import OptimConfig, build_optimizer, muon_precision
 from budgetlm.training.schedule import ScheduleConfig
 
 MASK_RATE = 0.25  # masked models are measured predicting every fourth position (Cramming's rate)
@@ -149,7 +149,7 @@ def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtim
     torch.manual_seed(0)
     cfg = dataclasses.replace(cfg, dropout=dropout)
     setup = runtime.prepare_training(Transformer(cfg), rt, compile=compile)
-    opt = build_optimizer(optimizer, setup.model, OptimConfig())
+    opt = build_optimizer(optimizer, setup.model, OptimConfig(muon_precision=muon_precision(rt.precision)))
     batch = {k: v.to(rt.device) for k, v in _batch(cfg, micro_batch, seq_len).items()}
     if rt.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -10,15 +10,21 @@ learning rate in `group["base_lr"]`; the training loop sets `group["lr"] = base_
   each update with Newton-Schulz iterations; it is meant only for hidden matrices (its docs say so).
   `adjust_lr_fn="match_rms_adamw"` (Liu et al. 2025, "Muon is Scalable for LLM Training") scales its
   update to AdamW's RMS so that one peak LR serves both groups.
+  torch's Muon always orthogonalises in bfloat16; `Muon` below runs the same iterations in
+  `OptimConfig.muon_precision`, because on CPUs without bf16 matrix units a bf16 matmul runs at a few
+  percent of fp32 and the optimizer step would cost more than the forward and backward passes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from budgetlm.runtime import DTYPES
 
 
 @dataclass
@@ -29,6 +35,7 @@ class OptimConfig:
     beta2: float = 0.95  # AdamW second-moment decay (0.95 is the usual LM choice: GPT-3, nanoGPT)
     eps: float = 1e-8  # AdamW epsilon
     momentum: float = 0.95  # muon: Nesterov momentum of the hidden-matrix updates
+    muon_precision: str = "bf16"  # muon: dtype of the Newton-Schulz iterations (bf16 | fp32); fp32 where bf16 matmul is slow
 
 
 def _is_head_or_embedding(name: str, module_types: dict[str, type]) -> bool:
@@ -109,13 +116,66 @@ class CombinedOptimizer:
             o.load_state_dict(s)
 
 
+def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration (Jordan et al. 2024; torch.optim.Muon's coefficients)
+    towards U V^T of g = U S V^T, computed in `dtype`."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    wide = g.size(0) > g.size(1)
+    if wide:  # iterate on the smaller Gram matrix
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if wide else x
+
+
+class Muon(torch.optim.Muon):
+    """`torch.optim.Muon` with the Newton-Schulz iterations in `ns_dtype` (torch's own step when bf16).
+
+    Same hyper-parameters and the same state ("momentum_buffer"), so checkpoints move between the two."""
+
+    def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        if kwargs.get("adjust_lr_fn") != "match_rms_adamw":
+            raise ValueError("budgetlm's Muon scales its update as adjust_lr_fn='match_rms_adamw'")
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.ns_dtype == torch.bfloat16:
+            return super().step(closure)
+        if closure is not None:
+            raise ValueError("Muon.step takes no closure")
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            m = group["momentum"]
+            for p, g, buf in zip(params, grads, bufs):
+                buf.lerp_(g, 1 - m)
+                update = g.lerp(buf, m) if group["nesterov"] else buf
+                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                # "match_rms_adamw": 0.2 sqrt(max(A, B)) gives the update AdamW's RMS (Liu et al. 2025)
+                p.add_(update.to(p.dtype), alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape[:2])))
+        return None
+
+
+def muon_precision(training_precision: str) -> str:
+    """Newton-Schulz in bf16 only where training computes in bf16 (the device was measured or known to
+    be fast at it); fp32 elsewhere: CPUs without bf16 units, and fp16 GPUs, which lack fast bf16."""
+    return "bf16" if training_precision == "bf16" else "fp32"
+
+
 def build_muon(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     g = split_params(model)
     hidden = [p for _, p in g["hidden"]]
     if not hidden:  # nothing for Muon to do: plain AdamW
         return build_adamw(model, cfg)
-    muon = torch.optim.Muon(
-        [{"params": hidden, "base_lr": cfg.lr}], lr=cfg.lr, weight_decay=cfg.weight_decay,
+    muon = Muon(
+        [{"params": hidden, "base_lr": cfg.lr}], ns_dtype=DTYPES[cfg.muon_precision], lr=cfg.lr, weight_decay=cfg.weight_decay,
         momentum=cfg.momentum, nesterov=True, adjust_lr_fn="match_rms_adamw",
     )
     rest = [

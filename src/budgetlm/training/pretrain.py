@@ -81,7 +81,7 @@ class _Run:
         from budgetlm.data.tokenizer import special_ids
         from budgetlm.models.transformer import build_model
         from budgetlm.training.loop import LoopState
-        from budgetlm.training.optim import OptimConfig, build_optimizer
+        from budgetlm.training.optim import OptimConfig, build_optimizer, muon_precision
 
         cfg, rt = self.cfg, self.rt
         model = build_model(self.mcfg)
@@ -90,7 +90,8 @@ class _Run:
             ck.load_weights(model, self.choice.source, "cpu")  # full weights, before any sharding
         self.setup = runtime.prepare_training(model, rt, cfg.compile, self.budget_s, self.fsdp)
         self.optimizer = build_optimizer(cfg.optimizer, self.setup.model,
-                                         OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
+                                         OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                     muon_precision=muon_precision(rt.precision)))
         self.collator = None
         if not self.mcfg.causal:
             ids = special_ids(self.data.tokenizer())
