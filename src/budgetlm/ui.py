@@ -67,6 +67,7 @@ class Progress:
         env = os.environ.get("BUDGETLM_PROGRESS_EVERY")
         self.every_s = every_s if every_s is not None else float(env) if env else PROGRESS_EVERY_S
         self.completed, self.status = 0.0, ""
+        self._said: tuple[float, str] | None = None  # (completed, status) of the last line written
         self.t0 = self.last_line = time.perf_counter()
         self.tty = sys.stderr.isatty() and not os.environ.get("BUDGETLM_PLAIN_PROGRESS")
         self._bar = None
@@ -99,7 +100,8 @@ class Progress:
             self._beat.join()
         if self._bar is not None:
             self._bar.stop()
-        elif exc[0] is None and time.perf_counter() - self.t0 >= self.every_s:
+        elif (exc[0] is None and time.perf_counter() - self.t0 >= self.every_s
+              and self._said != (self.completed, self.status)):  # the last line already says where it ended
             self._line()
 
     def advance(self, _task: int = 0, amount: float = 1.0) -> None:
@@ -135,6 +137,7 @@ class Progress:
         from budgetlm.config import format_duration
 
         self.last_line = time.perf_counter()
+        self._said = (self.completed, self.status)
         done = f"{100 * self.completed / self.total:3.0f}%" if self.total else self._amount(self.completed)
         head = f"{self.description}: {done}" if self.total or self.completed else self.description
         parts = [head, self.status, f"elapsed {format_duration(self.last_line - self.t0)}"]
