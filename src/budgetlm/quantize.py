@@ -5,8 +5,8 @@ scale per tensor and quantizes activations on the fly, per batch. It needs no ca
 embeddings, norms and attention in fp32, and on x86 runs the int8 GEMMs through fbgemm/oneDNN. Linear
 layers hold nearly all FLOPs of a transformer, so this is where CPU time goes; the measured speed-up
 and the change in accuracy are in docs/bench/downstream.md (benchmarks/sst2.py --quantize-check).
-Weights tied to the embedding (the LM head of tied models) are applied with F.linear, not nn.Linear,
-and stay fp32.
+The output projection of a tied model is untied in the quantized copy (an nn.Linear holding a copy
+of the embedding), so it is quantized as well; the embedding lookup stays fp32.
 
 ONNX Runtime was not used: it is not a dependency, and this path already gives the int8 GEMMs.
 
@@ -19,6 +19,7 @@ this API stays until torchao's CPU path catches up; rerun that script on a new t
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -33,13 +34,25 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of `model` with every nn.Linear replaced by an int8 dynamically quantized one (CPU)."""
     if next(model.parameters()).device.type != "cpu":
         raise BudgetError("--quantize int8 runs on CPU only: use --device cpu")
-    model = model.float().eval()
+    model = copy.deepcopy(model).float().eval()
+    _untie_output(model)
     with warnings.catch_warnings():
         # PyTorch marks the quantized tensor constructors used inside quantize_dynamic as deprecated
         # (pytorch#184982, in favour of torchao); the API still works and torchao is no dependency.
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _untie_output(model: nn.Module) -> None:
+    """Give a tied language model (or each tied model inside `model`) its own output nn.Linear, a copy
+    of the embedding, so that the output projection, the largest matrix of a small-vocabulary-heavy
+    model, is quantized too; the embedding lookup stays fp32."""
+    for m in model.modules():
+        if getattr(m, "has_lm_head", False) and getattr(m, "lm_head", 1) is None:
+            head = nn.Linear(m.embed.weight.shape[1], m.embed.weight.shape[0], bias=False)
+            head.weight = nn.Parameter(m.embed.weight.detach().clone())
+            m.lm_head = head
 
 
 def maybe_quantize(model: nn.Module, how: str) -> nn.Module:

@@ -360,7 +360,8 @@ class Transformer(nn.Module):
         """Hidden states (..., C) -> vocabulary logits (..., V)."""
         if self.head is not None:
             h = self.head(h)
-        return F.linear(h, self.output_weight)
+        # through the module when there is one, so that a quantized copy's int8 head is used
+        return F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None):

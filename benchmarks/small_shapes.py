@@ -1,0 +1,131 @@
+"""Training throughput of the planner's small CPU shapes, and where a step's time goes.
+
+For each shape (layers x width, sequence, micro-batch, vocabulary) it times full training steps
+(forward, backward, optimizer) of budgetlm's model with
+  - `muon-bf16`: torch.optim.Muon as shipped, whose Newton-Schulz iterations always run in bf16;
+  - `muon`: budgetlm's Muon, Newton-Schulz in the training precision (fp32 here);
+  - `adamw`: fused AdamW, for reference;
+side by side in one process (rounds alternate, median step of each), and reports tokens/s and MFU
+against a 1024^3 fp32 matmul measured in the same process (FLOPs per token from
+`planning.flops_per_token`, the formula training reports MFU with). A profile of the `muon` step
+then splits its time into matrix products (aten::mm/addmm/bmm), attention (scaled_dot_product_*),
+the output softmax and loss (log_softmax, nll), and everything else (element-wise ops, norms, RoPE,
+optimizer arithmetic, dispatch), and the matmul FLOP rate of the model's own GEMM shapes, which is
+the ceiling of the matrix-product share.
+
+    python benchmarks/small_shapes.py --shapes 3:64:256:8:2048 3:96:256:8:2048 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from common import machine, write_json
+
+
+def rate(m: int, k: int, n: int, reps: int = 20) -> float:
+    """FLOP/s of an (m x k) @ (k x n) fp32 product."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def build(shape: str, optimizer: str, compile_: bool):
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import Transformer
+    from budgetlm.training.optim import OptimConfig, build_optimizer
+
+    L, C, T, B, V = map(int, shape.split(":"))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=max(1, C // 64), max_seq_len=T)
+    model = Transformer(cfg).train()
+    name, ns = ("muon", "bf16") if optimizer == "muon-bf16" else (optimizer, "fp32")
+    opt = build_optimizer(name, model, OptimConfig(lr=1e-3, muon_precision=ns))
+    fwd = torch.compile(model) if compile_ else model
+    x = torch.randint(0, V, (B, T))
+
+    def step():
+        _, loss = fwd(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return cfg, T, B, step, sum(q.numel() for q in model.parameters())
+
+
+def time_steps(step, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def breakdown(step) -> dict[str, float]:
+    """Share of self CPU time per kind of op over 5 steps."""
+    from torch.profiler import profile
+
+    with profile() as p:
+        for _ in range(5):
+            step()
+    kinds = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "attention": ("scaled_dot_product",),
+             "softmax+loss": ("log_softmax", "nll_loss")}
+    out = dict.fromkeys([*kinds, "other"], 0.0)
+    for ev in p.key_averages():
+        kind = next((k for k, names in kinds.items() if any(n in ev.key for n in names)), "other")
+        out[kind] += ev.self_cpu_time_total
+    total = sum(out.values())
+    return {k: round(v / total, 3) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["3:64:256:8:2048", "3:96:256:8:2048"],
+                    help="LAYERS:WIDTH:SEQ:MICROBATCH:VOCAB of each shape")
+    ap.add_argument("--optimizers", nargs="+", default=["muon-bf16", "muon", "adamw"])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per round")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (as training does for >= 5 min)")
+    ap.add_argument("--out", default="", help="write the results here (JSON)")
+    args = ap.parse_args()
+    from budgetlm.planning import flops_per_token
+
+    peak = max(rate(1024, 1024, 1024) for _ in range(3))
+    results = []
+    for shape in args.shapes:
+        steps = {o: build(shape, o, args.compile) for o in args.optimizers}
+        for *_, step, _ in steps.values():
+            for _ in range(3):  # warm-up (and compilation)
+                step()
+        times: dict[str, list[float]] = {o: [] for o in args.optimizers}
+        for _ in range(args.rounds):
+            for o, (*_, step, _) in steps.items():
+                times[o].append(time_steps(step, args.steps))
+        cfg, T, B, _, params = next(iter(steps.values()))
+        fpt = flops_per_token(cfg, T)
+        row = {"shape": shape, "params": params, "flops_per_token": fpt}
+        for o, ts in times.items():
+            tok_s = B * T / min(ts)
+            row[o] = {"step_ms": round(1e3 * min(ts), 2), "tokens_per_s": round(tok_s), "mfu": round(tok_s * fpt / peak, 3)}
+        C, F, V = cfg.n_embd, cfg.ffn_dim, cfg.vocab_size  # the model's own products: qkv, MLP, output
+        row["gemm_gflops"] = {f"{m}x{k}x{n}": round(rate(m, k, n) / 1e9, 1)
+                              for m, k, n in [(B * T, C, 3 * C), (B * T, C, F), (B * T, C, V)]}
+        row["breakdown_muon"] = breakdown(steps["muon"][3]) if "muon" in steps else {}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    write_json(args.out, {"peak_fp32_gflops": round(peak / 1e9, 1), "compile": args.compile, "results": results,
+                          "threads": torch.get_num_threads(), **machine()})
+
+
+if __name__ == "__main__":
+    main()
