@@ -111,12 +111,15 @@ def test_registered_model_kinds_build():
     head = {"labels": ["a", "b", "c"], "pooling": None}
     tiny_bert = {"model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
                  "num_attention_heads": 2, "intermediate_size": 64, "num_labels": 3}
-    configs = {"lm": CFG.__dict__, "classifier": to_dict(CFG), "hf-classifier": tiny_bert}
+    configs = {"lm": CFG.__dict__, "classifier": to_dict(CFG), "hf-classifier": tiny_bert,
+               "qa": {**to_dict(CFG), "causal": False}}
     assert set(configs) == set(ck.MODEL_KINDS)
     for kind, builder in ck.MODEL_KINDS.items():
         m = builder(configs[kind], head)
         assert isinstance(m, torch.nn.Module), kind
         assert getattr(m, "num_labels", 3) == 3
+    (start, end), _ = ck.MODEL_KINDS["qa"](configs["qa"], {})(torch.randint(0, CFG.vocab_size, (2, 8)))
+    assert start.shape == end.shape == (2, 8)  # a start and an end score per token
 
 
 def test_state_is_not_a_pickle_and_round_trips(tmp_path):

@@ -241,11 +241,13 @@ def calibrate(config=None, **settings: Any) -> dict[str, Any]:
 
 
 def finetune(config=None, **settings: Any):
-    """Fine-tune a pre-trained run (or a local Hugging Face model) as a sequence classifier;
+    """Fine-tune a pre-trained run (or a local Hugging Face model) as a sequence classifier, or with
+    task="qa" as an extractive question answerer;
     `budgetlm.finetune(FinetuneConfig(model=..., train=..., out=...))` -> `finetune.FinetuneResult`."""
-    from budgetlm.finetuning import FinetuneConfig, finetune as run_finetune
+    from budgetlm.finetuning import TASKS, FinetuneConfig, finetune as run_finetune
+    from budgetlm.qa import qa_task
 
-    return run_finetune(dataclasses.replace(config or FinetuneConfig(), **settings))
+    return run_finetune(dataclasses.replace(config or FinetuneConfig(), **settings), {**TASKS, "qa": qa_task})
 
 # --------------------------------------------------------------------------------------------------
 # prune
@@ -295,9 +297,11 @@ class LoadedModel:
 
     @property
     def kind(self) -> str:
-        """causal | masked | classifier"""
+        """causal | masked | classifier | qa"""
         if self.meta.is_classifier:
             return "classifier"
+        if self.meta.qa is not None:
+            return "qa"
         return "causal" if self.meta.causal else "masked"
 
     def generate(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200,
@@ -340,6 +344,18 @@ class LoadedModel:
         probs = clf.predict(texts, pairs, batch_size)
         return [{"label": clf.labels[int(row.argmax())], "probs": dict(zip(clf.labels, map(float, row)))}
                 for row in probs]
+
+
+    def answer(self, questions: list[str], contexts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """[{"answer", "score", "start", "end"}] for each question: the span of its context that answers
+        it (question-answering runs; `start`/`end` are character offsets in the context)."""
+        from budgetlm.qa import LoadedQA
+
+        if self.kind != "qa":
+            raise BudgetError(f"{self.meta.run_dir} holds a {self.kind} model, not a question-answering run")
+        if len(questions) != len(contexts):
+            raise BudgetError(f"{len(questions)} questions but {len(contexts)} contexts: give one context per question")
+        return LoadedQA(self.model, self.tokenizer, self.meta.qa, self.meta, self.device).answer(questions, contexts, batch_size)
 
 
 def load(run: str | Path, device: str = "cpu", which: str = "latest") -> LoadedModel:

@@ -9,6 +9,7 @@ and the tokenizer; no custom code is needed to load the result:
     masked LM                 ModernBertForMaskedLM               (MaskedLM)
     classifier, causal        LlamaForSequenceClassification      (SequenceClassification)
     classifier, masked        ModernBertForSequenceClassification (SequenceClassification)
+    question answering        ModernBertForQuestionAnswering      (QuestionAnswering)
 
 The folder is written into a temporary sibling, checked (the exported model is loaded back with
 `transformers` and its logits compared with budgetlm's on a probe batch, unless --no-verify) and
@@ -116,9 +117,10 @@ def hf_config(model, token_ids: dict[str, int | None] | None = None, labels: lis
     """The `transformers` config object for a budgetlm Transformer or SequenceClassifier."""
     from transformers import LlamaConfig, ModernBertConfig
 
-    from budgetlm.models.heads import SequenceClassifier
+    from budgetlm.models.heads import SequenceClassifier, SpanExtractor
 
     is_clf = isinstance(model, SequenceClassifier)
+    is_qa = isinstance(model, SpanExtractor)
     cfg = model.cfg
     # Unknown ids are written as None: transformers' defaults (e.g. ModernBERT's 50282) would point
     # outside a small vocabulary.
@@ -157,10 +159,13 @@ def hf_config(model, token_ids: dict[str, int | None] | None = None, labels: lis
         raise BudgetError(f"a masked model with pruned heads ({cfg.n_head} x {cfg.head_dim} channels in a width of "
                           f"{cfg.n_embd}) has no ModernBERT equivalent (its heads span the width): export the "
                           "unpruned model, or prune only MLP channels")
-    arch = "ModernBertForSequenceClassification" if is_clf else "ModernBertForMaskedLM"
+    arch = "ModernBertForSequenceClassification" if is_clf else "ModernBertForQuestionAnswering" if is_qa \
+        else "ModernBertForMaskedLM"
     clf_extra = {}
     if is_clf:
         clf_extra = {"classifier_pooling": model.pooling, "classifier_dropout": model.dropout}
+    if is_qa:  # two outputs per token: answer start and end
+        clf_extra = {"classifier_dropout": model.dropout, "num_labels": 2}
     return ModernBertConfig(
         **common,
         hidden_activation="gelu",
@@ -232,11 +237,11 @@ def hf_state_dict(model) -> dict:
     """budgetlm state dict -> `transformers` state dict (tensors shared, not copied, where possible).
 
     A tied output matrix is left out: `transformers` re-ties it on load (tie_word_embeddings)."""
-    from budgetlm.models.heads import SequenceClassifier
+    from budgetlm.models.heads import SequenceClassifier, SpanExtractor
 
     sd = model.state_dict()
     cfg = model.cfg
-    if isinstance(model, SequenceClassifier):
+    if isinstance(model, (SequenceClassifier, SpanExtractor)):  # the same head layout in ModernBERT
         out = _backbone(sd, cfg, "backbone.")
         if cfg.causal:
             out["score.weight"] = sd["score.weight"]
@@ -256,10 +261,12 @@ def auto_class(model):
     """The transformers Auto class that loads the export of `model`."""
     import transformers
 
-    from budgetlm.models.heads import SequenceClassifier
+    from budgetlm.models.heads import SequenceClassifier, SpanExtractor
 
     if isinstance(model, SequenceClassifier):
         return transformers.AutoModelForSequenceClassification
+    if isinstance(model, SpanExtractor):
+        return transformers.AutoModelForQuestionAnswering
     return transformers.AutoModelForCausalLM if model.cfg.causal else transformers.AutoModelForMaskedLM
 
 
@@ -289,8 +296,10 @@ def logits_pair(model, hf, ids, attention_mask=None):
 
     with torch.no_grad():
         ours, _ = model(ids, attention_mask=attention_mask)
-        theirs = hf(input_ids=ids, attention_mask=attention_mask).logits
-    return ours.float(), theirs.float()
+        out = hf(input_ids=ids, attention_mask=attention_mask)
+    if isinstance(ours, tuple):  # question answering: (start, end) per token -> (B, T, 2)
+        return torch.stack(ours, -1).float(), torch.stack([out.start_logits, out.end_logits], -1).float()
+    return ours.float(), out.logits.float()
 
 
 def verify_export(model, out_dir: Path) -> float:
@@ -414,13 +423,14 @@ def _write_native(model, tmp: Path, tokenizer_path, labels, dtype: str) -> tuple
     import torch
     from safetensors.torch import save_file
 
-    from budgetlm.models.heads import SequenceClassifier
+    from budgetlm.models.heads import SequenceClassifier, SpanExtractor
 
     is_clf = isinstance(model, SequenceClassifier)
     roles: dict[str, str] = {}
     token_ids: dict[str, int | None] = {}
-    if tokenizer_path:
-        roles, token_ids = write_tokenizer(tokenizer_path, tmp, model.cfg.causal, model.cfg.max_seq_len, is_clf)
+    if tokenizer_path:  # a question and its context are a pair: [CLS] question [SEP] context [SEP], as qa.windows
+        roles, token_ids = write_tokenizer(tokenizer_path, tmp, model.cfg.causal, model.cfg.max_seq_len,
+                                           is_clf or isinstance(model, SpanExtractor))
     config = hf_config(model, token_ids, labels)
     config.dtype = dtype
     config.save_pretrained(str(tmp))
@@ -486,11 +496,11 @@ def export_hf(model, out: Path, tokenizer_path: str | Path | None = None, labels
 def _write_card(model, config, name: str, tmp: Path, dtype: str, diff: float | None,
                 card: dict[str, dict[str, str]]) -> None:
     """README.md: the model card (budgetlm.modelcard), from the exported config and the run's rows."""
-    from budgetlm.models.heads import SequenceClassifier
+    from budgetlm.models.heads import SequenceClassifier, SpanExtractor
 
     wrapped = _is_wrapped_hf(model)
-    kind = "classifier" if wrapped or isinstance(model, SequenceClassifier) else \
-        ("causal" if model.cfg.causal else "masked")
+    kind = "classifier" if wrapped or isinstance(model, SequenceClassifier) else "qa" \
+        if isinstance(model, SpanExtractor) else ("causal" if model.cfg.causal else "masked")
     shape = {"layers": "num_hidden_layers", "width": "hidden_size", "attention heads": "num_attention_heads",
              "context (tokens)": "max_position_embeddings", "vocabulary (tokens)": "vocab_size"}
     rows = {"architecture": f"`{config.architectures[0]}`",

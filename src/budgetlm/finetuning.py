@@ -54,9 +54,10 @@ from budgetlm.training.checkpoint import CheckpointMeta, ClassifierInfo
 
 @dataclass
 class FinetuneConfig:
+    task: Literal["classify", "qa"] = "classify"  # classify: labelled texts; qa: extractive question answering on SQuAD-format JSON (masked runs)
     model: str = ""  # budgetlm run directory (masked or causal LM) or a local Hugging Face model folder
-    train: str = ""  # labelled training file: .csv, .tsv (header row) or .jsonl, optionally .gz/.xz/.bz2/.zst
-    val: str = ""  # labelled validation file (default: 10% of --train held out)
+    train: str = ""  # training file: labelled .csv, .tsv (header row) or .jsonl, optionally .gz/.xz/.bz2/.zst; SQuAD .json for --task qa
+    val: str = ""  # validation file, same format (default: 10% of --train held out)
     out: str = ""  # run directory to create for the fine-tuned classifier
     hf_dataset: str = ""  # instead of files: a Hugging Face dataset (local or cached), NAME or NAME:CONFIG
     train_split: str = "train"  # --hf-dataset split to train on
@@ -67,7 +68,9 @@ class FinetuneConfig:
     budget: str = ""  # wall-clock training budget (90s, 5m, 1h); with --epochs, whichever ends first
     epochs: float = ranged(0.0, 0.0, 10000.0)  # passes over the training set (0 = 3 when no --budget is given)
     batch_size: int = ranged(32, 1, 1 << 16)  # examples per optimizer step
-    max_len: int = ranged(0, 8, 1 << 16, also=(0,))  # tokens per example incl. special tokens; longer texts are truncated (0 = min(128, context))
+    max_len: int = ranged(0, 8, 1 << 16, also=(0,))  # tokens per example incl. special tokens; longer texts are truncated (0 = min(128, context); qa: tokens per window, 0 = min(384, context))
+    doc_stride: int = ranged(0, 0, 1 << 16)  # qa: context tokens shared by overlapping windows of a long context (0 = max_len / 3)
+    max_answer_len: int = ranged(30, 1, 1 << 16)  # qa: longest answer, in tokens
     truncate: Literal["head", "tail", "head+tail"] = "head"  # what a too-long text keeps: its start, its end, or both (1/4 start + 3/4 end)
     lr: float = ranged(1e-4, 0.0, 10.0, above=True)  # peak learning rate
     weight_decay: float = ranged(0.01, 0.0, 10.0)  # decoupled weight decay on matrices
@@ -114,8 +117,8 @@ class FinetuneResult:
     def to_json(self) -> dict[str, Any]:
         d = to_dict(self)
         return {**{k: v for k, v in d.items() if k != "metrics"},
-                **{k: self.metrics[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                                "per_class", "confusion_matrix")}}
+                **{k: self.metrics[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class",
+                                                "confusion_matrix", "exact_match", "f1") if k in self.metrics}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,40 +317,55 @@ def _read_data(cfg: FinetuneConfig) -> _Data:
 # validation: the loop's evaluation hook
 
 
-class _Validator:
-    """Validates on the held-out split, keeps the best checkpoint on `metric`, counts patience."""
+class Validator:
+    """The loop's evaluation hook for every fine-tuning task: measures on the held-out split, keeps the
+    best checkpoint on the task's score, counts patience. Tasks supply `measure`."""
 
-    def __init__(self, cfg: FinetuneConfig, out: Path, meta: CheckpointMeta, tokenizer_path, seqs, token_types,
-                 pad_id: int, y: np.ndarray, names: list[str], steps_per_epoch: int, device, averaged=None):
+    def __init__(self, cfg, out: Path, meta: CheckpointMeta, tokenizer_path, steps_per_epoch: int, averaged=None,
+                 metric: str = ""):
         self.cfg, self.out, self.meta, self.tokenizer_path = cfg, out, meta, tokenizer_path
-        self.seqs, self.tt, self.pad_id, self.y, self.names = seqs, token_types, pad_id, y, names
-        self.steps_per_epoch, self.device, self.averaged = steps_per_epoch, device, averaged
-        self.score, self.loss, self.best_step, self.best, self.bad = -1.0, math.inf, None, None, 0
+        self.steps_per_epoch, self.averaged, self.metric = steps_per_epoch, averaged, metric or cfg.metric
+        self.score, self.loss, self.best_step, self.best, self.bad = -math.inf, math.inf, None, None, 0
         self.history: list[dict[str, Any]] = []
 
-    def __call__(self, model: nn.Module, state) -> dict[str, Any]:
-        from budgetlm.classify import predict_proba
+    def measure(self, model: nn.Module) -> tuple[float, float | None, dict[str, Any], dict[str, Any]]:
+        """(score, validation loss or None, all metrics, the fields a history entry records)."""
+        raise NotImplementedError
 
+    def __call__(self, model: nn.Module, state) -> dict[str, Any]:
         model = self.averaged.module if self.averaged is not None else model
-        probs = predict_proba(model, self.seqs, self.pad_id, 128, self.tt, self.device)
-        met = classification_metrics(self.y, probs.argmax(-1), self.names)
-        val_loss = float(-np.log(np.clip(probs[np.arange(len(self.y)), self.y], 1e-12, None)).mean())
-        score = met[self.cfg.metric]
+        score, val_loss, met, record = self.measure(model)
+        loss = math.inf if val_loss is None else val_loss
         # ties on the metric (common once accuracy saturates) are broken by a clear drop (1e-4) in
         # validation loss, so that noise-level changes do not reset the patience
-        improved = score > self.score or (score == self.score and val_loss < self.loss - 1e-4)
+        improved = score > self.score or (score == self.score and loss < self.loss - 1e-4)
         if improved:
-            self.score, self.loss, self.best_step, self.best, self.bad = score, val_loss, state.step, met, 0
+            self.score, self.loss, self.best_step, self.best, self.bad = score, loss, state.step, met, 0
             ckpt_mod.save_checkpoint(self.out, state.step, runtime.unwrap(model), replace(self.meta, metrics=met),
                                      tokenizer_path=self.tokenizer_path, keep_last=1)
         else:
             self.bad += 1
-        self.history.append({"step": state.step, "epoch": round(state.step / self.steps_per_epoch, 3),
-                             "val_loss": val_loss, "accuracy": met["accuracy"], "f1_macro": met["f1_macro"]})
-        ui.info(f"step {state.step}: val {self.cfg.metric} {score:.4f} (loss {val_loss:.4f})"
+        self.history.append({"step": state.step, "epoch": round(state.step / self.steps_per_epoch, 3), **record})
+        ui.info(f"step {state.step}: val {self.metric} {score:.4f}" + (f" (loss {val_loss:.4f})" if val_loss is not None else "")
                 + ("  [best, saved]" if improved else f"  [no gain {self.bad}/{self.cfg.patience or '-'}]"))
         stop = bool(self.cfg.patience) and self.bad >= self.cfg.patience
-        return {"val_loss": val_loss, f"val_{self.cfg.metric}": score, "stop": stop}
+        return {**({"val_loss": val_loss} if val_loss is not None else {}), f"val_{self.metric}": score, "stop": stop}
+
+
+class _ClassifierValidator(Validator):
+    def __init__(self, cfg: FinetuneConfig, out: Path, meta: CheckpointMeta, tokenizer_path, seqs, token_types,
+                 pad_id: int, y: np.ndarray, names: list[str], steps_per_epoch: int, device, averaged=None):
+        super().__init__(cfg, out, meta, tokenizer_path, steps_per_epoch, averaged)
+        self.seqs, self.tt, self.pad_id, self.y, self.names, self.device = seqs, token_types, pad_id, y, names, device
+
+    def measure(self, model: nn.Module):
+        from budgetlm.classify import predict_proba
+
+        probs = predict_proba(model, self.seqs, self.pad_id, 128, self.tt, self.device)
+        met = classification_metrics(self.y, probs.argmax(-1), self.names)
+        val_loss = float(-np.log(np.clip(probs[np.arange(len(self.y)), self.y], 1e-12, None)).mean())
+        return met[self.cfg.metric], val_loss, met, {"val_loss": val_loss, "accuracy": met["accuracy"],
+                                                     "f1_macro": met["f1_macro"]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,7 +434,7 @@ def _train(cfg: FinetuneConfig, data: _Data, tmp: Path) -> FinetuneResult:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         averaged = AveragedModel(setup.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
-    validator = _Validator(cfg, tmp, meta, tok_path, va_seqs, va_tt, encoder.pad_id, data.y_val, data.names,
+    validator = _ClassifierValidator(cfg, tmp, meta, tok_path, va_seqs, va_tt, encoder.pad_id, data.y_val, data.names,
                            batches.steps_per_epoch, rt.device, averaged)
     metrics = MetricsLogger(tmp / "metrics.jsonl", cfg.track, tmp, to_dict(cfg))
     try:
@@ -444,17 +462,30 @@ def settings_line(cfg: FinetuneConfig) -> str:
             + (f", weights averaged (EMA decay {cfg.ema})" if cfg.ema else ""))
 
 
-def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune `cfg.model` as a classifier of `cfg.train`'s labels; see the module docstring."""
+def _classify_task(cfg: FinetuneConfig):
+    """(reads and checks the data, trains into a folder): the classification task."""
+    data = _read_data(cfg)
+    return lambda tmp: _train(cfg, data, tmp)
+
+
+TASKS = {"classify": _classify_task}  # --task -> (checks the data, returns the trainer); api adds "qa"
+
+
+def finetune(cfg: FinetuneConfig, tasks: dict | None = None) -> FinetuneResult:
+    """Fine-tune `cfg.model` for `cfg.task` on `cfg.train`; see the module docstring. `tasks`: the
+    task registry (default: classification; `budgetlm.api.finetune` passes every task)."""
     from budgetlm.training.report import finetuning_report
 
     check_config(cfg)
-    data = _read_data(cfg)
+    tasks = tasks or TASKS
+    if cfg.task not in tasks:
+        raise BudgetError(f"--task {cfg.task}: fine-tune it through budgetlm.api.finetune (tasks here: {', '.join(tasks)})")
     cfg = replace(cfg)  # the sources fill in max_len; the caller's config stays as it was
+    trainer = tasks[cfg.task](cfg)
     fsio.remove_dead_temps(cfg.out)  # what a crashed earlier run left next to --out
     with fsio.atomic_dir(cfg.out, replace=Path(cfg.out).exists()) as tmp:
         fsio.write_marker(tmp, "finetune")
-        result = _train(cfg, data, tmp)
+        result = trainer(tmp)
         fsio.atomic_write_json(tmp / "metrics.json", result.to_json())
         finetuning_report(tmp, {**result.to_json(), "run_dir": cfg.out}, settings_line(cfg))
     return result

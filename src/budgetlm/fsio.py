@@ -213,6 +213,22 @@ def check_output(out: str | Path, inputs: list[str | Path] = (), kind: str = "",
     return out_r
 
 
+def check_output_file(out: str | Path, inputs: list[str | Path | None] = (), overwrite: bool = False) -> None:
+    """An --output file never replaces an input (or a file inside an input folder), never is a folder,
+    and replaces an existing file only with `overwrite`."""
+    from budgetlm.config import BudgetError
+
+    out = Path(out)
+    for src in [p for p in inputs if p]:
+        s = Path(src).resolve()
+        if out.resolve() == s or s in out.resolve().parents:
+            raise BudgetError(f"--output {out} would write over the input {src}: choose another file")
+    if out.is_dir():
+        raise BudgetError(f"--output {out} is a folder: give a file name")
+    if out.exists() and not overwrite:
+        raise BudgetError(f"--output {out} already exists: choose another file or pass --overwrite")
+
+
 def read_marker(folder: str | Path) -> str | None:
     """The kind of command that made `folder`, or None."""
     try:

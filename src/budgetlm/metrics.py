@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, precision / recall / F1 (per class and macro), confusion matrix.
+"""Classification metrics: accuracy, precision / recall / F1 (per class and macro), confusion matrix;
+and the SQuAD answer metrics: exact match and token F1.
 
 Plain numpy so that `eval`, `finetune` and the benchmarks share one definition without depending on
 scikit-learn at run time (the tests cross-check against `sklearn.metrics`). Conventions follow
@@ -84,3 +85,45 @@ def metrics_table_rows(metrics: dict) -> list[list[object]]:
         ]
     )
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# answers: the official SQuAD v1.1 evaluation (Rajpurkar et al. 2016, evaluate-v1.1.py)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation, the articles a/an/the, and extra whitespace (SQuAD v1.1)."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer."""
+    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in golds))
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """Best bag-of-tokens F1 of the normalised prediction against the gold answers."""
+    from collections import Counter
+
+    def f1(pred: str, gold: str) -> float:
+        p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+        same = sum((Counter(p) & Counter(g)).values())
+        if same == 0:
+            return 0.0
+        precision, recall = same / len(p), same / len(g)
+        return 2 * precision * recall / (precision + recall)
+
+    return max((f1(prediction, g) for g in golds), default=0.0)
+
+
+def answer_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact match and F1 averaged over questions, in percent as the SQuAD script reports them."""
+    n = max(1, len(predictions))
+    return {"exact_match": 100.0 * sum(exact_match(p, g) for p, g in zip(predictions, golds)) / n,
+            "f1": 100.0 * sum(token_f1(p, g) for p, g in zip(predictions, golds)) / n,
+            "questions": len(predictions)}

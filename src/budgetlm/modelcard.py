@@ -16,9 +16,10 @@ from typing import Any
 
 from budgetlm.config import format_duration
 
-PIPELINES = {"causal": "text-generation", "masked": "fill-mask", "classifier": "text-classification"}
+PIPELINES = {"causal": "text-generation", "masked": "fill-mask", "classifier": "text-classification",
+             "qa": "question-answering"}
 DESCRIPTIONS = {"causal": "a causal (next-token) language model", "masked": "a masked language model",
-                "classifier": "a sequence classifier"}
+                "classifier": "a sequence classifier", "qa": "an extractive question answerer"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -71,6 +72,7 @@ METRICS = {
     "val_accuracy": ("validation masked-token accuracy", ".4f"), "train_loss": ("training loss", ".4f"),
     "accuracy": ("validation accuracy", ".4f"), "f1_macro": ("validation macro F1", ".4f"),
     "tokens_per_s": ("training throughput (tokens/s)", ",.0f"),
+    "exact_match": ("validation exact match (SQuAD, %)", ".2f"), "f1": ("validation F1 (SQuAD, %)", ".2f"),
 }
 
 
@@ -85,7 +87,7 @@ def _table(rows: dict[str, str]) -> list[str]:
 
 def render(name: str, kind: str, arch: str, model: dict[str, str], auto_class: str,
            training: dict[str, str] | None = None, results: dict[str, str] | None = None, check: str = "") -> str:
-    """The card's text. `kind`: causal | masked | classifier; `arch`: the transformers class;
+    """The card's text. `kind`: causal | masked | classifier | qa; `arch`: the transformers class;
     `model`, `training`, `results`: label -> value rows of the card's tables."""
     family = arch.split("For")[0].lower()  # LlamaForCausalLM -> llama
     lines = ["---", "library_name: transformers", f"pipeline_tag: {PIPELINES[kind]}",
@@ -98,7 +100,8 @@ def render(name: str, kind: str, arch: str, model: dict[str, str], auto_class: s
         lines += ["## Results", "", "Measured by budgetlm at the end of the run.", "", *_table(results), ""]
     call = {"causal": 'print(tok.decode(model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=20)[0]))',
             "masked": 'logits = model(**tok("Hello <|mask|>", return_tensors="pt")).logits',
-            "classifier": 'print(model.config.id2label[int(model(**tok("Hello", return_tensors="pt")).logits.argmax())])'}
+            "classifier": 'print(model.config.id2label[int(model(**tok("Hello", return_tensors="pt")).logits.argmax())])',
+            "qa": 'out = model(**tok("Who?", "Ada wrote it.", return_tensors="pt", return_token_type_ids=False))'}
     lines += ["## Use", "", "```python", f"from transformers import {auto_class}, AutoTokenizer", "",
               f'model = {auto_class}.from_pretrained("{name}")', f'tok = AutoTokenizer.from_pretrained("{name}")',
               call[kind], "```", ""]

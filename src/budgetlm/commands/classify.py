@@ -48,27 +48,13 @@ def _read_inputs(args: argparse.Namespace, meta) -> tuple[list[str], list[str] |
     return data.texts, data.pairs
 
 
-def _check_output(args: argparse.Namespace) -> None:
-    """--output never replaces an input, a run's file, or (without --overwrite) any existing file."""
-    out = Path(args.output)
-    inputs = [p for p in [args.input, *args.model] if p]
-    for src in inputs:
-        s = Path(src).resolve()
-        if out.resolve() == s or s in out.resolve().parents:
-            raise BudgetError(f"--output {out} would write over the input {src}: choose another file")
-    if out.is_dir():
-        raise BudgetError(f"--output {out} is a folder: give a file name")
-    if out.exists() and not args.overwrite:
-        raise BudgetError(f"--output {out} already exists: choose another file or pass --overwrite")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from budgetlm.classify import load_ensemble
 
     if args.batch_size < 1:
         raise BudgetError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.output:
-        _check_output(args)
+        fsio.check_output_file(args.output, [args.input, *args.model], overwrite=args.overwrite)
     clf = load_ensemble(args.model, device=args.device, quantize=args.quantize)
     texts, pairs = _read_inputs(args, clf.meta)
     t0 = time.perf_counter()

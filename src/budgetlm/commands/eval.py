@@ -1,6 +1,7 @@
 """`budgetlm eval --model RUN (--data DIR | --text FILE...)`: loss, perplexity and bits per byte of a
-language model, masked-LM accuracy, or a fine-tuned classifier's accuracy, precision, recall and F1
-on a labelled file (several --model runs: an ensemble)."""
+language model, masked-LM accuracy, a fine-tuned classifier's accuracy, precision, recall and F1
+on a labelled file (several --model runs: an ensemble), or a question-answering run's exact match and
+F1 on a SQuAD-format file."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = load_meta(args.model[0], args.which)
     if meta.is_classifier:
         return _classifier(args)
+    if meta.qa is not None:
+        return _qa(args)
     if len(args.model) > 1:
         raise BudgetError("several --model runs make an ensemble of fine-tuned classifiers; "
                           f"{args.model[0]} is a language model: evaluate one at a time")
@@ -75,3 +78,16 @@ def _classifier(args: argparse.Namespace) -> dict[str, Any]:
     ui.info(f"accuracy {res['accuracy']:.4f}  f1_macro {res['f1_macro']:.4f}  "
             f"({res['examples'] / max(res['seconds'], 1e-9):.0f} examples/s{', int8' if args.quantize == 'int8' else ''})")
     return res
+
+
+def _qa(args: argparse.Namespace) -> dict[str, Any]:
+    """A question-answering run on one SQuAD-format file: exact match and F1."""
+    from budgetlm.qa import evaluate_qa
+
+    if len(args.model) > 1 or args.data or len(args.text or []) != 1:
+        raise BudgetError("evaluating a question-answering run needs one --model and one SQuAD-format file: --text FILE.json")
+    device = "cpu" if args.device in (None, "auto") else args.device
+    res = evaluate_qa(args.model[0], args.text[0], batch_size=args.batch_size, device=device, which=args.which)
+    ui.info(f"{res['source']}: {res['questions']:,} questions, exact match {res['exact_match']:.2f}, "
+            f"F1 {res['f1']:.2f} ({res['seconds']:.1f}s)")
+    return {"model": args.model[0], **res}

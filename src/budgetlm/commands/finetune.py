@@ -1,4 +1,5 @@
-"""`budgetlm finetune --model RUN --train FILE [--val FILE] --out RUN2`: fine-tune a classifier."""
+"""`budgetlm finetune --model RUN --train FILE [--val FILE] --out RUN2`: fine-tune a classifier, or with
+`--task qa` an extractive question answerer (SQuAD-format files)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result = api.finetune(from_args(FinetuneConfig, args))
     out = result.run_dir
+    if result.metric == "f1":  # question answering
+        ui.info(f"exact match {result.metrics['exact_match']:.2f}  F1 {result.metrics['f1']:.2f} (best validation, step "
+                f"{result.best_step}; {result.steps} steps, {result.train_seconds:.0f}s); report: {out}/report.md")
+        ui.info(f"next: budgetlm answer --model {out} --question \"...\" --context \"...\"   or   budgetlm serve --model {out}")
+        return result.to_json()
     ui.table(f"best validation (step {result.best_step})", ["class", "precision", "recall", "f1", "support"],
              metrics_table_rows(result.metrics))
     ui.info(f"accuracy {result.metrics['accuracy']:.4f}  f1_macro {result.metrics['f1_macro']:.4f}  "

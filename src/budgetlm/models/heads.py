@@ -1,4 +1,4 @@
-"""Sequence classification on top of the backbone; imports only torch.
+"""Sequence classification and extractive question answering on top of the backbone; imports only torch.
 
 The head copies the layout of the `transformers` class for the backbone's family, so a fine-tuned
 classifier exports with exact logits:
@@ -10,6 +10,9 @@ classifier exports with exact logits:
   linear with bias.
 
     logits, loss = clf(idx, labels=None, attention_mask=None)   # logits (B, num_labels)
+
+`SpanExtractor` (question answering) scores every token as the start and the end of the answer,
+laid out as `ModernBertForQuestionAnswering`.
 """
 
 from __future__ import annotations
@@ -107,3 +110,53 @@ class SequenceClassifier(nn.Module):
             else:
                 loss = F.cross_entropy(logits.float(), labels)
         return logits, loss
+
+
+class SpanExtractor(nn.Module):
+    """Extractive question answering on a masked backbone, laid out as transformers'
+    `ModernBertForQuestionAnswering`: every token's hidden state through `head` (dense + GELU + norm),
+    dropout and `classifier`, a linear to two logits: where the answer starts and where it ends.
+
+        (start_logits, end_logits), loss = qa(idx, attention_mask, start_positions, end_positions)
+
+    start/end logits are (B, T); the loss is the mean of the two cross-entropies (BERT's SQuAD loss,
+    Devlin et al. 2019), positions clamped to the sequence as transformers does."""
+
+    def __init__(self, backbone_cfg: ModelConfig, dropout: float | None = None):
+        super().__init__()
+        if backbone_cfg.causal:
+            raise ValueError("question answering needs a masked (bidirectional) backbone: a causal model "
+                             "sees only the text before each token")
+        self.cfg = backbone_cfg
+        self.dropout = backbone_cfg.dropout if dropout is None else dropout
+        self.backbone = Transformer(backbone_cfg, lm_head=False)
+        C = backbone_cfg.n_embd
+        self.head = PredictionHead(backbone_cfg)
+        self.drop = nn.Dropout(self.dropout)
+        self.classifier = nn.Linear(C, 2, bias=True)
+        nn.init.normal_(self.head.dense.weight, std=0.02)
+        nn.init.normal_(self.classifier.weight, std=C**-0.5)
+        nn.init.zeros_(self.classifier.bias)
+
+    @classmethod
+    def from_lm(cls, lm: Transformer, dropout: float | None = None) -> "SpanExtractor":
+        """Backbone and `head` from a pre-trained masked LM (as transformers loads a
+        ModernBertForMaskedLM checkpoint into ModernBertForQuestionAnswering)."""
+        cfg = lm.cfg if dropout is None else replace(lm.cfg, dropout=dropout)
+        qa = cls(cfg, dropout=dropout)
+        qa.backbone.load_state_dict({k: v for k, v in lm.state_dict().items() if not k.startswith(("head.", "lm_head."))})
+        if lm.head is not None:
+            qa.head.load_state_dict(lm.head.state_dict())
+        return qa.to(lm.embed.weight.device)
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None):
+        h = self.backbone.encode(idx, attention_mask)  # (B, T, C)
+        logits = self.classifier(self.drop(self.head(h)))  # (B, T, 2)
+        start, end = logits[..., 0], logits[..., 1]  # (B, T) each; spans are limited to the context later
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            T = idx.shape[1]
+            loss = 0.5 * (F.cross_entropy(start.float(), start_positions.clamp(0, T - 1))
+                          + F.cross_entropy(end.float(), end_positions.clamp(0, T - 1)))
+        return (start, end), loss

@@ -33,7 +33,14 @@ def build_classifier(model_config: dict[str, Any], head: dict[str, Any]) -> nn.M
     return SequenceClassifier(model_config_from(model_config), len(head["labels"]), pooling=head.get("pooling"))
 
 
+def build_qa(model_config: dict[str, Any], head: dict[str, Any]) -> nn.Module:
+    from budgetlm.models.heads import SpanExtractor
+
+    return SpanExtractor(model_config_from(model_config))
+
+
 MODEL_KINDS: dict[str, Callable[[dict[str, Any], dict[str, Any]], nn.Module]] = {
     "lm": build_lm,
     "classifier": build_classifier,
+    "qa": build_qa,
 }

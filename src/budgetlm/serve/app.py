@@ -71,8 +71,8 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
 
     cfg = cfg or ServeConfig()
     check_config(cfg)
-    app = FastAPI(title="budgetlm", description="OpenAI-compatible completions and chat, and classification, "
-                                                "from a budgetlm model.", version="1")
+    app = FastAPI(title="budgetlm", description="OpenAI-compatible completions and chat, classification and "
+                                                "question answering, from a budgetlm model.", version="1")
     app.state.metrics = Metrics()
     app.state.lock = threading.Lock()  # serialises model access: held for one forward pass at a time
     app.state.created = int(time.time())
@@ -85,6 +85,7 @@ def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: s
     _add_completion_route(app, service, cfg)
     _add_chat_route(app, service, cfg)
     _add_classify_route(app, service, cfg)
+    _add_qa_route(app, service, cfg)
     return app
 
 
@@ -103,6 +104,9 @@ class Job:
     sampling: Sampling
 
 
+ROUTES = {"causal": "/v1/completions", "classifier": "/v1/classify", "qa": "/v1/qa"}  # the route of each kind
+
+
 def check_request(service: ModelService, req, endpoint: str) -> None:
     from budgetlm.serve.schema import unsupported
 
@@ -113,7 +117,7 @@ def check_request(service: ModelService, req, endpoint: str) -> None:
         raise ApiError(404, f"model {json.dumps(req.model)} is not served here; GET /v1/models lists "
                             f"{json.dumps(service.name)}", "model", "model_not_found")
     if service.kind != "causal":
-        raise ApiError(400, f"this server holds a {service.kind}; use /v1/classify")
+        raise ApiError(400, f"this server holds a {service.kind} model; use {ROUTES[service.kind]}")
     if req.stream_options is not None and not req.stream:
         raise ApiError(400, "stream_options is only allowed with stream: true", "stream_options")
 
@@ -364,9 +368,32 @@ def _add_classify_route(app, service: ModelService, cfg: ServeConfig) -> None:
             raise ApiError(400, f"unsupported parameter(s): {', '.join(names[:5])} (this endpoint reads: input)",
                            names[0])
         if service.kind != "classifier":
-            raise HTTPException(400, f"this server holds a {service.kind} model; use /v1/completions")
+            raise HTTPException(400, f"this server holds a {service.kind} model; use {ROUTES[service.kind]}")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         with lock:
             results = service.classify(texts)
         metrics.texts_classified.inc(len(texts))
         return schema.ClassifyResponse(model=service.name, results=[schema.ClassifyResult(**r) for r in results])
+
+
+def _add_qa_route(app, service: ModelService, cfg: ServeConfig) -> None:
+    from budgetlm.serve import schema
+
+    QARequest, metrics, lock = schema.request_models(cfg.max_prompt_chars, cfg.max_tokens_limit, cfg.max_batch).qa, \
+        app.state.metrics, app.state.lock
+
+    @app.post("/v1/qa", response_model=schema.QAResponse, responses=schema.ERRORS)
+    def qa(req: QARequest) -> schema.QAResponse:
+        if req.model_extra:
+            names = [schema.safe_name(k) for k in req.model_extra]
+            raise ApiError(400, f"unsupported parameter(s): {', '.join(names[:5])} (this endpoint reads: question, "
+                                "context)", names[0])
+        if service.kind != "qa":
+            raise ApiError(400, f"this server holds a {service.kind} model; use {ROUTES[service.kind]}")
+        for name in ("question", "context"):
+            if not getattr(req, name).strip():
+                raise ApiError(400, f"{name} is empty", name)
+        with lock:
+            result = service.answer([req.question], [req.context])[0]
+        metrics.texts_classified.inc()
+        return schema.QAResponse(model=service.name, **result)

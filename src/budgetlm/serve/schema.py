@@ -47,7 +47,7 @@ class ContentPart(BaseModel):
 
 
 def request_models(max_prompt_chars: int, max_tokens_limit: int, max_batch: int) -> SimpleNamespace:
-    """The request models for these limits: .completion, .chat and .classify."""
+    """The request models for these limits: .completion, .chat, .classify and .qa."""
     StopString = Annotated[Unicode, Field(min_length=1, max_length=64)]
     Text = Annotated[Unicode, Field(max_length=max_prompt_chars)]
 
@@ -107,7 +107,12 @@ def request_models(max_prompt_chars: int, max_tokens_limit: int, max_batch: int)
         input: Text | Annotated[list[Text], Field(min_length=1, max_length=max_batch)] = Field(
             ..., description="one text or a list of texts")
 
-    return SimpleNamespace(completion=CompletionRequest, chat=ChatRequest, classify=ClassifyRequest)
+    class QARequest(BaseModel):
+        model_config = STRICT
+        question: Text = Field(..., description="the question")
+        context: Text = Field(..., description="the text that holds the answer (long contexts are read in windows)")
+
+    return SimpleNamespace(completion=CompletionRequest, chat=ChatRequest, classify=ClassifyRequest, qa=QARequest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,6 +264,14 @@ class ClassifyResult(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     results: list[ClassifyResult]
+
+
+class QAResponse(BaseModel):
+    model: str
+    answer: str  # the span of the context, "" when no span was found
+    score: float | None  # start logit + end logit of the span
+    start: int  # its first character in the context
+    end: int  # one past its last character
 
 
 class Health(BaseModel):

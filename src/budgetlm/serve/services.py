@@ -41,7 +41,7 @@ class PromptToken:
 
 
 class ModelService(Protocol):
-    """What the HTTP layer needs from a model. `kind` is 'causal' or 'classifier'."""
+    """What the HTTP layer needs from a model. `kind` is 'causal', 'classifier' or 'qa'."""
 
     name: str
     kind: str
@@ -63,6 +63,10 @@ class ModelService(Protocol):
 
     def classify(self, texts: list[str]) -> list[dict]:
         """[{'label': str, 'probs': {label: p}}] for each text (one batched forward pass)."""
+        ...
+
+    def answer(self, questions: list[str], contexts: list[str]) -> list[dict]:
+        """[{'answer': str, 'score': float, 'start': int, 'end': int}] for each question (kind 'qa')."""
         ...
 
 
@@ -162,8 +166,36 @@ class ClassifierService:
         ]
 
 
+class QAService:
+    """A question-answering run (`budgetlm finetune --task qa`)."""
+
+    kind = "qa"
+    chat_template = None
+    starts_empty = False
+
+    def __init__(self, loaded, name: str):
+        self.qa, self.name = loaded, name
+        self.max_context = int(loaded.info.max_len)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.qa.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def completion_steps(self, prompts, max_tokens, sampling):  # pragma: no cover
+        raise RuntimeError("a question-answering model does not generate text")
+
+    def prompt_logprobs(self, prompt, top):  # pragma: no cover
+        raise RuntimeError("a question-answering model does not generate text")
+
+    def classify(self, texts):  # pragma: no cover
+        raise RuntimeError("a question-answering model does not classify")
+
+    def answer(self, questions: list[str], contexts: list[str]) -> list[dict]:
+        return self.qa.answer(questions, contexts)
+
+
 def load_service(run: str, quantize: str = "none", device: str = "cpu", chat_template: str = "") -> ModelService:
-    """The right service for what the run holds: a causal LM or a fine-tuned classifier. A causal
+    """The right service for what the run holds: a causal LM, a fine-tuned classifier or a
+    question-answering run. A causal
     run's chat template is the file `chat_template` when given, else the run's own (serve/chat.py)."""
     from budgetlm.training.checkpoint import load_meta
 
@@ -173,6 +205,13 @@ def load_service(run: str, quantize: str = "none", device: str = "cpu", chat_tem
         from budgetlm.classify import load_classifier
 
         return ClassifierService(load_classifier(run, device=device, quantize=quantize), name)
+    if meta.qa is not None:
+        from budgetlm.qa import load_qa
+        from budgetlm.quantize import maybe_quantize
+
+        loaded = load_qa(run, device=device)
+        loaded.model = maybe_quantize(loaded.model, quantize)
+        return QAService(loaded, name)
     from budgetlm.generate import load_causal
     from budgetlm.quantize import maybe_quantize
     from budgetlm.serve.chat import find_template, load_template

@@ -83,10 +83,22 @@ class ClassifierInfo:
 
 
 @dataclass
+class QAInfo:
+    """What an extractive question-answering run needs besides its weights to read questions and
+    contexts the way it was trained."""
+
+    max_len: int  # tokens per window: [CLS] question [SEP] piece of the context [SEP]
+    doc_stride: int  # context tokens shared by consecutive windows of a long context
+    max_question_len: int  # tokens of a question kept (longer questions are cut)
+    max_answer_len: int  # longest answer, in tokens
+    source_run: str = ""  # the pre-trained model it was fine-tuned from
+
+
+@dataclass
 class CheckpointMeta:
     """meta.json: everything needed to rebuild and describe the model of one checkpoint."""
 
-    kind: str  # MODEL_KINDS key: lm | classifier | hf-classifier
+    kind: str  # MODEL_KINDS key: lm | classifier | hf-classifier | qa
     model_config: dict[str, Any]  # arguments that rebuild the model (ModelConfig fields or an HF config)
     objective: str = "causal"  # causal | masked (language models); classification for classifiers
     step: int = 0  # optimizer steps taken when it was written
@@ -96,6 +108,7 @@ class CheckpointMeta:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation before the save
     val_loss: float | None = None  # validation loss of the final evaluation, when there was one
     classifier: ClassifierInfo | None = None  # set for fine-tuned classifiers
+    qa: QAInfo | None = None  # set for question-answering runs
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of the other files
     format_version: int = FORMAT_VERSION  # layout of this file
     # where it was loaded from (set by load_meta, never written)
@@ -132,6 +145,8 @@ class CheckpointMeta:
             meta = from_dict(cls, {k: v for k, v in data.items() if k not in ("path", "tokenizer_path")})
             if isinstance(meta.classifier, dict):
                 meta.classifier = from_dict(ClassifierInfo, meta.classifier)
+            if isinstance(meta.qa, dict):
+                meta.qa = from_dict(QAInfo, meta.qa)
         except TypeError as e:
             raise BudgetError(f"{where} is corrupt: {e}") from None
         if not isinstance(meta.model_config, dict) or meta.kind not in MODEL_KINDS:

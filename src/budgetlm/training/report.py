@@ -94,32 +94,40 @@ def pretraining_report(run_dir: Path, summary: dict[str, Any], history: list[dic
 
 
 def finetuning_report(run_dir: Path, s: dict[str, Any], settings: str) -> Path:
-    """A fine-tuning run: best validation metrics per class, the confusion matrix, the history."""
+    """A fine-tuning run: best validation metrics (per class and the confusion matrix for a
+    classifier), the history."""
     hist, metric, labels = s["history"], s["metric"], s["labels"]
     has_plot = plot(run_dir / "val_metric.png", [(f"val {metric}", *_xy([(h["step"], h[metric]) for h in hist]), "o-")],
                     metric, [(s["best_step"], "best checkpoint")] if s["best_step"] is not None else [])
     rows = [
         ("source", f"`{s['source']}` ({s['backbone']}{', re-initialised' if s['from_scratch'] else ''})"),
-        ("data", f"{s['train_examples']:,} training / {s['val_examples']:,} validation examples, {len(labels)} classes"),
+        ("data", f"{s['train_examples']:,} training / {s['val_examples']:,} validation examples"
+                 + (f", {len(labels)} classes" if labels else "")),
         ("training", f"{s['steps']} steps ({s['epochs']} epochs) in {s['train_seconds']:.1f}s; best step {s['best_step']}"
                      + ("; stopped early" if s["early_stopped"] else "")),
         ("settings", settings),
-        ("accuracy", f"**{s['accuracy']:.4f}**"),
-        ("precision / recall / F1 (macro)", f"{s['precision_macro']:.4f} / {s['recall_macro']:.4f} / **{s['f1_macro']:.4f}**"),
     ]
-    per_class = ["## Best validation metrics per class", "", "| class | precision | recall | f1 | support |",
-                 "|---|---|---|---|---|"]
-    per_class += [f"| {n} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
-                  for n, m in s["per_class"].items()]
-    confusion = ["Confusion matrix (rows: true, columns: predicted)", "", "| | " + " | ".join(labels) + " |",
-                 "|---" * (len(labels) + 1) + "|"]
-    confusion += [f"| **{n}** | " + " | ".join(map(str, row)) + " |" for n, row in zip(labels, s["confusion_matrix"])]
-    history = ["## Validation history", "", "| step | epoch | val loss | accuracy | f1 macro |", "|---|---|---|---|---|"]
-    history += [f"| {h['step']} | {h['epoch']} | {h['val_loss']:.4f} | {h['accuracy']:.4f} | {h['f1_macro']:.4f} |"
-                for h in hist]
+    sections = []
+    if "exact_match" in s:  # question answering
+        rows += [("exact match / F1 (SQuAD, %)", f"{s['exact_match']:.2f} / **{s['f1']:.2f}**")]
+    else:
+        rows += [("accuracy", f"**{s['accuracy']:.4f}**"),
+                 ("precision / recall / F1 (macro)", f"{s['precision_macro']:.4f} / {s['recall_macro']:.4f} / **{s['f1_macro']:.4f}**")]
+        per_class = ["## Best validation metrics per class", "", "| class | precision | recall | f1 | support |",
+                     "|---|---|---|---|---|"]
+        per_class += [f"| {n} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+                      for n, m in s["per_class"].items()]
+        confusion = ["Confusion matrix (rows: true, columns: predicted)", "", "| | " + " | ".join(labels) + " |",
+                     "|---" * (len(labels) + 1) + "|"]
+        confusion += [f"| **{n}** | " + " | ".join(map(str, row)) + " |" for n, row in zip(labels, s["confusion_matrix"])]
+        sections += ["\n".join(per_class), "\n".join(confusion)]
+    keys = [k for k in (hist[0] if hist else {}) if k not in ("step", "epoch")]
+    history = ["## Validation history", "", "| step | epoch | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+               "|---|---|" + "---|" * len(keys)]
+    history += [f"| {h['step']} | {h['epoch']} | " + " | ".join(f"{h[k]:.4f}" for k in keys) + " |" for h in hist]
     return write_report(run_dir, "Fine-tuning report", rows,
                         ("val_metric.png", f"validation {metric}") if has_plot else None,
-                        ["\n".join(per_class), "\n".join(confusion), "\n".join(history)], name=Path(s["run_dir"]).name)
+                        [*sections, "\n".join(history)], name=Path(s["run_dir"]).name)
 
 
 def _xy(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:

@@ -1,0 +1,347 @@
+"""Extractive question answering: SQuAD-format data, windows over long contexts, training, answers.
+
+    budgetlm finetune --task qa --model MLM_RUN --train train.json --val dev.json --out RUN-qa
+    budgetlm answer --model RUN-qa --question "Who wrote it?" --context "..."
+    budgetlm eval --model RUN-qa --text dev.json            # exact match and F1 (SQuAD v1.1)
+
+Input is SQuAD v1.1 JSON: {"data": [{"paragraphs": [{"context": ..., "qas": [{"id", "question",
+"answers": [{"text", "answer_start"}]}]}]}]}. Each question becomes one or more windows
+`[CLS] question [SEP] piece of the context [SEP]`: a context longer than a window is covered by
+overlapping pieces, `doc_stride` tokens shared between neighbours (the recipe of BERT's SQuAD runs and
+transformers' run_qa.py). A window whose piece does not hold the answer is trained to point at [CLS].
+The answer of a question is the best start <= end span of at most `max_answer_len` tokens, inside the
+context, over all its windows (start logit + end logit), mapped back to characters of the context.
+
+Training goes through `finetuning.finetune_loop` (the one fine-tuning loop); the checkpoint kept is
+the one with the best validation F1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from budgetlm import runtime, ui
+from budgetlm.config import BudgetError, to_dict
+from budgetlm.finetuning import Batches, FinetuneResult, Validator, finetune_loop
+from budgetlm.labelled import collate, length_sorted_batches
+from budgetlm.metrics import answer_metrics
+from budgetlm.training.checkpoint import CheckpointMeta, QAInfo
+
+
+@dataclass
+class Example:
+    id: str  # the question's id
+    question: str
+    context: str
+    answers: list[str]  # gold answer texts (empty when unknown)
+    start: int = -1  # character offset of the first gold answer in the context (-1 = unknown)
+
+
+def _field(obj: Any, key: str, where: str, kind: type) -> Any:
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), kind):
+        raise BudgetError(f"{where}: expected a {kind.__name__} under {key!r} (SQuAD v1.1 layout)")
+    return obj[key]
+
+
+def read_squad(path: str | Path, need_answers: bool = True) -> list[Example]:
+    """Every question of a SQuAD v1.1 file; each gold span must be the text at its offset."""
+    p = Path(path)
+    if not p.is_file():
+        raise BudgetError(f"no SQuAD file at {path}")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BudgetError(f"{path} is not SQuAD JSON: {e}") from None
+    out: list[Example] = []
+    for a, article in enumerate(_field(doc, "data", str(path), list)):
+        for g, para in enumerate(_field(article, "paragraphs", f"{path} data[{a}]", list)):
+            where = f"{path} data[{a}].paragraphs[{g}]"
+            ctx = _field(para, "context", where, str)
+            if not ctx.strip():
+                raise BudgetError(f"{where}: empty context")
+            for q, qa in enumerate(_field(para, "qas", where, list)):
+                out.append(_example(qa, ctx, f"{where}.qas[{q}]", need_answers))
+    if not out:
+        raise BudgetError(f"{path} holds no questions")
+    return out
+
+
+def _example(qa: dict, ctx: str, where: str, need_answers: bool) -> Example:
+    question = _field(qa, "question", where, str)
+    if not question.strip():
+        raise BudgetError(f"{where}: empty question")
+    answers = qa.get("answers") or []
+    if need_answers and not answers:
+        raise BudgetError(f"{where}: no answers (training and evaluation need at least one)")
+    texts, start = [], -1
+    for i, ans in enumerate(answers):
+        text, pos = _field(ans, "text", f"{where}.answers[{i}]", str), ans.get("answer_start")
+        if not isinstance(pos, int) or pos < 0 or ctx[pos: pos + len(text)] != text or not text:
+            raise BudgetError(f"{where}.answers[{i}]: the span {text!r} at {pos} is not in its context "
+                              f"(context[{pos}:{pos}+{len(text)}] = {ctx[pos: pos + len(text)]!r})"
+                              if isinstance(pos, int) else f"{where}.answers[{i}]: answer_start must be an integer")
+        texts.append(text)
+        start = pos if start < 0 else start
+    return Example(str(qa.get("id", where)), question, ctx, texts, start)
+
+
+# --------------------------------------------------------------------------------------------------
+# windows
+
+
+@dataclass
+class Windows:
+    ids: list[list[int]]  # token ids of each window
+    example: list[int]  # which example each window belongs to
+    offsets: list[list[tuple[int, int] | None]]  # per token: its characters in the context, None outside it
+    spans: np.ndarray  # (N, 2) start and end token of the answer in each window (0, 0 = [CLS]: not here)
+
+
+def windows(tok, specials: dict[str, int], examples: Sequence[Example], info: QAInfo) -> Windows:
+    """The model inputs of `examples` (see the module docstring)."""
+    qs = tok.encode_batch([e.question for e in examples], add_special_tokens=False)
+    cs = tok.encode_batch([e.context for e in examples], add_special_tokens=False)
+    cls, sep = specials["cls"], specials["sep"]
+    out = Windows([], [], [], np.zeros((0, 2), dtype=np.int64))
+    spans: list[tuple[int, int]] = []
+    for i, (e, q, c) in enumerate(zip(examples, qs, cs)):
+        qids = q.ids[: info.max_question_len]
+        room = info.max_len - len(qids) - 3  # context tokens per window
+        if room <= info.doc_stride:
+            raise BudgetError(f"--max-len {info.max_len} leaves {room} context tokens per window after a "
+                              f"{len(qids)}-token question: raise --max-len or lower --doc-stride ({info.doc_stride})")
+        n_ctx, s, head = len(c.ids), 0, len(qids) + 2  # head: [CLS] question [SEP]
+        while True:
+            piece = range(s, min(s + room, n_ctx))
+            out.ids.append([cls, *qids, sep, *(c.ids[k] for k in piece), sep])
+            out.offsets.append([None] * head + [c.offsets[k] for k in piece] + [None])
+            out.example.append(i)
+            spans.append(_answer_tokens(e, c.offsets, piece, head))
+            if piece.stop >= n_ctx:
+                break
+            s += room - info.doc_stride
+    out.spans = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    return out
+
+
+def _answer_tokens(e: Example, offsets, piece: range, head: int) -> tuple[int, int]:
+    """Window positions of the first gold answer's first and last token, or (0, 0) when the piece
+    does not hold all of it."""
+    if e.start < 0 or not piece:
+        return 0, 0
+    a, b = e.start, e.start + len(e.answers[0])
+    first = next((k for k in piece if offsets[k][1] > a), None)
+    last = next((k for k in reversed(piece) if offsets[k][0] < b), None)
+    if first is None or last is None or first > last or offsets[piece.start][0] > a or offsets[piece.stop - 1][1] < b:
+        return 0, 0
+    return head + first - piece.start, head + last - piece.start
+
+
+# --------------------------------------------------------------------------------------------------
+# answers
+
+
+@torch.no_grad()
+def span_logits(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32,
+                device: torch.device | str = "cpu") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(start logits, end logits) of each window, in order."""
+    out: list[Any] = [None] * len(ids)
+    for batch in length_sorted_batches([len(s) for s in ids], batch_size):
+        idx, mask, _ = collate([ids[i] for i in batch], pad_id)
+        (start, end), _ = model(idx.to(device), attention_mask=mask.to(device))
+        for j, i in enumerate(batch):
+            n = len(ids[i])
+            out[i] = (start[j, :n].float().cpu().numpy(), end[j, :n].float().cpu().numpy())
+    return out
+
+
+def best_answers(examples: Sequence[Example], win: Windows, logits, max_answer_len: int,
+                 top: int = 20) -> list[dict[str, Any]]:
+    """The best span of each example over its windows: answer text, score, character start and end."""
+    best: list[dict[str, Any]] = [{"answer": "", "score": -math.inf, "start": 0, "end": 0} for _ in examples]
+    for w, (start, end) in enumerate(logits):
+        offs, ex = win.offsets[w], win.example[w]
+        ctx_tokens = np.array([o is not None for o in offs])
+        s_cand = [k for k in np.argsort(-start)[: top * 4] if ctx_tokens[k]][:top]
+        e_cand = [k for k in np.argsort(-end)[: top * 4] if ctx_tokens[k]][:top]
+        for s in s_cand:
+            for e in e_cand:
+                score = float(start[s] + end[e])
+                if s <= e < s + max_answer_len and score > best[ex]["score"]:
+                    a, b = offs[s][0], offs[e][1]
+                    best[ex] = {"answer": examples[ex].context[a:b], "score": score, "start": a, "end": b}
+    for b in best:
+        b["score"] = None if b["score"] == -math.inf else round(b["score"], 4)
+    return best
+
+
+@dataclass
+class LoadedQA:
+    """A question-answering run ready for answers: `answer(questions, contexts)`."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    info: QAInfo
+    meta: CheckpointMeta
+    device: torch.device
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        examples = [Example(str(i), q, c, []) for i, (q, c) in enumerate(zip(questions, contexts))]
+        for e in examples:
+            if not e.question.strip() or not e.context.strip():
+                raise BudgetError("a question and a context must both be non-empty")
+        return predict(self, examples, batch_size)
+
+
+def predict(loaded: LoadedQA, examples: Sequence[Example], batch_size: int = 32) -> list[dict[str, Any]]:
+    from budgetlm.data.tokenizer import special_ids
+
+    specials = special_ids(loaded.tokenizer)
+    win = windows(loaded.tokenizer, specials, examples, loaded.info)
+    logits = span_logits(loaded.model, win.ids, specials["pad"], batch_size, loaded.device)
+    return best_answers(examples, win, logits, loaded.info.max_answer_len)
+
+
+def load_qa(run: str | Path, device: str = "cpu", which: str = "best") -> LoadedQA:
+    from budgetlm.data.tokenizer import load_tokenizer
+    from budgetlm.training.checkpoint import load_model
+
+    model, meta = load_model(run, device=device, which=which)
+    if meta.qa is None:
+        raise BudgetError(f"{run} is not a question-answering run (made by `budgetlm finetune --task qa`)")
+    return LoadedQA(model, load_tokenizer(meta.tokenizer_path), meta.qa, meta, torch.device(device))
+
+
+def evaluate_qa(run: str | Path, path: str | Path, batch_size: int = 32, device: str = "cpu",
+                which: str = "best") -> dict[str, Any]:
+    """Exact match and F1 (SQuAD v1.1, percent) of a run on a SQuAD-format file."""
+    import time
+
+    loaded = load_qa(run, device, which)
+    examples = read_squad(path)
+    t0 = time.perf_counter()
+    preds = predict(loaded, examples, batch_size)
+    return {**answer_metrics([p["answer"] for p in preds], [e.answers for e in examples]),
+            "seconds": round(time.perf_counter() - t0, 3), "source": str(path)}
+
+
+# --------------------------------------------------------------------------------------------------
+# training: `budgetlm finetune --task qa`
+
+
+def _source(cfg) -> tuple[torch.nn.Module, Any, str, QAInfo]:
+    """(model, tokenizer, tokenizer path, window settings) of the masked run `cfg.model`."""
+    from budgetlm.data.tokenizer import load_tokenizer
+    from budgetlm.finetuning import _is_hf_folder
+    from budgetlm.models.heads import SpanExtractor
+    from budgetlm.training.checkpoint import load_model
+
+    if _is_hf_folder(Path(cfg.model)):
+        raise BudgetError("--task qa fine-tunes budgetlm masked runs; a Hugging Face folder is not supported yet")
+    lm, meta = load_model(cfg.model, device="cpu")
+    if meta.kind != "lm":
+        raise BudgetError(f"{cfg.model} is already fine-tuned: pass the pre-trained masked run")
+    if lm.cfg.causal:
+        raise BudgetError(f"{cfg.model} is a causal model: question answering needs a masked one "
+                          "(budgetlm train --objective masked)")
+    if not meta.tokenizer_path:
+        raise BudgetError(f"{cfg.model} has no tokenizer.json next to its checkpoint")
+    model = SpanExtractor(replace(lm.cfg, dropout=cfg.dropout)) if cfg.from_scratch else \
+        SpanExtractor.from_lm(lm, dropout=cfg.dropout)
+    max_len = cfg.max_len or min(384, lm.cfg.max_seq_len)  # 384: BERT's SQuAD window
+    if max_len > lm.cfg.max_seq_len:
+        raise BudgetError(f"--max-len {max_len} exceeds the model's context ({lm.cfg.max_seq_len} tokens)")
+    stride = cfg.doc_stride or max_len // 3  # BERT's SQuAD recipe: 128 of 384
+    info = QAInfo(max_len=max_len, doc_stride=stride, max_question_len=max_len // 2,
+                  max_answer_len=cfg.max_answer_len, source_run=str(Path(cfg.model).resolve()))
+    return model, load_tokenizer(meta.tokenizer_path), meta.tokenizer_path, info
+
+
+class SpanBatches(Batches):
+    """Training batches of windows whose labels are the answer's (start, end) token positions."""
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        batch = super().__call__()
+        spans = batch.pop("labels")  # (B, 2)
+        return {**batch, "start_positions": spans[:, 0], "end_positions": spans[:, 1]}
+
+
+class QAValidator(Validator):
+    """Validation F1 (and exact match) on the held-out questions; the best F1 is kept."""
+
+    def __init__(self, cfg, out: Path, meta: CheckpointMeta, tokenizer_path, steps_per_epoch: int,
+                 examples: Sequence[Example], win: Windows, pad_id: int, device):
+        super().__init__(cfg, out, meta, tokenizer_path, steps_per_epoch, metric="f1")
+        self.examples, self.win, self.pad_id, self.device = examples, win, pad_id, device
+
+    def measure(self, model):
+        logits = span_logits(model, self.win.ids, self.pad_id, 64, self.device)
+        preds = best_answers(self.examples, self.win, logits, self.meta.qa.max_answer_len)
+        met = answer_metrics([p["answer"] for p in preds], [e.answers for e in self.examples])
+        return met["f1"], None, met, {"exact_match": met["exact_match"], "f1": met["f1"]}
+
+
+def split_examples(cfg) -> tuple[list[Example], list[Example]]:
+    """(training, validation) questions: --val, or a tenth of --train held out."""
+    train = read_squad(cfg.train)
+    if cfg.val:
+        return train, read_squad(cfg.val)
+    if len(train) < 10:
+        raise BudgetError(f"{cfg.train} has {len(train)} questions: too few to hold out a validation set; pass --val")
+    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    k = max(1, len(train) // 10)
+    return [train[i] for i in sorted(order[k:])], [train[i] for i in sorted(order[:k])]
+
+
+def qa_task(cfg):
+    """The fine-tuning task "qa" (finetuning.finetune's registry): reads and checks the SQuAD files,
+    returns the trainer."""
+    if cfg.hf_dataset:
+        raise BudgetError("--task qa reads SQuAD-format JSON files: give --train FILE (and --val FILE)")
+    train, val = split_examples(cfg)  # bad input is refused before anything is written
+    return lambda tmp: finetune_qa(cfg, tmp, train, val)
+
+
+def finetune_qa(cfg, tmp: Path, train: list[Example], val: list[Example]) -> FinetuneResult:
+    """Fine-tune `cfg.model` (a FinetuneConfig) for extractive question answering, written into `tmp`."""
+    import time
+
+    from budgetlm.data.tokenizer import special_ids
+    from budgetlm.training.track import MetricsLogger
+
+    rt = runtime.init_runtime(cfg.device, cfg.precision, seed=cfg.seed)
+    model, tok, tok_path, info = _source(cfg)
+    specials = special_ids(tok)
+    t0 = time.perf_counter()
+    tr, va = windows(tok, specials, train, info), windows(tok, specials, val, info)
+    ui.info(f"fine-tuning budgetlm model from {cfg.model} for question answering on {len(train):,} questions "
+            f"({len(tr.ids):,} windows of up to {info.max_len} tokens), validating on {len(val):,} "
+            f"[{rt.device_type} {rt.precision}]")
+    setup = runtime.prepare_training(model, rt, compile="off")
+    meta = CheckpointMeta(kind="qa", model_config=to_dict(model.cfg), objective="question-answering", qa=info,
+                          run_config=to_dict(cfg))
+    batches = SpanBatches(tr.ids, tr.spans, None, specials["pad"], cfg.batch_size, cfg.seed)
+    validator = QAValidator(cfg, tmp, meta, tok_path, batches.steps_per_epoch, val, va, specials["pad"], rt.device)
+    metrics = MetricsLogger(tmp / "metrics.jsonl", cfg.track, tmp, to_dict(cfg))
+    try:
+        result = finetune_loop(cfg, setup, batches, validator, rt, metrics)
+        if not validator.history or validator.history[-1]["step"] != result.state.step:
+            with torch.no_grad():
+                validator(setup.model, result.state)  # the final state always gets a validation
+    finally:
+        metrics.close()
+    st = result.state
+    return FinetuneResult(
+        run_dir=str(cfg.out), backbone="budgetlm", source=cfg.model, from_scratch=cfg.from_scratch, labels=[],
+        train_examples=len(train), val_examples=len(val), steps=st.step,
+        epochs=round(st.step / batches.steps_per_epoch, 3), best_step=validator.best_step,
+        early_stopped=result.stopped_early, interrupted=result.interrupted, train_seconds=round(st.elapsed_s, 2),
+        wall_seconds=round(time.perf_counter() - t0, 2), metric="f1", history=validator.history,
+        metrics=validator.best)
