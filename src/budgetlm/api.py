@@ -242,12 +242,14 @@ def calibrate(config=None, **settings: Any) -> dict[str, Any]:
 
 def finetune(config=None, **settings: Any):
     """Fine-tune a pre-trained run (or a local Hugging Face model) as a sequence classifier, or with
-    task="qa" as an extractive question answerer;
+    task="qa" as an extractive question answerer, or with task="seq2seq" on source -> target pairs;
     `budgetlm.finetune(FinetuneConfig(model=..., train=..., out=...))` -> `finetune.FinetuneResult`."""
     from budgetlm.finetuning import TASKS, FinetuneConfig, finetune as run_finetune
     from budgetlm.qa import qa_task
+    from budgetlm.seq2seq import seq2seq_task
 
-    return run_finetune(dataclasses.replace(config or FinetuneConfig(), **settings), {**TASKS, "qa": qa_task})
+    return run_finetune(dataclasses.replace(config or FinetuneConfig(), **settings),
+                        {**TASKS, "qa": qa_task, "seq2seq": seq2seq_task})
 
 # --------------------------------------------------------------------------------------------------
 # prune

@@ -54,11 +54,16 @@ from budgetlm.training.checkpoint import CheckpointMeta, ClassifierInfo
 
 @dataclass
 class FinetuneConfig:
-    task: Literal["classify", "qa"] = "classify"  # classify: labelled texts; qa: extractive question answering on SQuAD-format JSON (masked runs)
+    task: Literal["classify", "qa", "seq2seq"] = "classify"  # classify: labelled texts; qa: extractive question answering on SQuAD-format JSON (masked runs); seq2seq: source -> target pairs (causal runs)
     model: str = ""  # budgetlm run directory (masked or causal LM) or a local Hugging Face model folder
     train: str = ""  # training file: labelled .csv, .tsv (header row) or .jsonl, optionally .gz/.xz/.bz2/.zst; SQuAD .json for --task qa
     val: str = ""  # validation file, same format (default: 10% of --train held out)
     out: str = ""  # run directory to create for the fine-tuned classifier
+    train_target: str = ""  # seq2seq: target text file aligned line by line with --train (then a source text file); empty: --train is a .csv/.tsv/.jsonl with both columns
+    val_target: str = ""  # seq2seq: target text file aligned with --val
+    source_column: str = "source"  # seq2seq: column of the source text in a .csv/.tsv/.jsonl file
+    target_column: str = "target"  # seq2seq: column of the target text
+    template: str = "{source}\n=>"  # seq2seq: the prompt a source becomes ({source} is replaced); stored with the run
     hf_dataset: str = ""  # instead of files: a Hugging Face dataset (local or cached), NAME or NAME:CONFIG
     train_split: str = "train"  # --hf-dataset split to train on
     val_split: str = "validation"  # --hf-dataset split to validate on
@@ -118,7 +123,7 @@ class FinetuneResult:
         d = to_dict(self)
         return {**{k: v for k, v in d.items() if k != "metrics"},
                 **{k: self.metrics[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class",
-                                                "confusion_matrix", "exact_match", "f1") if k in self.metrics}}
+                                                "confusion_matrix", "bleu", "chrf", "exact_match", "f1") if k in self.metrics}}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -282,6 +282,13 @@ def complete_batch(model, tokenizer, prompts: list[str], max_new_tokens: int = 2
     return out  # type: ignore[return-value]
 
 
+def as_prompt(meta, text: str) -> str:
+    """The prompt the model was trained with for `text`: a sequence-to-sequence run's template around
+    a raw source (budgetlm.seq2seq), the text itself for any other run."""
+    info = getattr(meta, "seq2seq", None)
+    return text if info is None else info.template.replace("{source}", text)
+
+
 def load_causal(run: str, device: str = "cpu", which: str = "latest"):
     """(model, tokenizer, meta) of a causal run, with one-line errors for anything else."""
     from budgetlm.data.tokenizer import load_tokenizer

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", default="latest", choices=["latest", "best"], help="checkpoint to load (default: latest)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps | xla (default: auto)")
     parser.add_argument("--precision", default="fp32", help="auto | fp32 | bf16 | fp16 (default: fp32, exact numbers)")
+    parser.add_argument("--beams", type=int, default=1, metavar="N",
+                        help="sequence-to-sequence runs: beam width when decoding --text SRC TGT (default: 1 = greedy)")
     parser.add_argument("--quantize", default="none", choices=["none", "int8"],
                         help="fine-tuned classifiers: int8 dynamic quantization of linear layers, CPU (default: none)")
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return _classifier(args)
     if meta.qa is not None:
         return _qa(args)
+    if meta.seq2seq is not None and args.text:
+        return _seq2seq(args)
     if len(args.model) > 1:
         raise BudgetError("several --model runs make an ensemble of fine-tuned classifiers; "
                           f"{args.model[0]} is a language model: evaluate one at a time")
@@ -90,4 +94,23 @@ def _qa(args: argparse.Namespace) -> dict[str, Any]:
     res = evaluate_qa(args.model[0], args.text[0], batch_size=args.batch_size, device=device, which=args.which)
     ui.info(f"{res['source']}: {res['questions']:,} questions, exact match {res['exact_match']:.2f}, "
             f"F1 {res['f1']:.2f} ({res['seconds']:.1f}s)")
+    return {"model": args.model[0], **res}
+
+
+def _seq2seq(args: argparse.Namespace) -> dict[str, Any]:
+    """A sequence-to-sequence run on sources and references: BLEU, chrF, exact match, F1."""
+    from budgetlm.seq2seq import evaluate_seq2seq
+
+    if len(args.model) > 1 or len(args.text) > 2:
+        raise BudgetError("evaluating a sequence-to-sequence run needs one --model and --text SOURCE TARGET "
+                          "(two aligned files) or --text FILE (source and target columns)")
+    device = "cpu" if args.device in (None, "auto") else args.device
+    from budgetlm.training.checkpoint import load_meta
+
+    rc = load_meta(args.model[0], args.which).run_config
+    info = {"source_column": rc.get("source_column", "source"), "target_column": rc.get("target_column", "target")}
+    res = evaluate_seq2seq(args.model[0], args.text[0], args.text[1] if len(args.text) == 2 else "", args.beams,
+                           device, args.which, **info)
+    ui.info(f"{res['pairs']:,} pairs, beams {res['beams']}: BLEU {res['bleu']:.2f}, chrF {res['chrf']:.2f}, "
+            f"exact match {res['exact_match']:.2f}, F1 {res['f1']:.2f} ({res['seconds']:.1f}s)")
     return {"model": args.model[0], **res}

@@ -11,6 +11,13 @@ from budgetlm.config import add_dataclass_args, from_args
 from budgetlm.finetuning import FinetuneConfig
 
 
+NEXT = {  # what to run after a task, by the metric it chose its checkpoint with
+    "f1": 'next: budgetlm answer --model {out} --question "..." --context "..."   or   budgetlm serve --model {out}',
+    "bleu": 'next: budgetlm eval --model {out} --text test.src test.tgt --beams 4   or   '
+            'budgetlm generate --model {out} --prompt "..."',
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, FinetuneConfig)
 
@@ -21,10 +28,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result = api.finetune(from_args(FinetuneConfig, args))
     out = result.run_dir
-    if result.metric == "f1":  # question answering
-        ui.info(f"exact match {result.metrics['exact_match']:.2f}  F1 {result.metrics['f1']:.2f} (best validation, step "
-                f"{result.best_step}; {result.steps} steps, {result.train_seconds:.0f}s); report: {out}/report.md")
-        ui.info(f"next: budgetlm answer --model {out} --question \"...\" --context \"...\"   or   budgetlm serve --model {out}")
+    if result.metric in NEXT:  # question answering, sequence to sequence
+        m = result.metrics
+        ui.info(f"{'BLEU ' + format(m['bleu'], '.2f') + '  chrF ' + format(m['chrf'], '.2f') if 'bleu' in m else ''}"
+                f"exact match {m['exact_match']:.2f}  F1 {m['f1']:.2f} (best validation, step {result.best_step}; "
+                f"{result.steps} steps, {result.train_seconds:.0f}s); report: {out}/report.md")
+        ui.info(NEXT[result.metric].format(out=out))
         return result.to_json()
     ui.table(f"best validation (step {result.best_step})", ["class", "precision", "recall", "f1", "support"],
              metrics_table_rows(result.metrics))

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from budgetlm.generate import check_prompt, check_sampling, complete, load_causal
+    from budgetlm.generate import as_prompt, check_prompt, check_sampling, complete, load_causal
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     if args.input or args.output:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out.write(piece)
         out.flush()
 
-    c = complete(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+    c = complete(model, tok, as_prompt(meta, args.prompt), args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                  args.seed, on_text=show)
     out.write("\n")
     out.flush()
@@ -96,7 +96,7 @@ def read_prompts(path: str) -> list[dict[str, Any]]:
 
 def run_file(args: argparse.Namespace) -> dict[str, Any]:
     from budgetlm.fsio import atomic_file
-    from budgetlm.generate import complete_batch, load_causal
+    from budgetlm.generate import as_prompt, complete_batch, load_causal
 
     if args.prompt:
         raise BudgetError("--prompt and --input are exclusive: put the prompt in the --input file")
@@ -109,7 +109,7 @@ def run_file(args: argparse.Namespace) -> dict[str, Any]:
     records = read_prompts(args.input)
     model, tok, meta = load_causal(args.model, args.device, args.checkpoint)
     t0 = time.perf_counter()
-    done = complete_batch(model, tok, [r["prompt"] for r in records], args.max_new_tokens, args.temperature,
+    done = complete_batch(model, tok, [as_prompt(meta, r["prompt"]) for r in records], args.max_new_tokens, args.temperature,
                           args.top_k, args.top_p, args.seed, args.batch_size)
     seconds = time.perf_counter() - t0
     with atomic_file(args.output) as fh:

@@ -76,16 +76,19 @@ class LMService:
 
     kind = "causal"
 
-    def __init__(self, model, tokenizer, name: str, chat_template: ChatTemplate | None = None):
+    def __init__(self, model, tokenizer, name: str, chat_template: ChatTemplate | None = None, meta=None):
         from budgetlm.generate import eot_id
 
         self.model, self.tok, self.name, self.chat_template = model, tokenizer, name, chat_template
+        self.meta = meta  # a sequence-to-sequence run's prompt template is applied to each prompt
         self.max_context = int(model.cfg.max_seq_len)
         self.eot = eot_id(tokenizer)
         self.starts_empty = self.eot is not None
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tok.encode(text, add_special_tokens=False).ids)
+        from budgetlm.generate import as_prompt
+
+        return len(self.tok.encode(as_prompt(self.meta, text), add_special_tokens=False).ids)
 
     def token(self, token_id: int) -> str:
         return self.tok.decode([token_id], skip_special_tokens=False)
@@ -101,9 +104,9 @@ class LMService:
 
         import torch
 
-        from budgetlm.generate import TextStream, generate_batch, prompt_ids
+        from budgetlm.generate import TextStream, as_prompt, generate_batch, prompt_ids
 
-        ids = [prompt_ids(self.tok, p) for p in prompts]
+        ids = [prompt_ids(self.tok, as_prompt(self.meta, p)) for p in prompts]
         seeds = [s if s is not None else random.SystemRandom().randrange(2**31) for s in sampling.seeds]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         streams = [TextStream(self.tok) for _ in prompts]
@@ -218,4 +221,4 @@ def load_service(run: str, quantize: str = "none", device: str = "cpu", chat_tem
 
     model, tok, meta = load_causal(run, device)  # one-line error for a masked LM
     template = load_template(chat_template) if chat_template else find_template(meta)
-    return LMService(maybe_quantize(model, quantize), tok, name, template)
+    return LMService(maybe_quantize(model, quantize), tok, name, template, meta)

@@ -95,6 +95,16 @@ class QAInfo:
 
 
 @dataclass
+class Seq2SeqInfo:
+    """How a sequence-to-sequence run turns a source into its prompt and decodes the target."""
+
+    template: str  # the prompt: "{source}" replaced by the source text; the target follows it
+    max_target_tokens: int  # decoding stops here at the latest (1.5 x the longest training target)
+    length_penalty: float = 1.0  # beam search: scores divided by length ** this (GNMT)
+    source_run: str = ""  # the pre-trained model it was fine-tuned from
+
+
+@dataclass
 class CheckpointMeta:
     """meta.json: everything needed to rebuild and describe the model of one checkpoint."""
 
@@ -109,6 +119,7 @@ class CheckpointMeta:
     val_loss: float | None = None  # validation loss of the final evaluation, when there was one
     classifier: ClassifierInfo | None = None  # set for fine-tuned classifiers
     qa: QAInfo | None = None  # set for question-answering runs
+    seq2seq: Seq2SeqInfo | None = None  # set for sequence-to-sequence runs (kind lm: a causal LM with a template)
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of the other files
     format_version: int = FORMAT_VERSION  # layout of this file
     # where it was loaded from (set by load_meta, never written)
@@ -147,6 +158,8 @@ class CheckpointMeta:
                 meta.classifier = from_dict(ClassifierInfo, meta.classifier)
             if isinstance(meta.qa, dict):
                 meta.qa = from_dict(QAInfo, meta.qa)
+            if isinstance(meta.seq2seq, dict):
+                meta.seq2seq = from_dict(Seq2SeqInfo, meta.seq2seq)
         except TypeError as e:
             raise BudgetError(f"{where} is corrupt: {e}") from None
         if not isinstance(meta.model_config, dict) or meta.kind not in MODEL_KINDS:

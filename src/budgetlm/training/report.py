@@ -108,7 +108,9 @@ def finetuning_report(run_dir: Path, s: dict[str, Any], settings: str) -> Path:
         ("settings", settings),
     ]
     sections = []
-    if "exact_match" in s:  # question answering
+    if "bleu" in s:  # sequence to sequence
+        rows += [("BLEU / chrF (validation, greedy)", f"**{s['bleu']:.2f}** / {s['chrf']:.2f}")]
+    elif "exact_match" in s:  # question answering
         rows += [("exact match / F1 (SQuAD, %)", f"{s['exact_match']:.2f} / **{s['f1']:.2f}**")]
     else:
         rows += [("accuracy", f"**{s['accuracy']:.4f}**"),
