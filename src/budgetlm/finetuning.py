@@ -84,7 +84,7 @@ class FinetuneConfig:
     ema: float = ranged(0.0, 0.0, 0.99999999)  # per-step decay of a moving average of the weights, validated and saved in their place (0 = off; 0.999 ~ the last 1,000 steps)
     eval_every: int = ranged(0, 0, 10**9)  # optimizer steps between validations (0 = once per epoch)
     patience: int = ranged(3, 0, 10**6)  # validations without improvement before stopping early (0 = never)
-    metric: Literal["accuracy", "f1_macro"] = "accuracy"  # validation metric for early stopping and the best checkpoint
+    metric: Literal["accuracy", "f1_macro"] = "accuracy"  # classify: validation metric for early stopping and the best checkpoint (qa uses F1, seq2seq BLEU)
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # sentence vector: auto = cls (masked) / last token (causal)
     from_scratch: bool = False  # keep architecture and tokenizer, re-initialise the weights (no pre-training baseline)
     seed: int = ranged(0, 0, 2**63 - 1)  # random seed (initialisation, shuffling, dropout)

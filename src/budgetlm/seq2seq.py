@@ -278,6 +278,8 @@ def _source(cfg):
                           "(budgetlm train --objective causal, or a local Hugging Face Llama folder)")
     if not meta.tokenizer_path:
         raise BudgetError(f"{cfg.model} has no tokenizer.json next to its checkpoint")
+    if cfg.from_scratch:  # the no-pre-training baseline: same shape and tokenizer, fresh weights
+        lm.reset_parameters()
     if cfg.dropout:
         for m in lm.modules():
             if isinstance(m, torch.nn.Dropout):

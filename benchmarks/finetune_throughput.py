@@ -1,0 +1,110 @@
+"""Fine-tuning throughput: `budgetlm finetune` against transformers' `Trainer`, same model, data,
+sequence length and batch, examples per second of training, measured one after the other.
+
+Two models:
+- `budgetlm`: a budgetlm masked run (`--mlm RUN`), fine-tuned by budgetlm; the peer fine-tunes its
+  export (`budgetlm export`: ModernBertForSequenceClassification with the same weights) with Trainer;
+- `hf-bert`: a BERT folder (BertForMaskedLM, `--bert-width` x `--bert-layers`, random weights and a
+  WordPiece tokenizer trained on the data) fine-tuned by budgetlm (`finetune --model FOLDER`) and by
+  Trainer.
+Both sides: AdamW, lr 1e-4, batch `--batch`, `--max-len` tokens, batches of similar length
+(budgetlm's default; Trainer's `group_by_length=True`), dynamic padding, fp32, no validation during
+the timed part. Examples/s = steps x batch / training seconds (budgetlm: the loop's clock; Trainer:
+its `train_runtime`).
+
+    pip install --target /tmp/hfdeps --no-deps accelerate
+    PYTHONPATH=/tmp/hfdeps python benchmarks/finetune_throughput.py --mlm RUN --train ../shared/data/sst2/train.tsv \\
+        --work /tmp/ftt --examples 6400
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from common import budgetlm, machine, write_json
+
+
+def subset(train: Path, out: Path, n: int) -> tuple[Path, list[str], list[int]]:
+    rows = list(csv.DictReader(train.open(encoding="utf-8"), delimiter="\t"))[:n]
+    with out.open("w", encoding="utf-8") as fh:
+        fh.write("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in rows))
+    return out, [r["sentence"] for r in rows], [int(r["label"]) for r in rows]
+
+
+def ours(model: str, data: Path, out: Path, args) -> dict:
+    res = budgetlm("finetune", "--model", model, "--train", str(data), "--val", str(data), "--out", str(out),
+                   "--text-column", "sentence", "--epochs", "1", "--batch-size", str(args.batch), "--lr", "1e-4",
+                   "--max-len", str(args.max_len), "--eval-every", "1000000", "--patience", "0",
+                   "--precision", "fp32", "--device", "cpu")
+    return {"steps": res["steps"], "seconds": res["train_seconds"],
+            "examples_per_s": round(res["steps"] * args.batch / res["train_seconds"], 1)}
+
+
+def theirs(folder: Path, texts: list[str], labels: list[int], work: Path, args) -> dict:
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    enc = tok(texts, truncation=True, max_length=args.max_len)
+    data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+    targs = TrainingArguments(output_dir=str(work), per_device_train_batch_size=args.batch, learning_rate=1e-4,
+                              num_train_epochs=1, group_by_length=True, save_strategy="no", report_to=[],
+                              use_cpu=True, disable_tqdm=True, logging_steps=10**6, seed=0, dataloader_num_workers=0)
+    out = Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tok)).train()
+    steps, secs = out.global_step, out.metrics["train_runtime"]
+    return {"steps": steps, "seconds": round(secs, 2), "examples_per_s": round(steps * args.batch / secs, 1)}
+
+
+def bert_folder(texts: list[str], folder: Path, width: int, layers: int) -> Path:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=8192, special_tokens=[
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    cfg = BertConfig(vocab_size=len(fast), hidden_size=width, num_hidden_layers=layers,
+                     num_attention_heads=max(1, width // 64), intermediate_size=4 * width, pad_token_id=0)
+    BertForMaskedLM(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mlm", required=True, help="a budgetlm masked run")
+    ap.add_argument("--train", required=True, help="SST-2 train.tsv (sentence, label)")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--examples", type=int, default=6400, help="training examples (one epoch)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--bert-width", type=int, default=256)
+    ap.add_argument("--bert-layers", type=int, default=4)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data, texts, labels = subset(Path(args.train), work / "train.tsv", args.examples)
+    budgetlm("export", "--model", args.mlm, "--out", str(work / "mlm-hf"))
+    bert = bert_folder(texts, work / "bert", args.bert_width, args.bert_layers)
+    result = {"examples": args.examples, "batch": args.batch, "max_len": args.max_len, **machine()}
+    for name, ours_model, hf_folder in [("budgetlm", args.mlm, work / "mlm-hf"), ("hf-bert", str(bert), bert)]:
+        a = ours(ours_model, data, work / f"ft-{name}", args)
+        b = theirs(hf_folder, texts, labels, work / f"trainer-{name}", args)
+        result[name] = {"budgetlm": a, "trainer": b, "ratio": round(a["examples_per_s"] / b["examples_per_s"], 2)}
+        print(json.dumps({name: result[name]}), flush=True)
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
