@@ -294,7 +294,7 @@ class LoadedModel:
 
     model: Any  # the torch module, in eval mode
     meta: CheckpointMeta  # what the checkpoint says about itself
-    tokenizer: Any  # a `tokenizers.Tokenizer` (None for wrapped Hugging Face classifiers)
+    tokenizer: Any  # a `tokenizers.Tokenizer` (None for wrapped Hugging Face classifiers and question answerers)
     device: str  # where the model lives
 
     @property
@@ -351,13 +351,15 @@ class LoadedModel:
     def answer(self, questions: list[str], contexts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
         """[{"answer", "score", "start", "end"}] for each question: the span of its context that answers
         it (question-answering runs; `start`/`end` are character offsets in the context)."""
-        from budgetlm.qa import LoadedQA
+        from budgetlm.qa import LoadedQA, qa_reader
 
         if self.kind != "qa":
             raise BudgetError(f"{self.meta.run_dir} holds a {self.kind} model, not a question-answering run")
         if len(questions) != len(contexts):
             raise BudgetError(f"{len(questions)} questions but {len(contexts)} contexts: give one context per question")
-        return LoadedQA(self.model, self.tokenizer, self.meta.qa, self.meta, self.device).answer(questions, contexts, batch_size)
+        tok, layout = qa_reader(self.meta)  # the pair layout (and a Hugging Face run's tokenizer) of the run
+        return LoadedQA(self.model, tok, self.meta.qa, self.meta, self.device, layout).answer(questions, contexts,
+                                                                                           batch_size)
 
 
 def load(run: str | Path, device: str = "cpu", which: str = "latest") -> LoadedModel:

@@ -331,7 +331,7 @@ def verify_export(model, out_dir: Path) -> float:
 
 
 def _is_wrapped_hf(model) -> bool:
-    """A fine-tuned transformers model (finetune's `HFClassifier`): it already is a transformers model."""
+    """A fine-tuned transformers model (`hf.HFClassifier`, `hf.HFQuestionAnswerer`): it already is one."""
     from transformers import PreTrainedModel
 
     return isinstance(getattr(model, "hf", None), PreTrainedModel)
@@ -341,7 +341,7 @@ def _hf_auto_class(model):
     if _is_wrapped_hf(model):
         import transformers
 
-        return getattr(transformers, "AutoModelForSequenceClassification")
+        return getattr(transformers, model.auto_class)
     return auto_class(model)
 
 
@@ -499,8 +499,11 @@ def _write_card(model, config, name: str, tmp: Path, dtype: str, diff: float | N
     from budgetlm.models.heads import SequenceClassifier, SpanExtractor
 
     wrapped = _is_wrapped_hf(model)
-    kind = "classifier" if wrapped or isinstance(model, SequenceClassifier) else "qa" \
-        if isinstance(model, SpanExtractor) else ("causal" if model.cfg.causal else "masked")
+    if wrapped:
+        kind = "qa" if model.auto_class == "AutoModelForQuestionAnswering" else "classifier"
+    else:
+        kind = "classifier" if isinstance(model, SequenceClassifier) else "qa" \
+            if isinstance(model, SpanExtractor) else ("causal" if model.cfg.causal else "masked")
     shape = {"layers": "num_hidden_layers", "width": "hidden_size", "attention heads": "num_attention_heads",
              "context (tokens)": "max_position_embeddings", "vocabulary (tokens)": "vocab_size"}
     rows = {"architecture": f"`{config.architectures[0]}`",

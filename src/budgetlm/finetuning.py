@@ -54,7 +54,7 @@ from budgetlm.training.checkpoint import CheckpointMeta, ClassifierInfo
 
 @dataclass
 class FinetuneConfig:
-    task: Literal["classify", "qa", "seq2seq"] = "classify"  # classify: labelled texts; qa: extractive question answering on SQuAD-format JSON (masked runs); seq2seq: source -> target pairs (causal runs)
+    task: Literal["classify", "qa", "seq2seq"] = "classify"  # classify: labelled texts; qa: extractive question answering on SQuAD-format JSON (masked runs, Hugging Face BERT-family folders); seq2seq: source -> target pairs (causal runs)
     model: str = ""  # budgetlm run directory (masked or causal LM) or a local Hugging Face model folder
     train: str = ""  # training file: labelled .csv, .tsv (header row) or .jsonl, optionally .gz/.xz/.bz2/.zst; SQuAD .json for --task qa
     val: str = ""  # validation file, same format (default: 10% of --train held out)

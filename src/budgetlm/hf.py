@@ -1,5 +1,5 @@
-"""Hugging Face interop that budgetlm's own code paths need: a fine-tuned `transformers` classifier
-behind budgetlm's forward contract, and its checkpoint kind. `transformers` is imported lazily, so
+"""Hugging Face interop that budgetlm's own code paths need: fine-tuned `transformers` classifiers and
+question answerers behind budgetlm's forward contract, and their checkpoint kinds. `transformers` is imported lazily, so
 budgetlm works without it until an HF model is used."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from budgetlm.config import BudgetError
 class HFClassifier(nn.Module):
     """An `AutoModelForSequenceClassification` behind budgetlm's `logits, loss = model(idx, ...)`."""
 
+    auto_class = "AutoModelForSequenceClassification"  # what loads its export
+
     def __init__(self, hf_model: nn.Module):
         super().__init__()
         self.hf = hf_model
@@ -23,6 +25,27 @@ class HFClassifier(nn.Module):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.hf(input_ids=idx, attention_mask=attention_mask, labels=labels, **kwargs)
         return out.logits, out.loss
+
+
+class HFQuestionAnswerer(nn.Module):
+    """An `AutoModelForQuestionAnswering` (e.g. BERT's) behind budgetlm's span contract:
+    `(start_logits, end_logits), loss = model(idx, attention_mask, start_positions, end_positions)`."""
+
+    auto_class = "AutoModelForQuestionAnswering"  # what loads its export
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, idx, attention_mask=None, start_positions=None, end_positions=None, token_type_ids=None):
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.hf(input_ids=idx, attention_mask=attention_mask, start_positions=start_positions,
+                      end_positions=end_positions, **kwargs)
+        return (out.start_logits, out.end_logits), out.loss
+
+
+# config fields that hold a dropout probability in transformers' encoder configs (BERT, DistilBERT, ...)
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout")
 
 
 def require_transformers():
@@ -39,6 +62,13 @@ def build_hf_classifier(model_config: dict[str, Any], head: dict[str, Any]) -> n
     return HFClassifier(transformers.AutoModelForSequenceClassification.from_config(config))
 
 
+def build_hf_qa(model_config: dict[str, Any], head: dict[str, Any]) -> nn.Module:
+    transformers = require_transformers()
+    config = transformers.AutoConfig.for_model(**model_config)
+    return HFQuestionAnswerer(transformers.AutoModelForQuestionAnswering.from_config(config))
+
+
 MODEL_KINDS: dict[str, Callable[[dict[str, Any], dict[str, Any]], nn.Module]] = {
     "hf-classifier": build_hf_classifier,
+    "hf-qa": build_hf_qa,
 }

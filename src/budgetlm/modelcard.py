@@ -101,7 +101,9 @@ def render(name: str, kind: str, arch: str, model: dict[str, str], auto_class: s
     call = {"causal": 'print(tok.decode(model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=20)[0]))',
             "masked": 'logits = model(**tok("Hello <|mask|>", return_tensors="pt")).logits',
             "classifier": 'print(model.config.id2label[int(model(**tok("Hello", return_tensors="pt")).logits.argmax())])',
-            "qa": 'out = model(**tok("Who?", "Ada wrote it.", return_tensors="pt", return_token_type_ids=False))'}
+            # ModernBERT takes no token types; BERT-family question answerers need them
+            "qa": 'out = model(**tok("Who?", "Ada wrote it.", return_tensors="pt"'
+                  + (', return_token_type_ids=False' if family == "modernbert" else "") + '))'}
     lines += ["## Use", "", "```python", f"from transformers import {auto_class}, AutoTokenizer", "",
               f'model = {auto_class}.from_pretrained("{name}")', f'tok = AutoTokenizer.from_pretrained("{name}")',
               call[kind], "```", ""]

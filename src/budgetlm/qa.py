@@ -12,6 +12,10 @@ transformers' run_qa.py). A window whose piece does not hold the answer is train
 The answer of a question is the best start <= end span of at most `max_answer_len` tokens, inside the
 context, over all its windows (start logit + end logit), mapped back to characters of the context.
 
+The model is a budgetlm masked run under `models.heads.SpanExtractor` (laid out as transformers'
+ModernBertForQuestionAnswering, so `export` writes an AutoModelForQuestionAnswering folder), or a local
+Hugging Face folder of the BERT family as `AutoModelForQuestionAnswering`; a Hugging Face tokenizer
+lays the pair out its own way (`PairLayout`: BERT's token types, RoBERTa's double `</s>`).
 Training goes through `finetuning.finetune_loop` (the one fine-tuning loop); the checkpoint kept is
 the one with the best validation F1.
 """
@@ -29,7 +33,7 @@ import torch
 
 from budgetlm import runtime, ui
 from budgetlm.config import BudgetError, to_dict
-from budgetlm.finetuning import Batches, FinetuneResult, Validator, finetune_loop
+from budgetlm.finetuning import Batches, FinetuneResult, Validator, _is_hf_folder, finetune_loop
 from budgetlm.labelled import collate, length_sorted_batches
 from budgetlm.metrics import answer_metrics
 from budgetlm.training.checkpoint import CheckpointMeta, QAInfo
@@ -56,7 +60,10 @@ def read_squad(path: str | Path, need_answers: bool = True) -> list[Example]:
     if not p.is_file():
         raise BudgetError(f"no SQuAD file at {path}")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        if not text.strip():
+            raise BudgetError(f"{path} is empty: expected SQuAD v1.1 JSON")
+        doc = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BudgetError(f"{path} is not SQuAD JSON: {e}") from None
     out: list[Example] = []
@@ -97,31 +104,79 @@ def _example(qa: dict, ctx: str, where: str, need_answers: bool) -> Example:
 
 
 @dataclass
+class PairLayout:
+    """Where a model's special tokens go around a (question, context) pair, and the token type of each
+    part. budgetlm: `[CLS] question [SEP] context [SEP]`, no token types; a Hugging Face tokenizer: its
+    own pair template (BERT's is the same with types 0 then 1, RoBERTa's doubles the middle `</s>`)."""
+
+    prefix: list[int]  # ids before the question
+    middle: list[int]  # ids between the question and the context
+    suffix: list[int]  # ids after the context
+    pad: int  # the padding id
+    types: tuple[int, int, int, int, int] | None = None  # token type of prefix, question, middle, context, suffix
+
+    @classmethod
+    def budgetlm(cls, specials: dict[str, int]) -> "PairLayout":
+        return cls([specials["cls"]], [specials["sep"]], [specials["sep"]], specials["pad"])
+
+    @classmethod
+    def of_hf(cls, tok) -> "PairLayout":
+        """The layout a fast `transformers` tokenizer gives a pair (read off a probe pair)."""
+        enc = tok("a", "b", truncation=False)
+        seq, ids, tt = enc.sequence_ids(), enc["input_ids"], enc.get("token_type_ids")
+        q, c = [k for k, s in enumerate(seq) if s == 0], [k for k, s in enumerate(seq) if s == 1]
+        if not q or not c:
+            raise BudgetError(f"the tokenizer {type(tok).__name__} does not encode a question and a context as a pair")
+        pre, mid, suf = slice(0, q[0]), slice(q[-1] + 1, c[0]), slice(c[-1] + 1, len(ids))
+
+        def first(part: slice) -> int:  # special tokens of one part share a type (BERT: [SEP] 0, last [SEP] 1)
+            return int(tt[part.start]) if part.stop > part.start else 0
+
+        types = None if tt is None else (first(pre), int(tt[q[0]]), first(mid), int(tt[c[0]]), first(suf))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or tok.unk_token_id or 0)
+        return cls(list(ids[pre]), list(ids[mid]), list(ids[suf]), pad, types)
+
+    @property
+    def extra(self) -> int:
+        """Special tokens per window."""
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def type_ids(self, n_question: int, n_context: int) -> list[int] | None:
+        if self.types is None:
+            return None
+        tp, tq, tm, tc, ts = self.types
+        return ([tp] * len(self.prefix) + [tq] * n_question + [tm] * len(self.middle) + [tc] * n_context
+                + [ts] * len(self.suffix))
+
+
+@dataclass
 class Windows:
     ids: list[list[int]]  # token ids of each window
     example: list[int]  # which example each window belongs to
     offsets: list[list[tuple[int, int] | None]]  # per token: its characters in the context, None outside it
     spans: np.ndarray  # (N, 2) start and end token of the answer in each window (0, 0 = [CLS]: not here)
+    types: list[list[int]] | None = None  # token type ids of each window (models that take them)
 
 
-def windows(tok, specials: dict[str, int], examples: Sequence[Example], info: QAInfo) -> Windows:
-    """The model inputs of `examples` (see the module docstring)."""
+def windows(tok, layout: PairLayout, examples: Sequence[Example], info: QAInfo) -> Windows:
+    """The model inputs of `examples` (see the module docstring); `tok` is a `tokenizers.Tokenizer`."""
     qs = tok.encode_batch([e.question for e in examples], add_special_tokens=False)
     cs = tok.encode_batch([e.context for e in examples], add_special_tokens=False)
-    cls, sep = specials["cls"], specials["sep"]
-    out = Windows([], [], [], np.zeros((0, 2), dtype=np.int64))
+    out = Windows([], [], [], np.zeros((0, 2), dtype=np.int64), [] if layout.types else None)
     spans: list[tuple[int, int]] = []
     for i, (e, q, c) in enumerate(zip(examples, qs, cs)):
         qids = q.ids[: info.max_question_len]
-        room = info.max_len - len(qids) - 3  # context tokens per window
+        room = info.max_len - len(qids) - layout.extra  # context tokens per window
         if room <= info.doc_stride:
             raise BudgetError(f"--max-len {info.max_len} leaves {room} context tokens per window after a "
                               f"{len(qids)}-token question: raise --max-len or lower --doc-stride ({info.doc_stride})")
-        n_ctx, s, head = len(c.ids), 0, len(qids) + 2  # head: [CLS] question [SEP]
+        n_ctx, s, head = len(c.ids), 0, len(layout.prefix) + len(qids) + len(layout.middle)
         while True:
             piece = range(s, min(s + room, n_ctx))
-            out.ids.append([cls, *qids, sep, *(c.ids[k] for k in piece), sep])
-            out.offsets.append([None] * head + [c.offsets[k] for k in piece] + [None])
+            out.ids.append([*layout.prefix, *qids, *layout.middle, *(c.ids[k] for k in piece), *layout.suffix])
+            out.offsets.append([None] * head + [c.offsets[k] for k in piece] + [None] * len(layout.suffix))
+            if out.types is not None:
+                out.types.append(layout.type_ids(len(qids), len(piece)))
             out.example.append(i)
             spans.append(_answer_tokens(e, c.offsets, piece, head))
             if piece.stop >= n_ctx:
@@ -149,13 +204,15 @@ def _answer_tokens(e: Example, offsets, piece: range, head: int) -> tuple[int, i
 
 
 @torch.no_grad()
-def span_logits(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32,
+def span_logits(model, win: Windows, pad_id: int, batch_size: int = 32,
                 device: torch.device | str = "cpu") -> list[tuple[np.ndarray, np.ndarray]]:
     """(start logits, end logits) of each window, in order."""
+    ids = win.ids
     out: list[Any] = [None] * len(ids)
     for batch in length_sorted_batches([len(s) for s in ids], batch_size):
-        idx, mask, _ = collate([ids[i] for i in batch], pad_id)
-        (start, end), _ = model(idx.to(device), attention_mask=mask.to(device))
+        idx, mask, tt = collate([ids[i] for i in batch], pad_id, [win.types[i] for i in batch] if win.types else None)
+        kwargs = {"token_type_ids": tt.to(device)} if tt is not None else {}
+        (start, end), _ = model(idx.to(device), attention_mask=mask.to(device), **kwargs)
         for j, i in enumerate(batch):
             n = len(ids[i])
             out[i] = (start[j, :n].float().cpu().numpy(), end[j, :n].float().cpu().numpy())
@@ -187,10 +244,11 @@ class LoadedQA:
     """A question-answering run ready for answers: `answer(questions, contexts)`."""
 
     model: torch.nn.Module
-    tokenizer: Any
+    tokenizer: Any  # a `tokenizers.Tokenizer` (a Hugging Face run's: its fast tokenizer's backend)
     info: QAInfo
     meta: CheckpointMeta
     device: torch.device
+    layout: PairLayout
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
         examples = [Example(str(i), q, c, []) for i, (q, c) in enumerate(zip(questions, contexts))]
@@ -201,22 +259,47 @@ class LoadedQA:
 
 
 def predict(loaded: LoadedQA, examples: Sequence[Example], batch_size: int = 32) -> list[dict[str, Any]]:
-    from budgetlm.data.tokenizer import special_ids
-
-    specials = special_ids(loaded.tokenizer)
-    win = windows(loaded.tokenizer, specials, examples, loaded.info)
-    logits = span_logits(loaded.model, win.ids, specials["pad"], batch_size, loaded.device)
+    win = windows(loaded.tokenizer, loaded.layout, examples, loaded.info)
+    logits = span_logits(loaded.model, win, loaded.layout.pad, batch_size, loaded.device)
     return best_answers(examples, win, logits, loaded.info.max_answer_len)
 
 
+def hf_reader(tok) -> tuple[Any, PairLayout]:
+    """(`tokenizers.Tokenizer`, pair layout) of a `transformers` tokenizer: windows need the character
+    offsets only a fast tokenizer has. The backend is a copy without truncation or padding."""
+    from tokenizers import Tokenizer
+
+    if not getattr(tok, "is_fast", False):
+        raise BudgetError(f"question answering needs a fast tokenizer (a tokenizer.json) for character offsets; "
+                          f"{type(tok).__name__} is not one")
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend, PairLayout.of_hf(tok)
+
+
+def qa_reader(meta: CheckpointMeta) -> tuple[Any, PairLayout]:
+    """(tokenizer, pair layout) of a question-answering run, as it was fine-tuned."""
+    if meta.kind == "hf-qa":
+        from budgetlm.hf import require_transformers
+
+        return hf_reader(require_transformers().AutoTokenizer.from_pretrained(str(meta.run_dir / "hf_tokenizer")))
+    from budgetlm.data.tokenizer import load_tokenizer, special_ids
+
+    if not meta.tokenizer_path:
+        raise BudgetError(f"{meta.run_dir} has no tokenizer.json next to its checkpoint")
+    tok = load_tokenizer(meta.tokenizer_path)
+    return tok, PairLayout.budgetlm(special_ids(tok))
+
+
 def load_qa(run: str | Path, device: str = "cpu", which: str = "best") -> LoadedQA:
-    from budgetlm.data.tokenizer import load_tokenizer
     from budgetlm.training.checkpoint import load_model
 
     model, meta = load_model(run, device=device, which=which)
     if meta.qa is None:
         raise BudgetError(f"{run} is not a question-answering run (made by `budgetlm finetune --task qa`)")
-    return LoadedQA(model, load_tokenizer(meta.tokenizer_path), meta.qa, meta, torch.device(device))
+    tok, layout = qa_reader(meta)
+    return LoadedQA(model, tok, meta.qa, meta, torch.device(device), layout)
 
 
 def evaluate_qa(run: str | Path, path: str | Path, batch_size: int = 32, device: str = "cpu",
@@ -236,15 +319,32 @@ def evaluate_qa(run: str | Path, path: str | Path, batch_size: int = 32, device:
 # training: `budgetlm finetune --task qa`
 
 
-def _source(cfg) -> tuple[torch.nn.Module, Any, str, QAInfo]:
-    """(model, tokenizer, tokenizer path, window settings) of the masked run `cfg.model`."""
-    from budgetlm.data.tokenizer import load_tokenizer
-    from budgetlm.finetuning import _is_hf_folder
+@dataclass
+class _Source:
+    """What fine-tuning starts from: the model with a span head, and how it reads text."""
+
+    model: torch.nn.Module
+    tokenizer: Any  # a `tokenizers.Tokenizer`
+    layout: PairLayout
+    tokenizer_path: str | None  # copied into every checkpoint (budgetlm runs; a Hugging Face run keeps hf_tokenizer/)
+    meta: CheckpointMeta  # the checkpoints' meta
+
+
+def _window_settings(cfg, context: int) -> QAInfo:
+    max_len = cfg.max_len or min(384, context)  # 384: BERT's SQuAD window
+    if max_len > context:
+        raise BudgetError(f"--max-len {max_len} exceeds the model's context ({context} tokens)")
+    stride = cfg.doc_stride or max_len // 3  # BERT's SQuAD recipe: 128 of 384
+    return QAInfo(max_len=max_len, doc_stride=stride, max_question_len=max_len // 2,
+                  max_answer_len=cfg.max_answer_len, source_run=str(Path(cfg.model).resolve()))
+
+
+def _budgetlm_source(cfg, tmp: Path) -> _Source:
+    """A budgetlm masked run under a `SpanExtractor`."""
+    from budgetlm.data.tokenizer import load_tokenizer, special_ids
     from budgetlm.models.heads import SpanExtractor
     from budgetlm.training.checkpoint import load_model
 
-    if _is_hf_folder(Path(cfg.model)):
-        raise BudgetError("--task qa fine-tunes budgetlm masked runs; a Hugging Face folder is not supported yet")
     lm, meta = load_model(cfg.model, device="cpu")
     if meta.kind != "lm":
         raise BudgetError(f"{cfg.model} is already fine-tuned: pass the pre-trained masked run")
@@ -255,13 +355,36 @@ def _source(cfg) -> tuple[torch.nn.Module, Any, str, QAInfo]:
         raise BudgetError(f"{cfg.model} has no tokenizer.json next to its checkpoint")
     model = SpanExtractor(replace(lm.cfg, dropout=cfg.dropout)) if cfg.from_scratch else \
         SpanExtractor.from_lm(lm, dropout=cfg.dropout)
-    max_len = cfg.max_len or min(384, lm.cfg.max_seq_len)  # 384: BERT's SQuAD window
-    if max_len > lm.cfg.max_seq_len:
-        raise BudgetError(f"--max-len {max_len} exceeds the model's context ({lm.cfg.max_seq_len} tokens)")
-    stride = cfg.doc_stride or max_len // 3  # BERT's SQuAD recipe: 128 of 384
-    info = QAInfo(max_len=max_len, doc_stride=stride, max_question_len=max_len // 2,
-                  max_answer_len=cfg.max_answer_len, source_run=str(Path(cfg.model).resolve()))
-    return model, load_tokenizer(meta.tokenizer_path), meta.tokenizer_path, info
+    tok = load_tokenizer(meta.tokenizer_path)
+    info = _window_settings(cfg, lm.cfg.max_seq_len)
+    return _Source(model, tok, PairLayout.budgetlm(special_ids(tok)), meta.tokenizer_path,
+                   CheckpointMeta(kind="qa", model_config=to_dict(model.cfg), objective="question-answering", qa=info))
+
+
+def _hf_source(cfg, tmp: Path) -> _Source:
+    """A local Hugging Face folder (BERT family) as `AutoModelForQuestionAnswering`; its tokenizer is
+    saved into the run (hf_tokenizer/), as for Hugging Face classifiers."""
+    from budgetlm.hf import DROPOUT_FIELDS, HFQuestionAnswerer, require_transformers
+
+    transformers = require_transformers()
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(cfg.model, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken folder
+        raise BudgetError(f"cannot load the Hugging Face model in {cfg.model}: {str(e).splitlines()[0]}") from None
+    backend, layout = hf_reader(tok)
+    config.update({name: cfg.dropout for name in DROPOUT_FIELDS if hasattr(config, name)})
+    auto = transformers.AutoModelForQuestionAnswering
+    try:
+        hf = auto.from_config(config) if cfg.from_scratch else \
+            auto.from_pretrained(cfg.model, config=config, local_files_only=True)
+    except (ValueError, OSError) as e:  # no question-answering class for this architecture, missing weights
+        raise BudgetError(f"{cfg.model}: {str(e).splitlines()[0]}") from None
+    limit = min(getattr(tok, "model_max_length", 0) or 10**9, getattr(config, "max_position_embeddings", 0) or 10**9)
+    info = _window_settings(cfg, limit)
+    tok.save_pretrained(str(tmp / "hf_tokenizer"))
+    return _Source(HFQuestionAnswerer(hf), backend, layout, None,
+                   CheckpointMeta(kind="hf-qa", model_config=config.to_dict(), objective="question-answering", qa=info))
 
 
 class SpanBatches(Batches):
@@ -282,7 +405,7 @@ class QAValidator(Validator):
         self.examples, self.win, self.pad_id, self.device = examples, win, pad_id, device
 
     def measure(self, model):
-        logits = span_logits(model, self.win.ids, self.pad_id, 64, self.device)
+        logits = span_logits(model, self.win, self.pad_id, 64, self.device)
         preds = best_answers(self.examples, self.win, logits, self.meta.qa.max_answer_len)
         met = answer_metrics([p["answer"] for p in preds], [e.answers for e in self.examples])
         return met["f1"], None, met, {"exact_match": met["exact_match"], "f1": met["f1"]}
@@ -313,22 +436,20 @@ def finetune_qa(cfg, tmp: Path, train: list[Example], val: list[Example]) -> Fin
     """Fine-tune `cfg.model` (a FinetuneConfig) for extractive question answering, written into `tmp`."""
     import time
 
-    from budgetlm.data.tokenizer import special_ids
     from budgetlm.training.track import MetricsLogger
 
     rt = runtime.init_runtime(cfg.device, cfg.precision, seed=cfg.seed)
-    model, tok, tok_path, info = _source(cfg)
-    specials = special_ids(tok)
+    hf = _is_hf_folder(Path(cfg.model))
+    src = (_hf_source if hf else _budgetlm_source)(cfg, tmp)
+    info, pad, meta = src.meta.qa, src.layout.pad, replace(src.meta, run_config=to_dict(cfg))
     t0 = time.perf_counter()
-    tr, va = windows(tok, specials, train, info), windows(tok, specials, val, info)
-    ui.info(f"fine-tuning budgetlm model from {cfg.model} for question answering on {len(train):,} questions "
-            f"({len(tr.ids):,} windows of up to {info.max_len} tokens), validating on {len(val):,} "
-            f"[{rt.device_type} {rt.precision}]")
-    setup = runtime.prepare_training(model, rt, compile="off")
-    meta = CheckpointMeta(kind="qa", model_config=to_dict(model.cfg), objective="question-answering", qa=info,
-                          run_config=to_dict(cfg))
-    batches = SpanBatches(tr.ids, tr.spans, None, specials["pad"], cfg.batch_size, cfg.seed)
-    validator = QAValidator(cfg, tmp, meta, tok_path, batches.steps_per_epoch, val, va, specials["pad"], rt.device)
+    tr, va = windows(src.tokenizer, src.layout, train, info), windows(src.tokenizer, src.layout, val, info)
+    ui.info(f"fine-tuning {'Hugging Face' if hf else 'budgetlm'} model from {cfg.model} for question answering on "
+            f"{len(train):,} questions ({len(tr.ids):,} windows of up to {info.max_len} tokens), validating on "
+            f"{len(val):,} [{rt.device_type} {rt.precision}]")
+    setup = runtime.prepare_training(src.model, rt, compile="off")
+    batches = SpanBatches(tr.ids, tr.spans, tr.types, pad, cfg.batch_size, cfg.seed)
+    validator = QAValidator(cfg, tmp, meta, src.tokenizer_path, batches.steps_per_epoch, val, va, pad, rt.device)
     metrics = MetricsLogger(tmp / "metrics.jsonl", cfg.track, tmp, to_dict(cfg))
     try:
         result = finetune_loop(cfg, setup, batches, validator, rt, metrics)
@@ -339,8 +460,8 @@ def finetune_qa(cfg, tmp: Path, train: list[Example], val: list[Example]) -> Fin
         metrics.close()
     st = result.state
     return FinetuneResult(
-        run_dir=str(cfg.out), backbone="budgetlm", source=cfg.model, from_scratch=cfg.from_scratch, labels=[],
-        train_examples=len(train), val_examples=len(val), steps=st.step,
+        run_dir=str(cfg.out), backbone="hf" if hf else "budgetlm", source=cfg.model, from_scratch=cfg.from_scratch,
+        labels=[], train_examples=len(train), val_examples=len(val), steps=st.step,
         epochs=round(st.step / batches.steps_per_epoch, 3), best_step=validator.best_step,
         early_stopped=result.stopped_early, interrupted=result.interrupted, train_seconds=round(st.elapsed_s, 2),
         wall_seconds=round(time.perf_counter() - t0, 2), metric="f1", history=validator.history,

@@ -2,6 +2,7 @@
 
     budgetlm answer --model RUN --question "Who wrote Hamlet?" --context "Hamlet is a play by ..."
     budgetlm answer --model RUN --input questions.json --output answers.jsonl --json   # SQuAD-format file
+    budgetlm answer --model RUN --input dev.json --output predictions.json   # {id: answer}: evaluate-v1.1.py's input
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question", help="the question (with --context)")
     parser.add_argument("--context", help="the text holding the answer (with --question)")
     parser.add_argument("--input", help="SQuAD-format JSON file of contexts and questions (answers optional)")
-    parser.add_argument("--output", help="also write the answers here as JSON lines (default: none)")
+    parser.add_argument("--output", help="also write the answers here: .json = SQuAD predictions {id: answer}, "
+                                         "otherwise JSON lines with scores and offsets (default: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file (default: off)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="windows per forward pass; >= 1 (default: 32)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | mps (default: cpu)")
@@ -52,7 +54,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise BudgetError("a question and a context must both be non-empty")
     preds = [{"id": e.id, "question": e.question, **p} for e, p in zip(examples, predict(loaded, examples, args.batch_size))]
     if args.output:
-        fsio.atomic_write_text(Path(args.output), "".join(json.dumps(p) + "\n" for p in preds))
+        out = Path(args.output)
+        fsio.atomic_write_text(out, json.dumps({p["id"]: p["answer"] for p in preds}) + "\n" if out.suffix == ".json"
+                               else "".join(json.dumps(p) + "\n" for p in preds))
     for p in preds[:20]:
         ui.info(f"{p['question']!r} -> {p['answer']!r} (score {p['score']})")
     return {"model": args.model, "answers": preds}

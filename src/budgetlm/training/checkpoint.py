@@ -108,7 +108,7 @@ class Seq2SeqInfo:
 class CheckpointMeta:
     """meta.json: everything needed to rebuild and describe the model of one checkpoint."""
 
-    kind: str  # MODEL_KINDS key: lm | classifier | hf-classifier | qa
+    kind: str  # MODEL_KINDS key: lm | classifier | hf-classifier | qa | hf-qa
     model_config: dict[str, Any]  # arguments that rebuild the model (ModelConfig fields or an HF config)
     objective: str = "causal"  # causal | masked (language models); classification for classifiers
     step: int = 0  # optimizer steps taken when it was written
