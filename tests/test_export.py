@@ -341,7 +341,10 @@ def test_export_writes_heartbeat_lines_to_a_log(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--max-steps", "2", *TINY, "--json"]) == 0
     capsys.readouterr()
-    monkeypatch.setenv("BUDGETLM_PROGRESS_EVERY", "0.05")
+    # a tiny export takes about as long as the heartbeat's shortest wait (0.05 s): a line period far
+    # below it makes the line certain, from the heartbeat or, at the latest, from the exit
+    monkeypatch.setenv("BUDGETLM_PROGRESS_EVERY", "0.001")
     assert main(["export", "--model", str(run), "--out", str(tmp_path / "hf")]) == 0
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"exporting to {tmp_path / 'hf'}")]
-    assert lines and all("elapsed" in ln for ln in lines)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"exporting to {tmp_path / 'hf'}")]
+    assert lines and all("elapsed" in ln for ln in lines), err
