@@ -8,7 +8,7 @@ Two models:
   WordPiece tokenizer trained on the data) fine-tuned by budgetlm (`finetune --model FOLDER`) and by
   Trainer.
 Both sides: AdamW, lr 1e-4, batch `--batch`, `--max-len` tokens, batches of similar length
-(budgetlm's default; Trainer's `group_by_length=True`), dynamic padding, fp32, no validation during
+(budgetlm's default; Trainer's `train_sampling_strategy="group_by_length"`), dynamic padding, fp32, no validation during
 the timed part. Examples/s = steps x batch / training seconds (budgetlm: the loop's clock; Trainer:
 its `train_runtime`).
 
@@ -53,7 +53,7 @@ def theirs(folder: Path, texts: list[str], labels: list[int], work: Path, args) 
     enc = tok(texts, truncation=True, max_length=args.max_len)
     data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
     targs = TrainingArguments(output_dir=str(work), per_device_train_batch_size=args.batch, learning_rate=1e-4,
-                              num_train_epochs=1, group_by_length=True, save_strategy="no", report_to=[],
+                              num_train_epochs=1, train_sampling_strategy="group_by_length", save_strategy="no", report_to=[],
                               use_cpu=True, disable_tqdm=True, logging_steps=10**6, seed=0, dataloader_num_workers=0)
     out = Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tok)).train()
     steps, secs = out.global_step, out.metrics["train_runtime"]
