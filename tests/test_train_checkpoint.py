@@ -112,7 +112,8 @@ def test_registered_model_kinds_build():
     tiny_bert = {"model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
                  "num_attention_heads": 2, "intermediate_size": 64, "num_labels": 3}
     configs = {"lm": CFG.__dict__, "classifier": to_dict(CFG), "hf-classifier": tiny_bert,
-               "qa": {**to_dict(CFG), "causal": False}}
+               "qa": {**to_dict(CFG), "causal": False},
+               "hf-qa": {k: v for k, v in tiny_bert.items() if k != "num_labels"}}
     assert set(configs) == set(ck.MODEL_KINDS)
     for kind, builder in ck.MODEL_KINDS.items():
         m = builder(configs[kind], head)
@@ -120,6 +121,8 @@ def test_registered_model_kinds_build():
         assert getattr(m, "num_labels", 3) == 3
     (start, end), _ = ck.MODEL_KINDS["qa"](configs["qa"], {})(torch.randint(0, CFG.vocab_size, (2, 8)))
     assert start.shape == end.shape == (2, 8)  # a start and an end score per token
+    (start, end), _ = ck.MODEL_KINDS["hf-qa"](configs["hf-qa"], {})(torch.randint(0, 64, (2, 8)))
+    assert start.shape == end.shape == (2, 8)
 
 
 def test_state_is_not_a_pickle_and_round_trips(tmp_path):
