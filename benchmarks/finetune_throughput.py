@@ -8,7 +8,8 @@ Two models:
   WordPiece tokenizer trained on the data) fine-tuned by budgetlm (`finetune --model FOLDER`) and by
   Trainer.
 Both sides: AdamW, lr 1e-4, batch `--batch`, `--max-len` tokens, batches of similar length
-(budgetlm's default; Trainer's `train_sampling_strategy="group_by_length"`), dynamic padding, fp32, no validation during
+(budgetlm's default; Trainer's `train_sampling_strategy="group_by_length"`), dynamic padding, fp32, the same
+dropout (`--dropout`, 0 by default), no validation during
 the timed part. Examples/s = steps x batch / training seconds (budgetlm: the loop's clock; Trainer:
 its `train_runtime`).
 
@@ -27,6 +28,10 @@ from pathlib import Path
 
 from common import budgetlm, machine, write_json
 
+# dropout fields of BERT's and ModernBERT's configs, all set to --dropout on the Trainer side
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
+                  "embedding_dropout", "mlp_dropout")
+
 
 def subset(train: Path, out: Path, n: int) -> tuple[Path, list[str], list[int]]:
     rows = list(csv.DictReader(train.open(encoding="utf-8"), delimiter="\t"))[:n]
@@ -39,17 +44,19 @@ def ours(model: str, data: Path, out: Path, args) -> dict:
     res = budgetlm("finetune", "--model", model, "--train", str(data), "--val", str(data), "--out", str(out),
                    "--text-column", "sentence", "--epochs", "1", "--batch-size", str(args.batch), "--lr", "1e-4",
                    "--max-len", str(args.max_len), "--eval-every", "1000000", "--patience", "0",
-                   "--precision", "fp32", "--device", "cpu")
+                   "--precision", "fp32", "--device", "cpu", "--dropout", str(args.dropout))
     return {"steps": res["steps"], "seconds": res["train_seconds"],
             "examples_per_s": round(res["steps"] * args.batch / res["train_seconds"], 1)}
 
 
 def theirs(folder: Path, texts: list[str], labels: list[int], work: Path, args) -> dict:
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    config = AutoConfig.from_pretrained(folder, num_labels=2)
+    config.update({f: args.dropout for f in DROPOUT_FIELDS if hasattr(config, f)})  # as budgetlm's --dropout
+    model = AutoModelForSequenceClassification.from_pretrained(folder, config=config)
     enc = tok(texts, truncation=True, max_length=args.max_len)
     data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
     targs = TrainingArguments(output_dir=str(work), per_device_train_batch_size=args.batch, learning_rate=1e-4,
@@ -58,6 +65,44 @@ def theirs(folder: Path, texts: list[str], labels: list[int], work: Path, args) 
     out = Trainer(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tok)).train()
     steps, secs = out.global_step, out.metrics["train_runtime"]
     return {"steps": steps, "seconds": round(secs, 2), "examples_per_s": round(steps * args.batch / secs, 1)}
+
+
+def step_profile(mlm: str, args) -> dict:
+    """Where budgetlm's fine-tuning step goes: torch.profiler over 5 steps of (batch, 24 tokens), the
+    share of the step in GEMMs (aten::mm/addmm) and their rate, against a 1024^3 fp32 matmul measured
+    in the same process: a step already at the GEMM peak cannot be made much faster by the loop."""
+    import torch
+    from torch.profiler import profile
+
+    from budgetlm.models.heads import SequenceClassifier
+    from budgetlm.training.checkpoint import load_model
+    from model_speed import matmul_peak
+
+    torch.manual_seed(0)
+    lm, _ = load_model(mlm, device="cpu")
+    model = SequenceClassifier.from_lm(lm, 2, dropout=args.dropout).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    idx, y = torch.randint(5, 1000, (args.batch, 24)), torch.randint(0, 2, (args.batch,))
+    mask = torch.ones_like(idx)
+
+    def step():
+        model(idx, labels=y, attention_mask=mask)[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    with profile() as prof:
+        for _ in range(5):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm"))
+    # GEMM FLOPs: 6 x tokens x the weights used at every token (the pooled head runs once per example)
+    n = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and name.startswith("backbone.blocks"))
+    flops = 5 * 6 * n * idx.numel()
+    return {"gemm_share": round(mm / total, 3), "gemm_gflops": round(flops / (mm / 1e6) / 1e9, 1),
+            "matmul_peak_gflops": round(matmul_peak() / 1e9, 1)}
 
 
 def bert_folder(texts: list[str], folder: Path, width: int, layers: int) -> Path:
@@ -89,6 +134,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--bert-width", type=int, default=256)
     ap.add_argument("--bert-layers", type=int, default=4)
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="both sides; 0 (default) makes the two sides compute the same function, since the "
+                         "libraries place dropout differently")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     work = Path(args.work)
@@ -103,6 +151,8 @@ def main() -> None:
         b = theirs(hf_folder, texts, labels, work / f"trainer-{name}", args)
         result[name] = {"budgetlm": a, "trainer": b, "ratio": round(a["examples_per_s"] / b["examples_per_s"], 2)}
         print(json.dumps({name: result[name]}), flush=True)
+    result["budgetlm_step"] = step_profile(args.mlm, args)
+    print(json.dumps({"budgetlm_step": result["budgetlm_step"]}), flush=True)
     write_json(args.out, result)
 
 
