@@ -14,6 +14,13 @@ Then the encoding stage alone, with ours's trained tokenizer on the same text: a
 `encode` loop, `encode_batch`, `encode_batch_fast` (what prepare uses) and a 2-process pool of
 `encode` loops, to show which way of using the cores is fastest here.
 
+Last, `--encode-rounds` rounds that alternate, back to back, prepare's encode stage alone (a child
+`prepare --tokenizer-from` the run above: spool reading, `encode_batch_fast`, ids to arrays, shard
+writes) and the tokenizer's limit on the same pieces in a fresh child: the faster of one
+`encode_batch_fast` call over all pieces and calls of `--batch-chars` characters. The ratio is the
+median over rounds of limit seconds / prepare seconds: alternating keeps a noisy machine's drift out
+of it.
+
 Throughput is MB (1e6 bytes) of UTF-8 text per second of wall clock. Prints a markdown table and,
 with --json, one JSON object.
 """
@@ -135,6 +142,55 @@ def encode_variants(tokenizer_path: Path, data: list[str], block_chars: int) -> 
     return results
 
 
+def _batches(pieces: list[str], batch_chars: int) -> list[list[str]]:
+    out, cur, size = [], [], 0
+    for p in pieces:
+        cur.append(p)
+        size += len(p)
+        if size >= batch_chars:
+            out.append(cur)
+            cur, size = [], 0
+    return out + [cur] if cur else out
+
+
+def limit_worker(tokenizer_folder: Path, data: list[str], batch_chars: int) -> dict:
+    """The tokenizer's limit in a fresh process: seconds of one `encode_batch_fast` call over all
+    pieces and of calls of `batch_chars` characters (reading the text is not timed)."""
+    from tokenizers import Tokenizer
+
+    from budgetlm.data.sources import pieces_of
+
+    tok = Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
+    tok.encode_special_tokens = True  # as prepare
+    pieces = [p.text for f in _files(data) for p in pieces_of(f.read_text(encoding="utf-8", errors="replace"), 65536)]
+    t = time.perf_counter()
+    tok.encode_batch_fast(pieces, add_special_tokens=False)
+    one_call = time.perf_counter() - t
+    t = time.perf_counter()
+    for b in _batches(pieces, batch_chars):
+        tok.encode_batch_fast(b, add_special_tokens=False)
+    return {"one_call": one_call, "batched": time.perf_counter() - t}
+
+
+def encode_rounds(tokenizer_folder: Path, data: list[str], out: Path, rounds: int, batch_chars: int) -> dict:
+    """Alternate prepare's encode stage and the tokenizer's limit, each in a fresh child process."""
+    import statistics
+
+    rows = []
+    for _ in range(rounds):
+        lim, _, _, _ = _run_child([sys.executable, __file__, "--data", *data, "--batch-chars", str(batch_chars),
+                                   "--limit-worker", str(tokenizer_folder)])
+        ours, _, _, _ = _run_child([sys.executable, "-m", "budgetlm", "prepare", *data, "--out", str(out),
+                                    "--tokenizer-from", str(tokenizer_folder), "--batch-chars", str(batch_chars),
+                                    "--overwrite", "--json"])
+        limit = min(lim["one_call"], lim["batched"])
+        rows.append({"limit_one_call_s": round(lim["one_call"], 3), "limit_batched_s": round(lim["batched"], 3),
+                     "prepare_encode_s": ours["encode_seconds"], "ratio": round(limit / ours["encode_seconds"], 3)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"batch_chars": batch_chars, "rounds": rows,
+            "median_ratio": round(statistics.median(r["ratio"] for r in rows), 3)}
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -144,10 +200,17 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=16384, help="BPE vocabulary (default 16384)")
     ap.add_argument("--workdir", default=None, help="where outputs go (default: a temp folder, removed after)")
     ap.add_argument("--skip-variants", action="store_true", help="skip the encode-stage comparison")
+    ap.add_argument("--encode-rounds", type=int, default=3,
+                    help="alternating rounds of prepare's encode stage against encode_batch_fast (0 skips them)")
+    ap.add_argument("--batch-chars", type=int, default=2_000_000, help="prepare's --batch-chars in those rounds")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--baseline-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--limit-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.limit_worker:
+        print(json.dumps(limit_worker(Path(args.limit_worker), args.data, args.batch_chars)))
+        return
     if args.baseline_worker:
         print(json.dumps(baseline_worker(args.data, args.vocab_size, Path(args.baseline_worker))))
         return
@@ -162,6 +225,8 @@ def main() -> None:
             [sys.executable, __file__, "--data", *args.data, "--vocab-size", str(args.vocab_size),
              "--baseline-worker", str(tmp / "base.bin")])
         variants = {} if args.skip_variants else encode_variants(tmp / "ours" / "tokenizer.json", args.data, 65536)
+        rounds = encode_rounds(tmp / "ours", args.data, tmp / "again", args.encode_rounds,
+                               args.batch_chars) if args.encode_rounds else {}
 
     text_bytes = ours["bytes"]["train"] + ours["bytes"]["val"]
     ours_tokens = ours["tokens"]["train"] + ours["tokens"]["val"]
@@ -181,6 +246,7 @@ def main() -> None:
                      "peak_rss_mib": round(base_rss, 1), "tokens": base["tokens"],
                      "phases_s": {k: round(base[k], 3) for k in ("read_seconds", "tokenizer_seconds", "encode_seconds")}},
         "encode_variants": variants,
+        "encode_rounds": rounds,
     }
     result["speedup_end_to_end"] = round(base_wall / ours_wall, 3)
     result["speedup_encode_stage"] = round(base["encode_seconds"] / ours["encode_seconds"], 3)
@@ -201,6 +267,12 @@ def main() -> None:
         print("\n| encode stage variant | seconds | MB/s | CPU s | MB per CPU s |\n|---|---|---|---|---|")
         for k, v in variants.items():
             print(f"| {k} | {v['seconds']} | {v['mb_per_s']} | {v['cpu_s']} | {v['mb_per_cpu_s']} |")
+    if rounds:
+        print(f"\n| round | encode_batch_fast, one call s | same, {args.batch_chars:,}-character calls s | "
+              "prepare's encode stage s | limit / prepare |\n|---|---|---|---|---|")
+        for i, r in enumerate(rounds["rounds"]):
+            print(f"| {i + 1} | {r['limit_one_call_s']} | {r['limit_batched_s']} | {r['prepare_encode_s']} | {r['ratio']} |")
+        print(f"median: prepare's encode stage at {rounds['median_ratio']:.0%} of the tokenizer's limit")
 
 
 if __name__ == "__main__":
