@@ -320,6 +320,20 @@ def test_hf_model_folder(tmp_path, data, capsys):
     assert code == 0 and [r["label"] for r in got["results"]] == ["pos", "neg"]
 
 
+@pytest.mark.parametrize("family", ["BertConfig", "RobertaConfig", "DistilBertConfig", "ModernBertConfig"])
+def test_dropout_reaches_every_dropout_field_of_hf_encoders(family):
+    """--dropout on a Hugging Face folder sets every dropout probability its config has (backbone and
+    heads), not only BERT's names."""
+    transformers = pytest.importorskip("transformers")
+    from budgetlm.hf import dropout_overrides
+
+    config = getattr(transformers, family)()
+    fields = {k for k in config.to_dict() if "dropout" in k}
+    assert fields and set(dropout_overrides(config, 0.3)) == fields
+    config.update(dropout_overrides(config, 0.3))
+    assert all(getattr(config, k) == 0.3 for k in fields)
+
+
 def test_readers_and_label_helpers(tmp_path):
     csv_path = tmp_path / "x.csv"
     csv_path.write_text('text,label\n"hello, world",1\nbye,0\n')

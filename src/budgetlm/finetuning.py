@@ -36,7 +36,7 @@ from torch import nn
 
 from budgetlm import fsio, runtime, ui
 from budgetlm.config import BudgetError, check_ranges, parse_duration, ranged, to_dict
-from budgetlm.hf import HFClassifier
+from budgetlm.hf import HFClassifier, dropout_overrides
 from budgetlm.labelled import (
     BudgetlmEncoder,
     HFEncoder,
@@ -175,9 +175,7 @@ def _load_hf_source(cfg: FinetuneConfig, labels: list[str], out: Path):
         raise BudgetError(f"cannot load the Hugging Face model in {cfg.model}: {str(e).splitlines()[0]}") from None
     id2label = dict(enumerate(labels))
     overrides: dict[str, Any] = dict(num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout"):
-        if hasattr(config, name):
-            overrides[name] = cfg.dropout
+    overrides.update(dropout_overrides(config, cfg.dropout))
     limit = min(getattr(tok, "model_max_length", 10**9) or 10**9, getattr(config, "max_position_embeddings", 10**9))
     cfg.max_len = min(cfg.max_len or 128, limit)
     encoder = HFEncoder(tok, cfg.max_len, cfg.truncate)

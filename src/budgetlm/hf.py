@@ -44,8 +44,16 @@ class HFQuestionAnswerer(nn.Module):
         return (out.start_logits, out.end_logits), out.loss
 
 
-# config fields that hold a dropout probability in transformers' encoder configs (BERT, DistilBERT, ...)
-DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout")
+# config fields that hold a dropout probability in transformers' encoder configs: BERT and RoBERTa
+# (hidden_/attention_probs_, classifier_), DistilBERT (dropout, attention_, and its heads' seq_classif_
+# and qa_dropout), ModernBERT (embedding_, mlp_, attention_, classifier_dropout)
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                  "attention_dropout", "embedding_dropout", "mlp_dropout", "seq_classif_dropout", "qa_dropout")
+
+
+def dropout_overrides(config: Any, p: float) -> dict[str, float]:
+    """{field: p} for every dropout field `config` (a transformers config) has: `--dropout` for HF models."""
+    return {name: p for name in DROPOUT_FIELDS if hasattr(config, name)}
 
 
 def require_transformers():

@@ -364,7 +364,7 @@ def _budgetlm_source(cfg, tmp: Path) -> _Source:
 def _hf_source(cfg, tmp: Path) -> _Source:
     """A local Hugging Face folder (BERT family) as `AutoModelForQuestionAnswering`; its tokenizer is
     saved into the run (hf_tokenizer/), as for Hugging Face classifiers."""
-    from budgetlm.hf import DROPOUT_FIELDS, HFQuestionAnswerer, require_transformers
+    from budgetlm.hf import HFQuestionAnswerer, dropout_overrides, require_transformers
 
     transformers = require_transformers()
     try:
@@ -373,7 +373,7 @@ def _hf_source(cfg, tmp: Path) -> _Source:
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken folder
         raise BudgetError(f"cannot load the Hugging Face model in {cfg.model}: {str(e).splitlines()[0]}") from None
     backend, layout = hf_reader(tok)
-    config.update({name: cfg.dropout for name in DROPOUT_FIELDS if hasattr(config, name)})
+    config.update(dropout_overrides(config, cfg.dropout))
     auto = transformers.AutoModelForQuestionAnswering
     try:
         hf = auto.from_config(config) if cfg.from_scratch else \
