@@ -26,11 +26,9 @@ import json
 import shutil
 from pathlib import Path
 
-from common import budgetlm, machine, write_json
+from common import budgetlm, machine, matmul_peak, write_json
 
-# dropout fields of BERT's and ModernBERT's configs, all set to --dropout on the Trainer side
-DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout",
-                  "embedding_dropout", "mlp_dropout")
+from budgetlm.hf import dropout_overrides
 
 
 def subset(train: Path, out: Path, n: int) -> tuple[Path, list[str], list[int]]:
@@ -55,7 +53,7 @@ def theirs(folder: Path, texts: list[str], labels: list[int], work: Path, args) 
 
     tok = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder, num_labels=2)
-    config.update({f: args.dropout for f in DROPOUT_FIELDS if hasattr(config, f)})  # as budgetlm's --dropout
+    config.update(dropout_overrides(config, args.dropout))  # the fields budgetlm's --dropout sets
     model = AutoModelForSequenceClassification.from_pretrained(folder, config=config)
     enc = tok(texts, truncation=True, max_length=args.max_len)
     data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
@@ -76,7 +74,6 @@ def step_profile(mlm: str, args) -> dict:
 
     from budgetlm.models.heads import SequenceClassifier
     from budgetlm.training.checkpoint import load_model
-    from model_speed import matmul_peak
 
     torch.manual_seed(0)
     lm, _ = load_model(mlm, device="cpu")

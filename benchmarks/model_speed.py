@@ -20,17 +20,7 @@ import time
 
 import torch
 
-
-def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
-    """Measured fp32 matmul FLOP/s (square n x n)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - t0)
+from common import matmul_peak
 
 
 def make_step(model, batch, loss_fn):

@@ -64,6 +64,19 @@ def _files(data: list[str]) -> list[Path]:
     return expand_inputs(data)
 
 
+def _documents(data: list[str]) -> list[str]:
+    return [f.read_text(encoding="utf-8", errors="replace") for f in _files(data)]
+
+
+def _pieces(docs: list[str]) -> list[str]:
+    """The pieces prepare encodes: each document cut at line ends into blocks of prepare's default size."""
+    from budgetlm.data.prepare import PrepareConfig
+    from budgetlm.data.sources import pieces_of
+
+    block_chars = PrepareConfig().block_chars
+    return [p.text for d in docs for p in pieces_of(d, block_chars)]
+
+
 def baseline_worker(data: list[str], vocab_size: int, out: Path) -> dict:
     import numpy as np
 
@@ -101,16 +114,14 @@ def _loop(args):
     return sum(len(tok.encode(t, add_special_tokens=False).ids) for t in texts)
 
 
-def encode_variants(tokenizer_path: Path, data: list[str], block_chars: int) -> dict:
+def encode_variants(tokenizer_path: Path, data: list[str]) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     from tokenizers import Tokenizer
 
-    from budgetlm.data.sources import pieces_of
-
     tok = Tokenizer.from_file(str(tokenizer_path))
-    docs = [f.read_text(encoding="utf-8", errors="replace") for f in _files(data)]
-    pieces = [p.text for d in docs for p in pieces_of(d, block_chars)]
+    docs = _documents(data)
+    pieces = _pieces(docs)
     nbytes = sum(len(d.encode("utf-8")) for d in docs)
     results = {}
 
@@ -158,11 +169,9 @@ def limit_worker(tokenizer_folder: Path, data: list[str], batch_chars: int) -> d
     pieces and of calls of `batch_chars` characters (reading the text is not timed)."""
     from tokenizers import Tokenizer
 
-    from budgetlm.data.sources import pieces_of
-
     tok = Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
     tok.encode_special_tokens = True  # as prepare
-    pieces = [p.text for f in _files(data) for p in pieces_of(f.read_text(encoding="utf-8", errors="replace"), 65536)]
+    pieces = _pieces(_documents(data))
     t = time.perf_counter()
     tok.encode_batch_fast(pieces, add_special_tokens=False)
     one_call = time.perf_counter() - t
@@ -224,7 +233,7 @@ def main() -> None:
         base, base_wall, base_rss, base_cpu = _run_child(
             [sys.executable, __file__, "--data", *args.data, "--vocab-size", str(args.vocab_size),
              "--baseline-worker", str(tmp / "base.bin")])
-        variants = {} if args.skip_variants else encode_variants(tmp / "ours" / "tokenizer.json", args.data, 65536)
+        variants = {} if args.skip_variants else encode_variants(tmp / "ours" / "tokenizer.json", args.data)
         rounds = encode_rounds(tmp / "ours", args.data, tmp / "again", args.encode_rounds,
                                args.batch_chars) if args.encode_rounds else {}
 
