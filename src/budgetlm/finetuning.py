@@ -36,7 +36,7 @@ from torch import nn
 
 from budgetlm import fsio, runtime, ui
 from budgetlm.config import BudgetError, check_ranges, parse_duration, ranged, to_dict
-from budgetlm.hf import HFClassifier, dropout_overrides
+from budgetlm.hf import HFClassifier, dropout_overrides, is_hf_folder
 from budgetlm.labelled import (
     BudgetlmEncoder,
     HFEncoder,
@@ -128,10 +128,6 @@ class FinetuneResult:
 
 # --------------------------------------------------------------------------------------------------
 # sources: what --model points at
-
-
-def _is_hf_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
 
 
 def _load_budgetlm_source(cfg: FinetuneConfig, labels: list[str]):
@@ -283,7 +279,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise BudgetError("--out is required: the run directory to create")
     if not cfg.hf_dataset and not cfg.train:
         raise BudgetError("give --train FILE (and --val FILE) or --hf-dataset NAME")
-    if cfg.truncate == "head+tail" and _is_hf_folder(Path(cfg.model)):
+    if cfg.truncate == "head+tail" and is_hf_folder(Path(cfg.model)):
         raise BudgetError("--truncate head+tail needs a budgetlm model: a Hugging Face model folder takes head or tail")
     if cfg.budget:
         parse_duration(cfg.budget)
@@ -377,7 +373,7 @@ class _ClassifierValidator(Validator):
 
 def _source(cfg: FinetuneConfig, names: list[str], tmp: Path):
     """(model, encoder, checkpoint meta, tokenizer path) of what --model points at."""
-    if _is_hf_folder(Path(cfg.model)):
+    if is_hf_folder(Path(cfg.model)):
         model, encoder, meta, tok = _load_hf_source(cfg, names, tmp)
     else:
         model, encoder, meta, tok = _load_budgetlm_source(cfg, names)

@@ -33,7 +33,8 @@ import torch
 
 from budgetlm import runtime, ui
 from budgetlm.config import BudgetError, to_dict
-from budgetlm.finetuning import Batches, FinetuneResult, Validator, _is_hf_folder, finetune_loop
+from budgetlm.finetuning import Batches, FinetuneResult, Validator, finetune_loop
+from budgetlm.hf import is_hf_folder
 from budgetlm.labelled import collate, length_sorted_batches
 from budgetlm.metrics import answer_metrics
 from budgetlm.training.checkpoint import CheckpointMeta, QAInfo
@@ -439,7 +440,7 @@ def finetune_qa(cfg, tmp: Path, train: list[Example], val: list[Example]) -> Fin
     from budgetlm.training.track import MetricsLogger
 
     rt = runtime.init_runtime(cfg.device, cfg.precision, seed=cfg.seed)
-    hf = _is_hf_folder(Path(cfg.model))
+    hf = is_hf_folder(Path(cfg.model))
     src = (_hf_source if hf else _budgetlm_source)(cfg, tmp)
     info, pad, meta = src.meta.qa, src.layout.pad, replace(src.meta, run_config=to_dict(cfg))
     t0 = time.perf_counter()
