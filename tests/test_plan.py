@@ -196,7 +196,7 @@ def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     assert [round(distance(c), 2) for c in cands] == sorted(round(distance(c), 2) for c in cands)
     assert distance(cands[0]) < math.log(1.5)  # the shapes are dense enough to land near the optimum
     assert p.sizing["besiroglu_optimal_params"] == pytest.approx(cands[0]["optimal_params"], abs=1)
-    # the lowest predicted loss is a bigger model: the rule it replaced (docs/bench/planning.md)
+    # the lowest predicted loss is a bigger model: why that is not the rule is in docs/planning.md
     assert min(cands, key=lambda c: c["predicted_loss"])["params"] >= p.params
     assert P.shapes(3) == [(1, 32), (2, 32), (2, 64), (2, 96), (3, 64), (3, 96), (3, 128)]
 
