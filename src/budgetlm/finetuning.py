@@ -36,7 +36,8 @@ from torch import nn
 
 from budgetlm import fsio, runtime, ui
 from budgetlm.config import BudgetError, check_ranges, parse_duration, ranged, to_dict
-from budgetlm.hf import HFClassifier, dropout_overrides, is_hf_folder
+from budgetlm.hf import HFClassifier, dropout_overrides
+from budgetlm.hfmodels import is_hf_folder
 from budgetlm.labelled import (
     BudgetlmEncoder,
     HFEncoder,

@@ -4,17 +4,11 @@ budgetlm works without it until an HF model is used."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
 from budgetlm.config import BudgetError
-
-
-def is_hf_folder(path: Path) -> bool:
-    """A `save_pretrained` folder (config.json) rather than a budgetlm run (which has checkpoints/)."""
-    return (path / "config.json").is_file() and not (path / "checkpoints").is_dir()
 
 
 class HFClassifier(nn.Module):

@@ -34,7 +34,7 @@ import torch
 from budgetlm import runtime, ui
 from budgetlm.config import BudgetError, to_dict
 from budgetlm.finetuning import Batches, FinetuneResult, Validator, finetune_loop
-from budgetlm.hf import is_hf_folder
+from budgetlm.hfmodels import is_hf_folder
 from budgetlm.labelled import collate, length_sorted_batches
 from budgetlm.metrics import answer_metrics
 from budgetlm.training.checkpoint import CheckpointMeta, QAInfo
