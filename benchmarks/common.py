@@ -4,7 +4,7 @@
 - `locked(path)`: the flock that keeps benchmarks from overlapping;
 - `split_text`, `prepare_split`, `train_run`: the 90/10 Tiny Shakespeare split and its runs;
 - `tfidf_baseline`: the TF-IDF + logistic regression peer of the sentiment benchmarks;
-- `matmul_peak()`: a square fp32 matmul's FLOP/s on this CPU, the peak MFU figures divide by;
+- `matmul_peak()`: a square matmul's FLOP/s on this CPU (fp32 unless a dtype is given), the peak MFU figures divide by;
 - `machine()`: what a result page must say about where it was measured (CPU model and flags, cores,
   library versions, UTC date);
 - `write_json`: print a result and keep it.
@@ -83,11 +83,11 @@ def write_json(path: str, obj: dict) -> None:
         Path(path).write_text(json.dumps(obj, indent=2, default=str))
 
 
-def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
-    """Measured fp32 matmul FLOP/s (square n x n), averaged over `seconds`."""
+def matmul_peak(n: int = 1024, seconds: float = 2.0, dtype=None) -> float:
+    """Measured matmul FLOP/s (square n x n, fp32 unless `dtype`), averaged over `seconds`."""
     import torch  # here, so that scripts without torch (plan_backtest.py) can import this module
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     count, t0 = 0, time.perf_counter()

@@ -320,6 +320,43 @@ def test_hf_model_folder(tmp_path, data, capsys):
     assert code == 0 and [r["label"] for r in got["results"]] == ["pos", "neg"]
 
 
+def test_hf_models_take_the_runtimes_attention_precision(monkeypatch):
+    """Where runtime.prepare_training measures fp32 attention faster under bf16 autocast, an HF model's
+    SDPA attention computes in fp32 too (a registered AttentionInterface function), and switches back."""
+    transformers = pytest.importorskip("transformers")
+    import torch.nn.functional as F
+
+    from budgetlm import runtime
+    from budgetlm.hf import FP32_SDPA, HFClassifier
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    clf = HFClassifier(transformers.BertForSequenceClassification(config))
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or real(q, *a, **k))
+    monkeypatch.setattr(runtime, "_time_attention", lambda dtype, reps=3: {torch.float32: 1.0, torch.bfloat16: 3.0}[dtype])
+    runtime.cpu_attention_fp32.cache_clear()
+    idx, mask, y = torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.long), torch.tensor([0, 1])
+    mask[1, 6:] = 0
+
+    def loss():
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = clf(idx, labels=y, attention_mask=mask)[1]
+        out.backward()
+        return out.item(), list(seen)
+
+    loss16, dtypes16 = loss()
+    runtime.prepare_training(clf, runtime.Runtime(torch.device("cpu"), "cpu", "bf16", "test"), compile="off")
+    loss32, dtypes32 = loss()
+    assert clf.hf.config._attn_implementation == FP32_SDPA
+    assert dtypes16 == [torch.bfloat16] * 2 and dtypes32 == [torch.float32] * 2 and abs(loss32 - loss16) < 0.02
+    runtime.prepare_training(clf, runtime.Runtime(torch.device("cpu"), "cpu", "fp32", "test"), compile="off")
+    assert clf.hf.config._attn_implementation == "sdpa"
+    runtime.cpu_attention_fp32.cache_clear()
+
+
 @pytest.mark.parametrize("family", ["BertConfig", "RobertaConfig", "DistilBertConfig", "ModernBertConfig"])
 def test_dropout_reaches_every_dropout_field_of_hf_encoders(family):
     """--dropout on a Hugging Face folder sets every dropout probability its config has (backbone and

@@ -362,3 +362,33 @@ def test_activation_checkpointing_same_gradients_fewer_saved_bytes(causal):
     for g0, g1 in zip(grads0, grads1):
         torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-6)
     assert saved1 < saved0
+
+
+@pytest.mark.parametrize("causal", sorted(FAMILIES))
+def test_fp32_attention_under_bf16_autocast(causal, monkeypatch):
+    """Attention.fp32 (the runtime's choice on CPUs where it is faster) computes SDPA in fp32 inside
+    bf16 autocast, with the same loss and gradients as bf16 attention up to bf16 rounding."""
+    model = Transformer(tiny(causal))
+    idx = torch.randint(0, V, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 12:] = 0  # a padded row: the masked SDPA path fine-tuning takes
+    targets = idx.clone() if causal else torch.where(torch.rand(2, 16) < 0.3, idx, torch.full_like(idx, -100))
+    targets[0, 1] = idx[0, 1]
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or real(q, *a, **k))
+
+    def run(fp32):
+        for block in model.blocks:
+            block.attn.set_fp32_attention(fp32)
+        model.zero_grad()
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, targets, attention_mask=mask)
+        loss.backward()
+        return list(seen), loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    dtypes16, loss16, grad16 = run(False)
+    dtypes32, loss32, grad32 = run(True)
+    assert dtypes16 == [torch.bfloat16] * 2 and dtypes32 == [torch.float32] * 2
+    assert abs(loss32 - loss16) < 0.02 and torch.isfinite(grad32).all()
+    assert F.cosine_similarity(grad32, grad16, dim=0) > 0.99

@@ -175,3 +175,23 @@ def test_compile_wanted_registry_of_cases(monkeypatch):
     monkeypatch.setattr("budgetlm.runtime._have_cxx", lambda: False)
     ok, why = compile_wanted(cpu, "auto", 1e6)
     assert not ok and "C++" in why
+
+
+def test_attention_precision_follows_the_measured_kernel_speed(monkeypatch):
+    """prepare_training upcasts attention only on CPU under bf16, and only where fp32 measured faster."""
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import Transformer
+
+    speeds = {torch.float32: 1.0, torch.bfloat16: 4.0}  # seconds per fwd+bwd: bf16 4x slower
+    monkeypatch.setattr(runtime, "_time_attention", lambda dtype, reps=3: speeds[dtype])
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=2, max_seq_len=16)
+    rt16 = runtime.Runtime(torch.device("cpu"), "cpu", "bf16", "test")
+    rt32 = runtime.Runtime(torch.device("cpu"), "cpu", "fp32", "test")
+    for rt, fast_bf16, expected in [(rt16, False, True), (rt32, False, False), (rt16, True, False)]:
+        runtime.cpu_attention_fp32.cache_clear()
+        if fast_bf16:
+            speeds[torch.bfloat16] = 0.5
+        model = runtime.prepare_training(Transformer(cfg), rt, compile="off").model
+        assert [b.attn.fp32 for b in model.blocks] == [expected, expected]
+        assert ("attention in fp32" in runtime.attention_note(rt)) == expected
+    runtime.cpu_attention_fp32.cache_clear()

@@ -11,7 +11,31 @@ from torch import nn
 from budgetlm.config import BudgetError
 
 
-class HFClassifier(nn.Module):
+FP32_SDPA = "budgetlm_sdpa_fp32"  # the name transformers' AttentionInterface knows it by
+
+
+def _sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, computed in fp32 inside a bf16/fp16 autocast."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    with torch.autocast(query.device.type, enabled=False):
+        return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+
+
+class _HFWrapper(nn.Module):
+    def set_fp32_attention(self, on: bool) -> None:
+        """Attention in fp32 under autocast where runtime.prepare_training measured it faster (as budgetlm's
+        own Attention does). Only models on SDPA switch; the choice is not saved with the model."""
+        current = self.hf.config._attn_implementation
+        if on and current == "sdpa":
+            require_transformers().AttentionInterface.register(FP32_SDPA, _sdpa_fp32)
+            self.hf.set_attn_implementation(FP32_SDPA)
+        elif not on and current == FP32_SDPA:
+            self.hf.set_attn_implementation("sdpa")
+
+
+class HFClassifier(_HFWrapper):
     """An `AutoModelForSequenceClassification` behind budgetlm's `logits, loss = model(idx, ...)`."""
 
     auto_class = "AutoModelForSequenceClassification"  # what loads its export
@@ -27,7 +51,7 @@ class HFClassifier(nn.Module):
         return out.logits, out.loss
 
 
-class HFQuestionAnswerer(nn.Module):
+class HFQuestionAnswerer(_HFWrapper):
     """An `AutoModelForQuestionAnswering` (e.g. BERT's) behind budgetlm's span contract:
     `(start_logits, end_logits), loss = model(idx, attention_mask, start_positions, end_positions)`."""
 

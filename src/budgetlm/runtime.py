@@ -6,7 +6,7 @@ loop stay device-agnostic (torchtitan keeps parallelism apart from the model; na
 
 - `init_runtime(device="auto", precision="auto", seed=0)` -> `Runtime`: device detection, DDP
   initialisation from the torchrun environment (gloo on CPU, nccl on CUDA), precision choice;
-- `autocast(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
+- `autocast(rt)`, `attention_fp32(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
 - `maybe_compile(model, mode)`, `wrap_ddp(model, rt)`, `unwrap(model)`;
 - `peak_flops(rt)` for MFU (the planner's peak: catalog, else a measured matmul, said so);
 - `seed_everything`, `rng_state`/`set_rng_state` (for exact resume), `print0`, `all_reduce_mean`.
@@ -145,6 +145,43 @@ def _cpu_precision() -> tuple[str, str]:
     if ratio >= 1.3:
         return "bf16", f"measured bf16 matmul {ratio:.1f}x faster than fp32 on this CPU"
     return "fp32", f"measured bf16 matmul only {ratio:.2f}x fp32 on this CPU: staying in fp32"
+
+
+def _time_attention(dtype: torch.dtype, reps: int = 3) -> float:
+    """Seconds of one SDPA forward and backward at a small training shape (B 8, 2 heads of 64, T 128,
+    with a padding mask, which fine-tuning uses), best of `reps`."""
+    q, k, v = (torch.randn(8, 2, 128, 64, dtype=dtype, requires_grad=True) for _ in range(3))
+    mask = torch.ones(8, 1, 1, 128, dtype=torch.bool)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first rep warms up the kernel
+        t0 = time.perf_counter()
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_attention_fp32() -> tuple[bool, str]:
+    """Whether attention should run in fp32 inside bf16 autocast on this CPU, and why (measured once
+    per process, ~50 ms). On some CPUs the flash-attention kernel's backward is several times slower
+    in bf16 than in fp32 (docs/bench/downstream.md), on others bf16 wins: only a measurement tells."""
+    f32 = bf16 = float("inf")
+    for _ in range(2):  # interleaved rounds, as in _cpu_precision
+        f32 = min(f32, _time_attention(torch.float32))
+        bf16 = min(bf16, _time_attention(torch.bfloat16))
+    if bf16 > 1.1 * f32:
+        return True, f"attention in fp32: measured {bf16 / f32:.1f}x faster than bf16 on this CPU"
+    return False, f"attention in bf16: measured {f32 / bf16:.2f}x the speed of fp32 on this CPU"
+
+
+def attention_fp32(rt: Runtime) -> bool:
+    """Run attention in fp32 under this runtime's autocast (CPU under bf16 only, where measured faster)."""
+    return rt.device.type == "cpu" and rt.precision == "bf16" and cpu_attention_fp32()[0]
+
+
+def attention_note(rt: Runtime) -> str:
+    """'; attention in fp32: measured ...' where attention_fp32(rt), else '' (for run headers)."""
+    return f"; {cpu_attention_fp32()[1]}" if attention_fp32(rt) else ""
 
 
 # device type -> automatic precision rule
@@ -378,6 +415,10 @@ def prepare_training(model: torch.nn.Module, rt: Runtime, compile: str = "auto",
     `compile_wanted` says so, and make the fp16 grad scaler. Build the optimizer from `.model`
     afterwards: with FSDP its parameters are the sharded ones."""
     model.to(rt.device)
+    upcast = attention_fp32(rt)
+    for module in model.modules():  # budgetlm's Attention blocks and the wrappers of HF models
+        if hasattr(module, "set_fp32_attention"):
+            module.set_fp32_attention(upcast)
     parallel = "none"
     if rt.ddp:
         parallel = "fsdp" if fsdp else "ddp"

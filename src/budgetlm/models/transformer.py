@@ -177,6 +177,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.attn_dim, bias=False)  # rows: [q; k; v], head-major in each
         self.proj = nn.Linear(cfg.attn_dim, cfg.n_embd, bias=False)
         self.proj_drop = nn.Dropout(cfg.dropout)
+        self.fp32 = False  # see set_fp32_attention
+
+    def set_fp32_attention(self, on: bool) -> None:
+        """Compute attention in fp32 under bf16/fp16 autocast: a runtime choice (runtime.prepare_training
+        measures it), not part of the shape. CPU flash-attention kernels can be slower in bf16 than
+        in fp32 (docs/bench/downstream.md), while the matmuls around them gain from bf16."""
+        self.fp32 = on
 
     def forward(self, x, cos, sin, mask=None, kv_cache: KVCache | None = None):
         B, T, C = x.shape
@@ -198,7 +205,11 @@ class Attention(nn.Module):
         # CPU for the unfused path. With dropout 0.1 here and on the MLP hidden, a depth-3 model trained
         # at 8.4k tokens/s; on the residual branches only, 10.5k; without dropout, 11.8k
         # (docs/bench/training.md).
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
+        if self.fp32 and q.dtype != torch.float32:
+            with torch.autocast(q.device.type, enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, D)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
 
 

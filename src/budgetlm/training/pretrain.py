@@ -211,7 +211,7 @@ class _Run:
         parallel = {"fsdp": " (FSDP)", "ddp": " (DDP)"}.get(self.setup.parallel, "")
         runtime.print0(rt, f"[bold]model[/] {describe(self.mcfg)}  ({self.choice.reason})")
         runtime.print0(rt, f"[bold]device[/] {rt.device_type} x{rt.world_size}{parallel}, precision {rt.precision} "
-                           f"({rt.precision_reason}); compile {'on' if self.setup.compiled else 'off'} "
+                           f"({rt.precision_reason}{runtime.attention_note(rt)}); compile {'on' if self.setup.compiled else 'off'} "
                            f"({self.setup.compile_reason})")
         runtime.print0(rt, f"[bold]batch[/] {cfg.batch_size} x {T} = {cfg.batch_size * T:,} tokens/step "
                            f"(micro {self.micro}, accumulation {self.accum}), lr {cfg.lr:g}, {cfg.optimizer}")
