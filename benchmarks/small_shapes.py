@@ -42,12 +42,13 @@ def rate(m: int, k: int, n: int, reps: int = 20) -> float:
 
 def build(shape: str, optimizer: str, compile_: bool, dropout: float = 0.0):
     from budgetlm.models.config import ModelConfig
+    from budgetlm.models.presets import heads_for
     from budgetlm.models.transformer import Transformer
     from budgetlm.training.optim import OptimConfig, build_optimizer
 
     L, C, T, B, V = map(int, shape.split(":"))
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=max(1, C // 64), max_seq_len=T, dropout=dropout)
+    cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=heads_for(C), max_seq_len=T, dropout=dropout)
     model = Transformer(cfg).train()
     name, ns = ("muon", "bf16") if optimizer == "muon-bf16" else (optimizer, "fp32")
     opt = build_optimizer(name, model, OptimConfig(lr=1e-3, muon_precision=ns))
