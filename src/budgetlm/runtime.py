@@ -163,7 +163,7 @@ def _time_attention(dtype: torch.dtype, reps: int = 3) -> float:
 @functools.lru_cache(maxsize=None)
 def cpu_attention_fp32() -> tuple[bool, str]:
     """Whether attention should run in fp32 inside bf16 autocast on this CPU, and why (measured once
-    per process, ~50 ms). On some CPUs the flash-attention kernel's backward is several times slower
+    per process, ~0.1 s). On some CPUs the flash-attention kernel's backward is several times slower
     in bf16 than in fp32 (docs/bench/downstream.md), on others bf16 wins: only a measurement tells."""
     f32 = bf16 = float("inf")
     for _ in range(2):  # interleaved rounds, as in _cpu_precision
