@@ -1,5 +1,5 @@
 """Attention precision under bf16 autocast on CPU: full training steps of budgetlm's model with
-scaled_dot_product_attention in bf16 (autocast's choice) against fp32 (`Attention.fp32`, what
+scaled_dot_product_attention in bf16 (autocast's choice) against fp32 (`Attention.set_fp32_attention`, what
 `runtime.prepare_training` sets where its probe measures fp32 attention faster), side by side in one
 process: rounds alternate, the best median step of each is kept.
 
@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
-from common import machine, write_json
+from common import machine, median_step, write_json
 
 DEFAULT_SHAPES = ["3:64:256:8:2048:causal", "3:96:256:8:8192:causal", "4:256:128:64:8192:masked",
                   "4:256:32:32:8192:padded"]
 
 
 def build(shape: str):
-    """A training step of the shape under bf16 autocast, and the tokens it processes."""
+    """(switch attention to fp32 or back, a training step of the shape under bf16 autocast, tokens per step)."""
     from budgetlm.models.heads import SequenceClassifier
     from budgetlm.models.presets import model_config
     from budgetlm.models.transformer import Attention, Transformer
@@ -38,7 +36,6 @@ def build(shape: str):
     torch.manual_seed(0)
     cfg = model_config(L, V, causal=kind == "causal", max_seq_len=T, width=C)
     x = torch.randint(5, V, (B, T))
-    mask = None
     if kind == "padded":
         model = SequenceClassifier.from_lm(Transformer(cfg), 2)
         mask = torch.ones(B, T, dtype=torch.long)
@@ -57,26 +54,19 @@ def build(shape: str):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
-    def step(fp32: bool):
+    def use_fp32(fp32: bool):
         for m in model.modules():
             if isinstance(m, Attention):
                 m.set_fp32_attention(fp32)
+
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, B * T
-
-
-def median_step(step, fp32: bool, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step(fp32)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return use_fp32, step, B * T
 
 
 def main() -> None:
@@ -90,13 +80,15 @@ def main() -> None:
 
     results = []
     for shape in args.shapes:
-        step, tokens = build(shape)
+        use_fp32, step, tokens = build(shape)
         for fp32 in (False, True, False, True):  # warm-up
-            step(fp32)
+            use_fp32(fp32)
+            step()
         best = {False: float("inf"), True: float("inf")}
         for r in range(args.rounds):
             for fp32 in ((False, True) if r % 2 == 0 else (True, False)):
-                best[fp32] = min(best[fp32], median_step(step, fp32, args.steps))
+                use_fp32(fp32)  # once per round, outside the timed steps
+                best[fp32] = min(best[fp32], median_step(step, args.steps))
         row = {"shape": shape, "bf16_attention_tokens_per_s": round(tokens / best[False]),
                "fp32_attention_tokens_per_s": round(tokens / best[True]), "speedup": round(best[False] / best[True], 3)}
         results.append(row)

@@ -4,6 +4,7 @@
 - `locked(path)`: the flock that keeps benchmarks from overlapping;
 - `split_text`, `prepare_split`, `train_run`: the 90/10 Tiny Shakespeare split and its runs;
 - `tfidf_baseline`: the TF-IDF + logistic regression peer of the sentiment benchmarks;
+- `median_step(step, n)`: the median wall time of `n` calls of a training step;
 - `matmul_peak()`: a square matmul's FLOP/s on this CPU (fp32 unless a dtype is given), the peak MFU figures divide by;
 - `machine()`: what a result page must say about where it was measured (CPU model and flags, cores,
   library versions, UTC date);
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -81,6 +83,16 @@ def write_json(path: str, obj: dict) -> None:
     print(json.dumps(obj, indent=2, default=str))
     if path:
         Path(path).write_text(json.dumps(obj, indent=2, default=str))
+
+
+def median_step(step, n: int) -> float:
+    """Median seconds of `n` calls of `step()` (the median shrugs off a stray slow step)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def matmul_peak(n: int = 1024, seconds: float = 2.0, dtype=None) -> float:

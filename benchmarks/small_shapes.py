@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 
-from common import machine, write_json
+from common import machine, median_step, write_json
 
 
 def rate(m: int, k: int, n: int, reps: int = 20) -> float:
@@ -62,15 +61,6 @@ def build(shape: str, optimizer: str, compile_: bool, dropout: float = 0.0):
         opt.zero_grad(set_to_none=True)
 
     return cfg, T, B, step, sum(q.numel() for q in model.parameters())
-
-
-def time_steps(step, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def breakdown(step) -> dict[str, float]:
@@ -113,7 +103,7 @@ def main() -> None:
         times: dict[str, list[float]] = {o: [] for o in args.optimizers}
         for _ in range(args.rounds):
             for o, (*_, step, _) in steps.items():
-                times[o].append(time_steps(step, args.steps))
+                times[o].append(median_step(step, args.steps))
         peaks += [rate(1024, 1024, 1024) for _ in range(3)]  # the peak is noisy: keep the best seen
         peak = max(peaks)
         cfg, T, B, _, params = next(iter(steps.values()))
