@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,11 +76,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def torchrun(*args):
-    """`budgetlm ARGS` in two gloo processes under torchrun."""
+def torchrun(*args, module: bool = True):
+    """`budgetlm ARGS` (or the script ARGS[0] when not `module`) in two gloo processes under torchrun."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "budgetlm", *args]
-    return subprocess.run(cmd, env=subprocess_env(), capture_output=True)
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *(["-m", "budgetlm"] if module else []), *args]
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, timeout=300)
 
 
 def assert_same_run(single, other):
@@ -128,6 +129,45 @@ def test_fsdp_gloo_two_processes_match_one(data, tmp_path):
     proc = torchrun("train", "--data", str(data), "--out", str(sharded), "--max-steps", "4", "--resume", "--json")
     assert proc.returncode == 0, proc.stderr.decode()[-1500:]
     assert json.loads(proc.stdout.decode().strip())["steps"] == 4
+
+
+def test_planned_ddp_run_calibrates_on_rank_0_alone(data, tmp_path):
+    """No model given and no calibration yet: rank 0 measures the device while rank 1 waits for the
+    plan. The measurement must not build a DDP wrapper, which would wait forever for rank 1."""
+    run = tmp_path / "planned"
+    proc = torchrun("train", "--data", str(data), "--out", str(run), "--max-steps", "2", "--seq-len", "32",
+                    "--precision", "fp32", "--device", "cpu", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()[-1500:]
+    res = json.loads(proc.stdout.decode().strip())
+    assert res["world_size"] == 2 and res["steps"] == 2 and res["planned_tokens_per_s"] > 0
+    assert (Path(os.environ["BUDGETLM_HOME"]) / "calibration.json").is_file()
+
+
+RANK_CHOICES = """
+import json, os, sys
+from budgetlm import runtime
+from budgetlm.models.config import ModelConfig
+from budgetlm.models.transformer import Transformer
+
+first = os.environ["RANK"] == "0"  # the two ranks' probes disagree, as two loaded CPUs' can
+runtime.AUTO_PRECISION["cpu"] = lambda: ("bf16", "rank 0 measured") if first else ("fp32", "rank 1 measured")
+runtime.attention_fp32 = lambda rt: first
+rt = runtime.init_runtime("cpu", "auto")
+model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, max_seq_len=16))
+runtime.prepare_training(model, rt, compile="off")
+answer = [rt.rank, rt.precision, rt.precision_reason, model.blocks[0].attn.fp32]
+open(os.path.join(sys.argv[1], f"rank{rt.rank}.json"), "w").write(json.dumps(answer))
+runtime.shutdown(rt)
+"""
+
+
+def test_ranks_take_rank_0s_measured_choices(tmp_path):
+    script = tmp_path / "choices.py"
+    script.write_text(RANK_CHOICES)
+    proc = torchrun(str(script), str(tmp_path), module=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-1500:]
+    answers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert answers == [[0, "bf16", "rank 0 measured", True], [1, "bf16", "rank 0 measured", True]]
 
 
 def test_fsdp_refuses_muon(data, tmp_path):

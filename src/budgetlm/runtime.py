@@ -22,7 +22,7 @@ import functools
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -251,6 +251,9 @@ def init_runtime(device: str = "auto", precision: str = "auto", seed: int = 0) -
     prec, reason = choose_precision(device_type, precision)
     rt = Runtime(_torch_device(device_type, local_rank), device_type, prec, reason,
                  rank, local_rank, world, ddp)
+    # "auto" measures each process's CPU on its own; one rank must not train in bf16 while another
+    # trains in fp32 (FSDP would all-gather mismatched dtypes), so every rank takes rank 0's choice.
+    rt.precision, rt.precision_reason = broadcast_object(rt, (rt.precision, rt.precision_reason))
     seed_everything(seed)
     if device_type == "cpu":
         keep_freed_cpu_memory()
@@ -415,7 +418,7 @@ def prepare_training(model: torch.nn.Module, rt: Runtime, compile: str = "auto",
     `compile_wanted` says so, and make the fp16 grad scaler. Build the optimizer from `.model`
     afterwards: with FSDP its parameters are the sharded ones."""
     model.to(rt.device)
-    upcast = attention_fp32(rt)
+    upcast = broadcast_object(rt, attention_fp32(rt))  # measured per process: all ranks take rank 0's
     for module in model.modules():  # budgetlm's Attention blocks and the wrappers of HF models
         if hasattr(module, "set_fp32_attention"):
             module.set_fp32_attention(upcast)
@@ -501,6 +504,13 @@ def broadcast_object(rt: Runtime, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def single_process(rt: Runtime) -> Runtime:
+    """This process alone on the same device: no collectives, no DDP wrapper. For work one rank does
+    while the others wait, such as measuring the device (a DDP wrapper there would wait forever for
+    ranks that are not building the same model)."""
+    return replace(rt, rank=0, world_size=1, ddp=False)
 
 
 def barrier(rt: Runtime) -> None:

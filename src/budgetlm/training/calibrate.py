@@ -278,7 +278,8 @@ def calibrate(cfg: CalibrationConfig, rt: runtime.Runtime | None = None) -> dict
 
     path = cfg.calibration or None
     device, info, _ = calib.local(path=path)  # a corrupt file fails here, before minutes of measuring
-    rt = rt or runtime.init_runtime("auto", "fp32", seed=0)
+    # measured by this process alone: under torchrun only rank 0 calibrates while the others wait
+    rt = runtime.single_process(rt or runtime.init_runtime("auto", "fp32", seed=0))
     precisions = _supported(device, rt.device_type, cfg.precisions)
     mb = cfg.micro_batch or default_micro_batch(device.kind, cfg.seq_len)
     results = {p: _measure_precision(cfg, dataclasses.replace(rt, precision=p), device, mb) for p in precisions}
