@@ -280,6 +280,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, data, tmp_path, c
     assert not out.exists()
 
 
+def test_under_torchrun_one_process_commands_refuse_before_writing(runs, data, tmp_path, capsys, monkeypatch):
+    """Fine-tuning and evaluation run in one process: under torchrun every rank would do the whole job
+    on the same data and write the same folder."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "clf"
+    for argv in (["finetune", "--model", str(runs["masked"]), "--train", str(data["train"]), "--out", str(out)],
+                 ["eval", "--model", str(runs["causal"]), "--text", str(data["val"])]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "launch it without torchrun" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_refuses_existing_out_and_language_model_where_classifier_needed(runs, data, tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()

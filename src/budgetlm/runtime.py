@@ -4,7 +4,7 @@ Everything device-, precision- or rank-specific goes through here, so the model 
 loop stay device-agnostic (torchtitan keeps parallelism apart from the model; nanochat's
 `common.compute_init` plays the same role). What lives here:
 
-- `init_runtime(device="auto", precision="auto", seed=0)` -> `Runtime`: device detection, DDP
+- `init_runtime(device="auto", precision="auto", seed=0, distributed=False)` -> `Runtime`: device detection, DDP
   initialisation from the torchrun environment (gloo on CPU, nccl on CUDA), precision choice;
 - `autocast(rt)`, `attention_fp32(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
 - `maybe_compile(model, mode)`, `wrap_ddp(model, rt)`, `unwrap(model)`;
@@ -235,10 +235,15 @@ def keep_freed_cpu_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
-def init_runtime(device: str = "auto", precision: str = "auto", seed: int = 0) -> Runtime:
-    """Detect the device, join the process group when launched by torchrun, choose precision."""
+def init_runtime(device: str = "auto", precision: str = "auto", seed: int = 0, distributed: bool = False) -> Runtime:
+    """Detect the device, join the process group when launched by torchrun (only where the caller
+    trains across processes: `distributed`), choose precision."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not distributed:
+        # Every rank would run the whole job on the same data and write the same output folder.
+        raise BudgetError(f"this command runs in one process, but torchrun started {world}: launch it without "
+                          "torchrun (budgetlm train is the command that trains across processes)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device_type = detect_device_type(device)
     ddp = False

@@ -301,7 +301,7 @@ def _train(cfg: TrainConfig) -> RunResult:
     if len(data.tokens("train")) == 0:
         raise BudgetError(f"{data.path} has an empty train split")
     budget_s = parse_duration(cfg.budget) if cfg.budget else None
-    rt = runtime.init_runtime(cfg.device, cfg.precision, cfg.seed)
+    rt = runtime.init_runtime(cfg.device, cfg.precision, cfg.seed, distributed=True)
     choice = choose_model(cfg, data, budget_s, rt)
     run = _Run(_resolved_precision(choice.cfg, rt), choice, data, rt, budget_s)
     _check_memory(run)
