@@ -143,6 +143,55 @@ def test_planned_ddp_run_calibrates_on_rank_0_alone(data, tmp_path):
     assert (Path(os.environ["BUDGETLM_HOME"]) / "calibration.json").is_file()
 
 
+@pytest.mark.parametrize("parallel", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_budgeted_ddp_run_ends_on_every_rank(parallel, data, tmp_path):
+    """Under a wall-clock budget the ranks book one clock (the slowest rank's step time): with their own
+    clocks one rank stopped a step early and the other waited in a collective forever. Periodic
+    evaluations and time-driven checkpoints (a collective gather under FSDP) happen on the same steps."""
+    run = tmp_path / "budgeted"
+    proc = torchrun(*train_cmd(data, run, "--budget", "4s", "--optimizer", "adamw", "--eval-every", "0.25",
+                               "--checkpoint-every", "1s", *parallel)[3:], "--json")
+    assert proc.returncode == 0, proc.stderr.decode()[-1500:]
+    res = json.loads(proc.stdout.decode().strip())
+    assert res["world_size"] == 2 and res["steps"] > 3 and not res["interrupted"]
+    assert 3.5 <= res["elapsed_s"] <= 6
+    assert len([x for x in step_losses(run)]) > 0 and (run / "checkpoints" / f"step_{res['steps']:06d}").is_dir()
+
+
+STOP_ON_ONE_RANK = """
+import json, os, sys
+import torch
+from budgetlm import runtime
+from budgetlm.training.loop import LoopConfig, LoopHooks, StopFlag, train_loop
+from budgetlm.training.schedule import ScheduleConfig
+
+rt = runtime.init_runtime("cpu", "fp32", distributed=True)
+setup = runtime.prepare_training(torch.nn.Linear(4, 1), rt, compile="off")
+opt = torch.optim.SGD(setup.model.parameters(), lr=0.01)
+stop = StopFlag()
+
+def on_step(model, state):  # a signal reaches rank 1 alone, after its third step
+    if rt.rank == 1 and state.step == 3:
+        stop.set(15)
+
+batch = lambda: {"x": torch.randn(2, 4)}
+forward = lambda model, b: model(b["x"]).pow(2).mean()
+res = train_loop(setup, batch, opt, rt, LoopConfig(max_steps=50, eval_every=0, checkpoint_every_s=0), ScheduleConfig(),
+                 forward=forward, hooks=LoopHooks(on_step=on_step), stop=stop, show_progress=False)
+open(os.path.join(sys.argv[1], f"rank{rt.rank}.json"), "w").write(json.dumps([res.state.step, res.interrupted]))
+runtime.shutdown(rt)
+"""
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_on_the_same_step(tmp_path):
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_ON_ONE_RANK)
+    proc = torchrun(str(script), str(tmp_path), module=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-1500:]
+    answers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert answers == [[4, True], [4, True]]  # agreed at the end of the step after the signal
+
+
 RANK_CHOICES = """
 import json, os, sys
 from budgetlm import runtime

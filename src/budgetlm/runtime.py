@@ -500,6 +500,16 @@ def all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(rt: Runtime, values: list[float]) -> list[float]:
+    if not rt.ddp:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def broadcast_object(rt: Runtime, obj: Any) -> Any:
     """Rank 0's `obj` on every rank (a picklable object; e.g. the plan every rank must train)."""
     if not rt.ddp:

@@ -16,6 +16,7 @@ and runs optimizer steps until the budget (wall-clock seconds, steps or tokens) 
 signal arrives. The budget clock counts only training: evaluation and checkpoint time are excluded
 (modded-nanogpt pauses its timer around validation the same way), so the LR schedule, which is driven
 by progress = elapsed / budget (Cramming), reaches its end exactly when the training time runs out.
+Under DDP every rank books the slowest rank's step time, so all ranks share one clock.
 
 Non-finite losses: the step is skipped and counted; after `nan_patience` in a row the loop rolls back
 to the last checkpoint with the LR scaled by `nan_lr_factor`, and says so.
@@ -193,6 +194,8 @@ class _Loop:
         self.step_ema = 0.0  # smoothed seconds per optimizer step (for the deadline)
         self.bad_in_a_row = 0
         self.last_ckpt_wall = time.perf_counter()
+        self.since_ckpt_s = 0.0  # wall seconds since the last checkpoint, as all ranks agree
+        self.stop_agreed = False  # some rank received a stop signal (DDP ranks stop together)
         self.train_loss = float("nan")
 
     def progress(self, extra_s: float = 0.0) -> float:
@@ -231,7 +234,25 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         runtime.mark_step(rt)
         runtime.synchronize(rt)
-        return _StepResult(total, tokens * rt.world_size, time.perf_counter() - t0, lr, finite)
+        seconds = self._agree(time.perf_counter() - t0)
+        return _StepResult(total, tokens * rt.world_size, seconds, lr, finite)
+
+    def _agree(self, seconds: float) -> float:
+        """The step time every rank books: under DDP the slowest rank's, with any rank's stop signal
+        and checkpoint clock. Ranks that kept their own clocks would train with different learning
+        rates, and one that stopped a step earlier would leave the others waiting in a collective."""
+        since = time.perf_counter() - self.last_ckpt_wall
+        if not self.rt.ddp:
+            self.since_ckpt_s, self.stop_agreed = since, bool(self.stop)
+            return seconds
+        seconds, self.since_ckpt_s, stop = runtime.all_reduce_max(self.rt, [seconds, since, float(bool(self.stop))])
+        self.stop_agreed = stop > 0
+        return seconds
+
+    def stopping(self) -> bool:
+        """A stop signal to act on now: in one process as soon as it arrives, under DDP once the ranks
+        have agreed on it at the end of a step."""
+        return self.stop_agreed if self.rt.ddp else bool(self.stop)
 
     def _clip(self) -> torch.Tensor:
         if self.cfg.grad_clip <= 0:
@@ -322,7 +343,7 @@ class _Loop:
             result = self.evaluate()
             if result is not None and result.get("stop"):
                 return True
-        by_time = c.checkpoint_every_s > 0 and time.perf_counter() - self.last_ckpt_wall >= c.checkpoint_every_s
+        by_time = c.checkpoint_every_s > 0 and self.since_ckpt_s >= c.checkpoint_every_s
         by_step = c.checkpoint_every_steps > 0 and s.step % c.checkpoint_every_steps == 0
         if self.hooks.checkpoint is not None and (by_time or by_step):
             self.hooks.checkpoint(s, self.last_eval)
@@ -337,7 +358,7 @@ class _Loop:
             if show_progress else contextlib.nullcontext()
         with bar_cm as bar:
             while True:
-                if self.stop:
+                if self.stopping():
                     interrupted = True
                     break
                 if self.finished():
