@@ -201,7 +201,7 @@ from budgetlm.models.transformer import Transformer
 first = os.environ["RANK"] == "0"  # the two ranks' probes disagree, as two loaded CPUs' can
 runtime.AUTO_PRECISION["cpu"] = lambda: ("bf16", "rank 0 measured") if first else ("fp32", "rank 1 measured")
 runtime.attention_fp32 = lambda rt: first
-rt = runtime.init_runtime("cpu", "auto")
+rt = runtime.init_runtime("cpu", "auto", distributed=True)
 model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, max_seq_len=16))
 runtime.prepare_training(model, rt, compile="off")
 answer = [rt.rank, rt.precision, rt.precision_reason, model.blocks[0].attn.fp32]
