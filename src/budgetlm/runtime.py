@@ -9,7 +9,7 @@ loop stay device-agnostic (torchtitan keeps parallelism apart from the model; na
 - `autocast(rt)`, `attention_fp32(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
 - `maybe_compile(model, mode)`, `wrap_ddp(model, rt)`, `unwrap(model)`;
 - `peak_flops(rt)` for MFU (the planner's peak: catalog, else a measured matmul, said so);
-- `seed_everything`, `rng_state`/`set_rng_state` (for exact resume), `print0`, `all_reduce_mean`.
+- `seed_everything`, `rng_state`/`set_rng_state` (for exact resume), `print0`, `all_reduce`, `all_reduce_mean`.
 
 The xla path (TPU through torch_xla) is small and UNVERIFIED: no TPU was available while writing it;
 only its dispatch logic is tested, with torch_xla mocked.
@@ -480,34 +480,19 @@ def no_sync(model: torch.nn.Module, sync: bool):
     return model.no_sync()
 
 
+def all_reduce(rt: Runtime, values: list[float], op: str = "sum") -> list[float]:
+    """Element-wise "sum" or "max" of `values` over the ranks (`values` itself in one process)."""
+    if not rt.ddp:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return t.tolist()
+
+
 def all_reduce_mean(rt: Runtime, value: float) -> float:
-    if not rt.ddp:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return float(t.item()) / rt.world_size
-
-
-def all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
-    if not rt.ddp:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def all_reduce_max(rt: Runtime, values: list[float]) -> list[float]:
-    if not rt.ddp:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device_type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    return all_reduce(rt, [value])[0] / rt.world_size if rt.ddp else value
 
 
 def broadcast_object(rt: Runtime, obj: Any) -> Any:

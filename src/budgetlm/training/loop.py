@@ -228,7 +228,7 @@ class _Loop:
         if scaler is None and finite and not _is_finite(gnorm):
             finite = False
         if rt.ddp:  # every rank must agree to skip, or DDP ranks would drift apart
-            finite = runtime.all_reduce_sum(rt, [0.0 if finite else 1.0])[0] == 0.0
+            finite = runtime.all_reduce(rt, [0.0 if finite else 1.0])[0] == 0.0
         if finite:
             runtime.optimizer_step(rt, self.optimizer, scaler)
         self.optimizer.zero_grad(set_to_none=True)
@@ -245,7 +245,7 @@ class _Loop:
         if not self.rt.ddp:
             self.since_ckpt_s, self.stop_agreed = since, bool(self.stop)
             return seconds
-        seconds, self.since_ckpt_s, stop = runtime.all_reduce_max(self.rt, [seconds, since, float(bool(self.stop))])
+        seconds, self.since_ckpt_s, stop = runtime.all_reduce(self.rt, [seconds, since, float(bool(self.stop))], "max")
         self.stop_agreed = stop > 0
         return seconds
 
