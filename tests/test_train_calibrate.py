@@ -169,3 +169,26 @@ def test_a_run_far_from_its_plan_corrects_the_calibration(tmp_path, monkeypatch)
     plan = P.estimate(cfg, device, 1e6, 16, calibration=bench.points_for(entry, "fp32", 16, False),
                       precisions=("fp32",))
     assert plan.tokens_per_second == pytest.approx(500.0)
+
+
+def test_only_a_run_with_the_plans_batch_corrects_the_calibration(tmp_path, monkeypatch):
+    """A batch given by hand changes the speed (fewer optimizer steps per token), so that run's speed
+    must not become the plan's calibration point for its shape."""
+    from types import SimpleNamespace
+
+    from budgetlm.training.pretrain import _correct_plan
+
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    cfg = model_config(3, 64, max_seq_len=16, width=64)
+    plan = SimpleNamespace(global_batch_tokens=8 * 16, micro_batch=8, tokens_per_second=1000.0)
+
+    def run(batch_size):
+        return SimpleNamespace(choice=SimpleNamespace(plan=plan), rt=CPU_FP32, mcfg=cfg, micro=8,
+                               cfg=SimpleNamespace(batch_size=batch_size, optimizer="muon"), fpt=1.0)
+
+    result = SimpleNamespace(interrupted=False, steps=100, tokens_per_s=1600.0, params=1, compiled=False)
+    assert _correct_plan(run(16), result) == ""  # twice the plan's batch: not recorded
+    assert not (tmp_path / "calibration.json").exists()
+    assert "160%" in _correct_plan(run(8), result)  # the plan's batch, 1.6x its speed: recorded
+    entry = next(iter(calibration.load()["devices"].values()))
+    assert [p["tokens_per_second"] for p in entry["precisions"]["fp32"]] == [1600.0]
