@@ -2,8 +2,10 @@
 
 For each shape (layers x width, sequence, micro-batch, vocabulary) it times full training steps
 (forward, backward, optimizer) of budgetlm's model with
-  - `muon-bf16`: torch.optim.Muon as shipped, whose Newton-Schulz iterations always run in bf16;
-  - `muon`: budgetlm's Muon, Newton-Schulz in the training precision (fp32 here);
+  - `muon-torch`: torch.optim.Muon as shipped, whose Newton-Schulz iterations always run in bf16,
+    one matrix at a time;
+  - `muon-bf16`: budgetlm's Muon in bf16 (what bf16 training uses), the matrices of one shape as one stack;
+  - `muon`: budgetlm's Muon in fp32 (what fp32 training uses);
   - `adamw`: fused AdamW, for reference;
 side by side in one process (rounds alternate, median step of each), and reports tokens/s and MFU
 against the best 1024^3 fp32 matmul rate measured in the same process (before each shape) (FLOPs per token from
@@ -49,8 +51,12 @@ def build(shape: str, optimizer: str, compile_: bool, dropout: float = 0.0):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=V, n_layer=L, n_embd=C, n_head=heads_for(C), max_seq_len=T, dropout=dropout)
     model = Transformer(cfg).train()
-    name, ns = ("muon", "bf16") if optimizer == "muon-bf16" else (optimizer, "fp32")
+    name, ns = ("muon", "bf16") if optimizer in ("muon-bf16", "muon-torch") else (optimizer, "fp32")
     opt = build_optimizer(name, model, OptimConfig(lr=1e-3, muon_precision=ns))
+    if optimizer == "muon-torch":  # the same groups and hyper-parameters, torch's own step
+        ours = opt.optimizers[0]
+        keys = ("lr", "weight_decay", "momentum", "nesterov", "adjust_lr_fn")
+        opt.optimizers[0] = torch.optim.Muon(ours.param_groups, **{k: ours.defaults[k] for k in keys})
     fwd = torch.compile(model) if compile_ else model
     x = torch.randint(0, V, (B, T))
 
@@ -84,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["3:64:256:8:2048", "3:96:256:8:2048"],
                     help="LAYERS:WIDTH:SEQ:MICROBATCH:VOCAB of each shape")
-    ap.add_argument("--optimizers", nargs="+", default=["muon-bf16", "muon", "adamw"])
+    ap.add_argument("--optimizers", nargs="+", default=["muon-torch", "muon-bf16", "muon", "adamw"])
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
     ap.add_argument("--steps", type=int, default=15, help="timed steps per round")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (as training does for >= 5 min)")

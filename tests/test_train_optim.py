@@ -6,7 +6,8 @@ import torch
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.transformer import build_model
-from budgetlm.training.optim import OPTIMIZERS, OptimConfig, build_optimizer, muon_precision, set_lr, split_params
+from budgetlm.training.optim import (OPTIMIZERS, Muon, OptimConfig, build_optimizer, muon_precision, orthogonalise, set_lr,
+                                     split_params)
 from train_helpers import one_thread  # noqa: F401
 
 
@@ -66,21 +67,41 @@ def _muon_pair(ns_precision: str):
     return m, opt
 
 
-def test_muon_in_fp32_takes_the_same_step_as_torch_muon_in_bf16():
-    x = torch.randint(0, 64, (2, 16))
-    steps = {}
-    for prec in ("bf16", "fp32"):
-        m, opt = _muon_pair(prec)
-        before = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
-        _, loss = m(x, x)
-        loss.backward()
-        opt.step()
-        steps[prec] = [p.detach() - b for p, b in zip((p for g in opt.param_groups for p in g["params"]), before)]
-    assert opt.ns_dtype == torch.float32
-    for a, b in zip(steps["bf16"], steps["fp32"]):
+def _muon_steps(make):
+    """The parameter change of one Muon step from the same start, for the optimizer `make(params)`."""
+    m = tiny()
+    params = [p for _, p in split_params(m)["hidden"]]
+    opt = make(params)
+    before = [p.detach().clone() for p in params]
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    m(x, x)[1].backward()
+    opt.step()
+    return [p.detach() - b for p, b in zip(params, before)]
+
+
+def test_muon_takes_torch_muons_step_in_bf16_and_its_direction_in_fp32():
+    kw = dict(lr=1e-2, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    reference = _muon_steps(lambda ps: torch.optim.Muon(ps, **kw))  # one matrix at a time, bf16
+    ours_bf16 = _muon_steps(lambda ps: Muon(ps, ns_dtype=torch.bfloat16, **kw))  # batched by shape
+    ours_fp32 = _muon_steps(lambda ps: Muon(ps, ns_dtype=torch.float32, **kw))
+    assert len(reference) == 8  # 2 layers x (qkv, proj, w_in, w_out): four stacks of two
+    for r, a, b in zip(reference, ours_bf16, ours_fp32):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-7)
         # same direction and size; bf16 rounding (8 bits of mantissa) is the only difference
-        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
-        assert abs(a.norm() / b.norm() - 1) < 0.05
+        assert torch.nn.functional.cosine_similarity(r.flatten(), b.flatten(), dim=0) > 0.98
+        assert abs(r.norm() / b.norm() - 1) < 0.05
+
+
+def test_orthogonalise_a_stack_as_each_matrix_alone():
+    coefficients = torch.optim.Muon([torch.zeros(2, 2, requires_grad=True)]).defaults["ns_coefficients"]
+    g = torch.randn(3, 48, 16, generator=torch.Generator().manual_seed(0))
+    stack = orthogonalise(g, coefficients, 5, 1e-7, torch.float32)
+    assert stack.shape == g.shape
+    for k in range(3):
+        alone = orthogonalise(g[k], coefficients, 5, 1e-7, torch.float32)
+        torch.testing.assert_close(stack[k], alone)
+        s = torch.linalg.svdvals(alone)
+        assert 0.5 < s.min() and s.max() < 1.3  # Muon's iteration: singular values pushed near 1
 
 
 def test_muon_state_moves_between_the_bf16_and_fp32_variants():

@@ -10,9 +10,10 @@ learning rate in `group["base_lr"]`; the training loop sets `group["lr"] = base_
   each update with Newton-Schulz iterations; it is meant only for hidden matrices (its docs say so).
   `adjust_lr_fn="match_rms_adamw"` (Liu et al. 2025, "Muon is Scalable for LLM Training") scales its
   update to AdamW's RMS so that one peak LR serves both groups.
-  torch's Muon always orthogonalises in bfloat16; `Muon` below runs the same iterations in
-  `OptimConfig.muon_precision`, because on CPUs without bf16 matrix units a bf16 matmul runs at a few
-  percent of fp32 and the optimizer step would cost more than the forward and backward passes.
+  torch's Muon always orthogonalises in bfloat16, one matrix at a time; `Muon` below runs the same
+  iterations in `OptimConfig.muon_precision`, because on CPUs without bf16 matrix units a bf16 matmul
+  runs at a few percent of fp32 and the optimizer step would cost more than the forward and backward
+  passes, and on all the matrices of one shape at once.
 """
 
 from __future__ import annotations
@@ -119,23 +120,32 @@ class CombinedOptimizer:
 def orthogonalise(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
                   dtype: torch.dtype) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration (Jordan et al. 2024; torch.optim.Muon's coefficients)
-    towards U V^T of g = U S V^T, computed in `dtype`."""
+    towards U V^T of g = U S V^T, computed in `dtype`; g is one matrix (A, B) or a stack (L, A, B)."""
     a, b, c = coefficients
     x = g.to(dtype)
-    wide = g.size(0) > g.size(1)
+    single = x.ndim == 2
+    if single:
+        x = x.unsqueeze(0)
+    wide = x.size(-2) > x.size(-1)
     if wide:  # iterate on the smaller Gram matrix
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if wide else x
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.mT if wide else x
+    return x[0] if single else x
 
 
 class Muon(torch.optim.Muon):
-    """`torch.optim.Muon` with the Newton-Schulz iterations in `ns_dtype` (torch's own step when bf16).
+    """`torch.optim.Muon` with the Newton-Schulz iterations in `ns_dtype`, batched over the matrices
+    of one shape.
 
-    Same hyper-parameters and the same state ("momentum_buffer"), so checkpoints move between the two."""
+    torch's step orthogonalises one matrix at a time; at the widths CPU budgets plan (64-128) each of
+    those small matmuls costs mostly its call, so the matrices of one shape (the same projection in
+    every layer) go through the iterations as one stack: the optimizer step of a 3 x 64 model took
+    half the time (docs/bench/training.md). Same hyper-parameters and the same state
+    ("momentum_buffer"), so checkpoints move between this and torch's Muon."""
 
     def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
         if kwargs.get("adjust_lr_fn") != "match_rms_adamw":
@@ -145,21 +155,26 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self.ns_dtype == torch.bfloat16:
-            return super().step(closure)
         if closure is not None:
             raise ValueError("Muon.step takes no closure")
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
-            m = group["momentum"]
-            for p, g, buf in zip(params, grads, bufs):
+            m, lr = group["momentum"], group["lr"]
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            updates = []
+            for i, (p, g, buf) in enumerate(zip(params, grads, bufs)):
                 buf.lerp_(g, 1 - m)
-                update = g.lerp(buf, m) if group["nesterov"] else buf
-                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
+                updates.append(g.lerp(buf, m) if group["nesterov"] else buf)
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, idx in by_shape.items():
+                stack = orthogonalise(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
+                                      group["ns_steps"], group["eps"], self.ns_dtype)
                 # "match_rms_adamw": 0.2 sqrt(max(A, B)) gives the update AdamW's RMS (Liu et al. 2025)
-                p.add_(update.to(p.dtype), alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape[:2])))
+                scale = -lr * 0.2 * math.sqrt(max(shape[:2]))
+                for k, i in enumerate(idx):
+                    params[i].mul_(1 - lr * group["weight_decay"])
+                    params[i].add_(stack[k].to(params[i].dtype), alpha=scale)
         return None
 
 
