@@ -143,8 +143,8 @@ class Muon(torch.optim.Muon):
 
     torch's step orthogonalises one matrix at a time; at the widths CPU budgets plan (64-128) each of
     those small matmuls costs mostly its call, so the matrices of one shape (the same projection in
-    every layer) go through the iterations as one stack: the optimizer step of a 3 x 64 model took
-    half the time (docs/bench/training.md). Same hyper-parameters and the same state
+    every layer) go through the iterations as one stack: a training step of a 3 x 64 model ran
+    1.06-1.14x faster than with torch's Muon (docs/bench/training.md). Same hyper-parameters and the same state
     ("momentum_buffer"), so checkpoints move between this and torch's Muon."""
 
     def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
