@@ -47,3 +47,18 @@ def _exit_code(argv):
         return cli.main(argv)
     except SystemExit as e:
         return e.code
+
+
+@pytest.mark.parametrize("argv", [["hardware"], ["plan", "--model", "2", "--budget", "1h"], ["prepare", "in.txt", "--out", "out"], ["demo"],
+                                  ["generate", "--model", "run", "--prompt", "hi"]], ids=lambda a: a[0])
+def test_under_torchrun_only_train_runs(argv, monkeypatch, tmp_path, capsys):
+    """Started by torchrun, a one-process command would do its whole job once per rank (and write the
+    same files twice): it refuses with one line before doing anything."""
+    assert argv[0] not in cli.DISTRIBUTED
+    (tmp_path / "in.txt").write_text("some text\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "launch it without torchrun" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

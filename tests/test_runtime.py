@@ -195,3 +195,10 @@ def test_attention_precision_follows_the_measured_kernel_speed(monkeypatch):
         assert [b.attn.fp32 for b in model.blocks] == [expected, expected]
         assert ("attention in fp32" in runtime.attention_note(rt)) == expected
     runtime.cpu_attention_fp32.cache_clear()
+
+
+def test_one_process_callers_refuse_a_torchrun_world(monkeypatch):
+    """Through the Python API too: only a caller that trains across processes joins the group."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(BudgetError, match="launch it without torchrun"):
+        runtime.init_runtime("cpu", "fp32")

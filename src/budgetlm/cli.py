@@ -43,6 +43,9 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "demo": ("budgetlm.commands.demo", "run the whole path on the built-in corpus", True),
 }
 
+# The commands that run across processes under torchrun; the others would do the whole job once per rank.
+DISTRIBUTED = {"train"}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump) and exit code 2."""
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "command", None):
             parser.print_help()
             return 2
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world > 1 and args.command not in DISTRIBUTED:
+            raise BudgetError(f"budgetlm {args.command} runs in one process, but torchrun started {world}: launch it "
+                              "without torchrun (budgetlm train is the command that trains across processes)")
         json_mode = bool(getattr(args, "json", False))
         ui.set_json_mode(json_mode)
         module = importlib.import_module(args._module)
