@@ -155,7 +155,7 @@ def test_budgeted_ddp_run_ends_on_every_rank(parallel, data, tmp_path):
     res = json.loads(proc.stdout.decode().strip())
     assert res["world_size"] == 2 and res["steps"] > 3 and not res["interrupted"]
     assert 3.5 <= res["elapsed_s"] <= 6
-    assert len([x for x in step_losses(run)]) > 0 and (run / "checkpoints" / f"step_{res['steps']:06d}").is_dir()
+    assert step_losses(run) and (run / "checkpoints" / f"step_{res['steps']:06d}").is_dir()
 
 
 STOP_ON_ONE_RANK = """
@@ -183,12 +183,18 @@ runtime.shutdown(rt)
 """
 
 
-def test_a_stop_signal_on_one_rank_stops_every_rank_on_the_same_step(tmp_path):
-    script = tmp_path / "stop.py"
-    script.write_text(STOP_ON_ONE_RANK)
+def on_two_ranks(script_text: str, tmp_path) -> list:
+    """Run a script (which writes its rank's JSON answer into the folder argv[1]) on two gloo ranks
+    under torchrun; the answers of ranks 0 and 1."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     proc = torchrun(str(script), str(tmp_path), module=False)
     assert proc.returncode == 0, proc.stderr.decode()[-1500:]
-    answers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_on_the_same_step(tmp_path):
+    answers = on_two_ranks(STOP_ON_ONE_RANK, tmp_path)
     assert answers == [[4, True], [4, True]]  # agreed at the end of the step after the signal
 
 
@@ -211,11 +217,7 @@ runtime.shutdown(rt)
 
 
 def test_ranks_take_rank_0s_measured_choices(tmp_path):
-    script = tmp_path / "choices.py"
-    script.write_text(RANK_CHOICES)
-    proc = torchrun(str(script), str(tmp_path), module=False)
-    assert proc.returncode == 0, proc.stderr.decode()[-1500:]
-    answers = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    answers = on_two_ranks(RANK_CHOICES, tmp_path)
     assert answers == [[0, "bf16", "rank 0 measured", True], [1, "bf16", "rank 0 measured", True]]
 
 

@@ -23,7 +23,7 @@ import os
 import sys
 
 from budgetlm import __version__, ui
-from budgetlm.config import BudgetError
+from budgetlm.config import BudgetError, refuse_torchrun
 
 # name -> (module, one-line description, produces a result that --json can print)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
@@ -89,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "command", None):
             parser.print_help()
             return 2
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world > 1 and args.command not in DISTRIBUTED:
-            raise BudgetError(f"budgetlm {args.command} runs in one process, but torchrun started {world}: launch it "
-                              "without torchrun (budgetlm train is the command that trains across processes)")
+        if args.command not in DISTRIBUTED:
+            refuse_torchrun(f"budgetlm {args.command}")
         json_mode = bool(getattr(args, "json", False))
         ui.set_json_mode(json_mode)
         module = importlib.import_module(args._module)

@@ -15,6 +15,7 @@ import functools
 import inspect
 import io
 import json
+import os
 import re
 import textwrap
 import tokenize
@@ -29,6 +30,15 @@ class BudgetError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+def refuse_torchrun(what: str = "this command") -> None:
+    """Stop a one-process job that torchrun started on several ranks: each rank would do the whole
+    job on the same data and write the same files."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise BudgetError(f"{what} runs in one process, but torchrun started {world}: launch it without "
+                          "torchrun (budgetlm train is the command that trains across processes)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from budgetlm import ui
-from budgetlm.config import BudgetError
+from budgetlm.config import BudgetError, refuse_torchrun
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -240,10 +240,8 @@ def init_runtime(device: str = "auto", precision: str = "auto", seed: int = 0, d
     trains across processes: `distributed`), choose precision."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not distributed:
-        # Every rank would run the whole job on the same data and write the same output folder.
-        raise BudgetError(f"this command runs in one process, but torchrun started {world}: launch it without "
-                          "torchrun (budgetlm train is the command that trains across processes)")
+    if not distributed:
+        refuse_torchrun()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device_type = detect_device_type(device)
     ddp = False

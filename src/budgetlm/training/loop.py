@@ -195,7 +195,7 @@ class _Loop:
         self.bad_in_a_row = 0
         self.last_ckpt_wall = time.perf_counter()
         self.since_ckpt_s = 0.0  # wall seconds since the last checkpoint, as all ranks agree
-        self.stop_agreed = False  # some rank received a stop signal (DDP ranks stop together)
+        self.stop_agreed = False  # under DDP: some rank received a stop signal (the ranks stop together)
         self.train_loss = float("nan")
 
     def progress(self, extra_s: float = 0.0) -> float:
@@ -243,7 +243,7 @@ class _Loop:
         rates, and one that stopped a step earlier would leave the others waiting in a collective."""
         since = time.perf_counter() - self.last_ckpt_wall
         if not self.rt.ddp:
-            self.since_ckpt_s, self.stop_agreed = since, bool(self.stop)
+            self.since_ckpt_s = since
             return seconds
         seconds, self.since_ckpt_s, stop = runtime.all_reduce(self.rt, [seconds, since, float(bool(self.stop))], "max")
         self.stop_agreed = stop > 0
