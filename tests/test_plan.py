@@ -151,6 +151,22 @@ def test_estimate_time_and_cost_by_hand():
     assert p.global_batch_tokens == p.micro_batch * p.grad_accum * 128
 
 
+def test_fresh_data_takes_half_the_steps_of_repeated_data():
+    dev = get_device("cpu", CATALOG)
+    cfg = model_config(3, 2048, causal=True, max_seq_len=256)
+    budget = 480.0
+    tokens = P.estimate(cfg, dev, 0, 256, budget_s=budget).tokens
+
+    def batch(data_tokens):
+        return P.estimate(cfg, dev, 0, 256, data_tokens=data_tokens, budget_s=budget).global_batch_tokens
+
+    fresh, repeated, unknown = batch(10 * tokens), batch(tokens // 10), batch(None)
+    # a power of two at most tokens / MIN_STEPS(_FRESH), twice as large when no token repeats
+    assert repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS))
+    assert fresh == unknown == 2 * repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS_FRESH))
+    assert P.min_steps(100, 100) == P.MIN_STEPS_FRESH and P.min_steps(101, 100) == P.MIN_STEPS
+
+
 def test_besiroglu_matches_hardware_notes_check_values():
     # hardware-notes 2.4: C = 1e18 -> 81M (D/N 25.7); 1e20 -> 854M (22.9); 1e22 -> 9.0B (20.4)
     for c, n, ratio in ((1e18, 81e6, 25.7), (1e20, 854e6, 22.9), (1e22, 9.0e9, 20.4)):

@@ -21,9 +21,10 @@ Modules: `memory` (bytes), `estimate` (one model on one device: `estimate`, `Pla
 `budgetlm.api.plan`'s job.
 """
 
-from budgetlm.planning.estimate import (DEFAULT_MFU, MAX_MICRO_TOKENS, MIN_STEPS, RECOMPUTE_FACTOR, TINY_MFU_FACTOR,
+from budgetlm.planning.estimate import (DEFAULT_MFU, MAX_MICRO_TOKENS, MIN_STEPS, MIN_STEPS_FRESH,
+                                    RECOMPUTE_FACTOR, TINY_MFU_FACTOR,
                                     TINY_WIDTH, TRAINER_CHECKPOINTING, Choice, Plan, PlanConfig, configurations,
-                                    estimate, flops_per_token, mfu_for, peak_flops, what_would_fit)
+                                    estimate, flops_per_token, mfu_for, min_steps, peak_flops, what_would_fit)
 from budgetlm.planning.memory import (ATTENTION, DEFAULT_PRED_FRACTION, FRAGMENTATION, OPTIMIZERS, PRECISION_ORDER,
                                   PRECISIONS, RUNTIME_OVERHEAD, GiB, PrecisionSpec, activation_bytes,
                                   memory_breakdown, optimizer_bytes, param_groups, state_bytes)
@@ -32,10 +33,10 @@ from budgetlm.planning.sizing import (BESIROGLU, MAX_ASPECT, MIN_ASPECT, MIN_DEP
 
 __all__ = [
     "ATTENTION", "BESIROGLU", "DEFAULT_MFU", "DEFAULT_PRED_FRACTION", "FRAGMENTATION", "GiB", "MAX_ASPECT",
-    "MAX_MICRO_TOKENS", "MIN_ASPECT", "MIN_DEPTH", "MIN_STEPS", "OPTIMIZERS", "PRECISIONS", "PRECISION_ORDER",
+    "MAX_MICRO_TOKENS", "MIN_ASPECT", "MIN_DEPTH", "MIN_STEPS", "MIN_STEPS_FRESH", "OPTIMIZERS", "PRECISIONS", "PRECISION_ORDER",
     "RECOMPUTE_FACTOR", "REPEAT_HALF_LIFE", "RUNTIME_OVERHEAD", "TINY_MFU_FACTOR", "TINY_WIDTH",
     "TOKENS_PER_PARAM", "TRAINER_CHECKPOINTING", "WIDTH_STEP", "Choice", "Plan", "PlanConfig", "PrecisionSpec",
     "ScalingLaw", "activation_bytes", "auto_plan", "configurations", "effective_tokens", "estimate",
-    "flops_per_token", "memory_breakdown", "mfu_for", "optimizer_bytes", "param_groups", "peak_flops",
+    "flops_per_token", "memory_breakdown", "mfu_for", "min_steps", "optimizer_bytes", "param_groups", "peak_flops",
     "scaling_params", "shapes", "state_bytes", "what_would_fit",
 ]

@@ -224,17 +224,27 @@ class Choice:
 
 
 # Optimizer steps a run should take at least: short runs learn more from many small steps than from
-# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018). On Tiny
-# Shakespeare in 2 minutes 3 x 64 reached 2.156 bits/byte with 2,048-token steps (1,632 steps) and
-# 2.181 with 4,096 (881 steps; docs/bench/planning.md). GPU runs of hours hit the 2^19 cap first.
-MIN_STEPS = 2000
+# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018). How many depends
+# on whether the data repeats. On Tiny Shakespeare, seen 12 times in 2 minutes, 3 x 64 reached 2.165
+# bits/byte with ~2,000 steps of 2,048 tokens, 2.186 with 4,096-token steps and 2.203 with 8,192. On
+# Gutenberg, seen 0.8 times in 8 minutes, 3 x 96 reached 1.582 / 1.581 with ~1,300 steps of 8,192
+# tokens against 1.597 / 1.599 with ~2,400 of 4,096 (docs/bench/training.md). GPU runs of hours hit
+# the 2^19 cap first.
+MIN_STEPS = 2000  # when the run repeats its data (or would, were it all trained)
+MIN_STEPS_FRESH = 1000  # when every token trained is new: the run sees its data at most once
 
 
-def _global_batch_tokens(tokens: float, seq_len: int, min_tokens: int = 0) -> int:
+def min_steps(tokens: float, data_tokens: int | None) -> int:
+    """The fewest optimizer steps a run of `tokens` should take over `data_tokens` of data (None:
+    unknown, taken as unlimited)."""
+    return MIN_STEPS_FRESH if data_tokens is None or tokens <= data_tokens else MIN_STEPS
+
+
+def _global_batch_tokens(tokens: float, seq_len: int, min_tokens: int = 0, steps: int = MIN_STEPS) -> int:
     """Tokens per optimizer step: at most 2^19 (about GPT-3 small's 0.5M) and small enough that
-    the run takes at least ~MIN_STEPS optimizer steps, but not below `min_tokens` (a CPU step smaller than
+    the run takes at least ~`steps` optimizer steps, but not below `min_tokens` (a CPU step smaller than
     its calibrated micro-batch would run slower than calibrated); a power of two, at least one sequence."""
-    target = min(2**19, max(seq_len, min_tokens, tokens / MIN_STEPS))
+    target = min(2**19, max(seq_len, min_tokens, tokens / steps))
     return max(seq_len, 2 ** int(math.floor(math.log2(target))))
 
 
@@ -245,12 +255,14 @@ MAX_MICRO_TOKENS = {"cpu": 2048}
 def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: int = 1,
                    optimizer: str = "adamw", tokens_hint: float = 1e9, precisions: tuple[str, ...] | None = None,
                    calibration: dict | None = None, pred_fraction: float | None = None,
-                   max_micro_batch: int = 1024, allow_checkpointing: bool = True) -> list[Choice]:
+                   max_micro_batch: int = 1024, allow_checkpointing: bool = True,
+                   steps: int = MIN_STEPS) -> list[Choice]:
     """The best configuration of each precision that fits, fastest first: the largest power-of-two
     micro-batch that fits, not above the per-device batch (a bigger micro-batch fills the device
     better), with activation checkpointing only when nothing fits without it (it is always slower).
-    Memory grows with the micro-batch, so the largest that fits is found by bisection."""
-    gbt = _global_batch_tokens(tokens_hint, seq_len, MAX_MICRO_TOKENS.get(device.kind, 0))
+    Memory grows with the micro-batch, so the largest that fits is found by bisection. The global
+    batch makes `tokens_hint` tokens take at least ~`steps` optimizer steps (`min_steps`)."""
+    gbt = _global_batch_tokens(tokens_hint, seq_len, MAX_MICRO_TOKENS.get(device.kind, 0), steps)
     per_device_seqs = max(1, gbt // (seq_len * num_devices))
     cap = MAX_MICRO_TOKENS.get(device.kind)
     if cap:
@@ -324,13 +336,15 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
     With budget_s, tokens become what the budget buys."""
     if seq_len > cfg.max_seq_len:
         cfg = replace(cfg, max_seq_len=seq_len)
-    choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens or 1e12, precisions,
-                             calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
+    hint = tokens or 1e12
+    choices = configurations(cfg, device, seq_len, num_devices, optimizer, hint, precisions, calibration,
+                             pred_fraction, allow_checkpointing=allow_checkpointing, steps=min_steps(hint, data_tokens))
     if budget_s is not None and choices:
         # The global batch depends on the tokens the run will see, which the budget buys.
         tokens = choices[0].tokens_per_second * budget_s
         choices = configurations(cfg, device, seq_len, num_devices, optimizer, tokens, precisions,
-                                 calibration, pred_fraction, allow_checkpointing=allow_checkpointing)
+                                 calibration, pred_fraction, allow_checkpointing=allow_checkpointing,
+                                 steps=min_steps(tokens, data_tokens))
     notes: list[str] = []
     if device.kind == "tpu":
         notes.append("TPU: budgetlm's torch_xla path is unverified on a TPU, and its MFU is the assumed "
