@@ -410,6 +410,33 @@ def test_calibration_drives_mfu():
     assert P.mfu_for(dev, "bf16", big, 128, tilted)[0] * dev.peak_flops["bf16"] == pytest.approx(2e11)
 
 
+def test_accumulation_pays_the_calibrated_optimizer_step_once_per_step():
+    dev = get_device("cpu", CATALOG)
+    cfg = model_config(2, 2048, max_seq_len=256)
+    fpt, n = P.flops_per_token(cfg, 256), num_params(cfg)
+    point = {"flops_per_token": fpt, "achieved_flops": 1e9, "params": n / 2, "optimizer_seconds": 0.001}
+    single = 1e9 / fpt  # tokens/s of steps of one micro-batch each, as calibrated
+
+    def best(points, tokens):
+        cal = {"precisions": {"fp32": points}}
+        return P.configurations(cfg, dev, 256, tokens_hint=tokens, precisions=("fp32",), calibration=cal)[0]
+
+    one, four = best([point], 2048 * P.MIN_STEPS), best([point], 8192 * P.MIN_STEPS)
+    assert (one.micro_batch, one.grad_accum, four.micro_batch, four.grad_accum) == (8, 1, 8, 4)
+    # the optimizer step scales with parameters (twice the point's here) and is paid once per 4 micro-batches
+    assert four.optimizer_seconds == pytest.approx(0.002)
+    step = 2048 / single
+    assert one.tokens_per_second == pytest.approx(single)
+    assert four.tokens_per_second == pytest.approx(4 * 2048 / (4 * (step - 0.002) + 0.002))
+    assert four.mfu == pytest.approx(four.tokens_per_second * fpt / dev.peak_flops["fp32"])
+    unmeasured = {k: v for k, v in point.items() if k != "optimizer_seconds"}  # older calibration files
+    assert best([unmeasured], 8192 * P.MIN_STEPS).tokens_per_second == pytest.approx(single)
+    # a run's speed with accumulation, kept as steps of one micro-batch, predicts the run again
+    kept = P.single_step_speed(four.tokens_per_second, 2048, 4, 0.002)
+    assert kept == pytest.approx(single)
+    assert P.accumulated_speed(kept, 2048, 4, 0.002) == pytest.approx(four.tokens_per_second)
+
+
 def test_checkpointing_only_when_allowed_and_flagged():
     dev = get_device("nvidia-rtx-3080", CATALOG)
     cfg = model_config(16, 32000, max_seq_len=4096)

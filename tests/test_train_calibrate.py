@@ -180,7 +180,8 @@ def test_only_a_run_with_the_plans_batch_corrects_the_calibration(tmp_path, monk
 
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
     cfg = model_config(3, 64, max_seq_len=16, width=64)
-    plan = SimpleNamespace(global_batch_tokens=8 * 16, micro_batch=8, tokens_per_second=1000.0)
+    plan = SimpleNamespace(global_batch_tokens=8 * 16, micro_batch=8, grad_accum=1, optimizer_seconds=0.01,
+                           tokens_per_second=1000.0)
 
     def run(batch_size):
         return SimpleNamespace(choice=SimpleNamespace(plan=plan), rt=CPU_FP32, mcfg=cfg, micro=8,
@@ -192,3 +193,31 @@ def test_only_a_run_with_the_plans_batch_corrects_the_calibration(tmp_path, monk
     assert "160%" in _correct_plan(run(8), result)  # the plan's batch, 1.6x its speed: recorded
     entry = next(iter(calibration.load()["devices"].values()))
     assert [p["tokens_per_second"] for p in entry["precisions"]["fp32"]] == [1600.0]
+
+
+def test_a_run_with_accumulation_is_recorded_as_single_steps(tmp_path, monkeypatch):
+    """Calibration points time one micro-batch per optimizer step and plans amortise the optimizer
+    step over their accumulation; a run with accumulation is kept in the points' form, so the next
+    plan does not amortise it twice."""
+    from types import SimpleNamespace
+
+    from budgetlm.training.pretrain import _correct_plan
+
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path))
+    cfg = model_config(3, 64, max_seq_len=16, width=64)
+    plan = SimpleNamespace(global_batch_tokens=4 * 8 * 16, micro_batch=8, grad_accum=4, optimizer_seconds=0.01,
+                           tokens_per_second=1000.0)
+    run = SimpleNamespace(choice=SimpleNamespace(plan=plan), rt=CPU_FP32, mcfg=cfg, micro=8,
+                          cfg=SimpleNamespace(batch_size=32, optimizer="muon"), fpt=1.0)
+    result = SimpleNamespace(interrupted=False, steps=100, tokens_per_s=1600.0, params=1, compiled=False)
+    assert "160%" in _correct_plan(run, result)
+    (point,) = next(iter(calibration.load()["devices"].values()))["precisions"]["fp32"]
+    # 4 x 128 tokens per 0.32 s step, 0.01 s of it the optimizer: one micro-batch + its step 0.0875 s
+    assert point["tokens_per_second"] == pytest.approx(128 / 0.0875)
+    assert point["achieved_flops"] == pytest.approx(128 / 0.0875)
+    assert (point["grad_accum"], point["optimizer_seconds"]) == (4, 0.01)
+
+
+def test_measure_times_the_optimizer_step():
+    r = bench.measure(model_config(2, 64, max_seq_len=16), 2, 16, CPU_FP32, seconds=0.05, memory=False)
+    assert 0 < r["optimizer_seconds"] < r["step_seconds"]

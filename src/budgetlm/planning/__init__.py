@@ -24,7 +24,8 @@ Modules: `memory` (bytes), `estimate` (one model on one device: `estimate`, `Pla
 from budgetlm.planning.estimate import (DEFAULT_MFU, MAX_MICRO_TOKENS, MIN_STEPS, MIN_STEPS_FRESH,
                                     RECOMPUTE_FACTOR, TINY_MFU_FACTOR,
                                     TINY_WIDTH, TRAINER_CHECKPOINTING, Choice, Plan, PlanConfig, configurations,
-                                    estimate, flops_per_token, mfu_for, min_steps, peak_flops, what_would_fit)
+                                    accumulated_speed, estimate, flops_per_token, mfu_for, min_steps,
+                                    optimizer_seconds, peak_flops, single_step_speed, what_would_fit)
 from budgetlm.planning.memory import (ATTENTION, DEFAULT_PRED_FRACTION, FRAGMENTATION, OPTIMIZERS, PRECISION_ORDER,
                                   PRECISIONS, RUNTIME_OVERHEAD, GiB, PrecisionSpec, activation_bytes,
                                   memory_breakdown, optimizer_bytes, param_groups, state_bytes)
@@ -36,7 +37,7 @@ __all__ = [
     "MAX_MICRO_TOKENS", "MIN_ASPECT", "MIN_DEPTH", "MIN_STEPS", "MIN_STEPS_FRESH", "OPTIMIZERS", "PRECISIONS", "PRECISION_ORDER",
     "RECOMPUTE_FACTOR", "REPEAT_HALF_LIFE", "RUNTIME_OVERHEAD", "TINY_MFU_FACTOR", "TINY_WIDTH",
     "TOKENS_PER_PARAM", "TRAINER_CHECKPOINTING", "WIDTH_STEP", "Choice", "Plan", "PlanConfig", "PrecisionSpec",
-    "ScalingLaw", "activation_bytes", "auto_plan", "configurations", "effective_tokens", "estimate",
-    "flops_per_token", "memory_breakdown", "mfu_for", "min_steps", "optimizer_bytes", "param_groups", "peak_flops",
-    "scaling_params", "shapes", "state_bytes", "what_would_fit",
+    "ScalingLaw", "accumulated_speed", "activation_bytes", "auto_plan", "configurations", "effective_tokens", "estimate",
+    "flops_per_token", "memory_breakdown", "mfu_for", "min_steps", "optimizer_bytes", "optimizer_seconds", "param_groups", "peak_flops",
+    "scaling_params", "shapes", "single_step_speed", "state_bytes", "what_would_fit",
 ]

@@ -91,6 +91,36 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
     return default_mfu(device, cfg), "default"
 
 
+def optimizer_seconds(precision: str, cfg: ModelConfig, calibration: dict[str, Any] | None) -> float:
+    """Seconds of one optimizer step (gradient clipping and the update) of `cfg`, scaled by
+    parameters from the calibration point nearest in size that timed it; 0 when none did."""
+    points = ((calibration or {}).get("precisions") or {}).get(precision) or []
+    points = [p for p in points if p.get("optimizer_seconds") and p.get("params")]
+    if not points:
+        return 0.0
+    n = num_params(cfg)
+    near = min(points, key=lambda p: abs(math.log(p["params"] / n)))
+    return near["optimizer_seconds"] * n / near["params"]
+
+
+def accumulated_speed(single: float, micro_tokens: float, accum: int, optimizer_s: float) -> float:
+    """Tokens/s of optimizer steps of `accum` micro-batches, from `single`, the tokens/s of steps of
+    one micro-batch each (what calibration times): accumulation pays the optimizer step once per
+    `accum` micro-batches. `optimizer_s` is held below half a single step (a guard against a
+    calibration timed at another micro-batch)."""
+    step = micro_tokens / single
+    opt = min(optimizer_s, 0.5 * step)
+    return accum * micro_tokens / (accum * (step - opt) + opt)
+
+
+def single_step_speed(accumulated: float, micro_tokens: float, accum: int, optimizer_s: float) -> float:
+    """The inverse of `accumulated_speed`: what a run with accumulation measured, as tokens/s of
+    steps of one micro-batch each (the form calibration points keep)."""
+    step = accum * micro_tokens / accumulated
+    opt = min(optimizer_s, 0.5 * step / accum)
+    return micro_tokens / ((step - opt) / accum + opt)
+
+
 def default_mfu(device: Device, cfg: ModelConfig) -> float:
     """The MFU assumed before anything was measured (FITTED_MFU on NVIDIA GPUs, DEFAULT_MFU elsewhere)."""
     if device.kind == "gpu" and device.id.startswith("nvidia-"):
@@ -192,6 +222,7 @@ class Plan:
     storage: dict[str, float] = field(default_factory=dict)  # disk for shards/checkpoints, input bandwidth
     sizing: dict[str, Any] = field(default_factory=dict)  # compute-optimal reasoning (auto only)
     notes: list[str] = field(default_factory=list)  # warnings for the reader
+    optimizer_seconds: float = 0.0  # one optimizer step (clipping, update), from calibration; 0: not measured
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: the model as its ModelConfig fields, followed by "depth" (its n_layer)."""
@@ -221,6 +252,7 @@ class Choice:
     mfu: float
     mfu_source: str
     peak: float
+    optimizer_seconds: float = 0.0
 
 
 # Optimizer steps a run should take at least: short runs learn more from many small steps than from
@@ -275,6 +307,7 @@ def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: 
         if not peak:
             continue
         mfu, source = mfu_for(device, precision, cfg, seq_len, calibration, pred_fraction)
+        opt_s = optimizer_seconds(precision, cfg, calibration)
         state = state_bytes(cfg, precision, optimizer, num_devices)
         for ckpt in (False, True) if allow_checkpointing else (False,):
             def mem_at(e: int) -> dict[str, int]:
@@ -286,10 +319,10 @@ def configurations(cfg: ModelConfig, device: Device, seq_len: int, num_devices: 
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if mem_at(mid)["total"] <= device.memory_bytes else (lo, mid - 1)
-            mb = 2**lo
-            tps = mfu * peak * num_devices / (RECOMPUTE_FACTOR if ckpt else 1.0) / fpt
-            out.append(Choice(mb, max(1, math.ceil(per_device_seqs / mb)), precision, ckpt, mem_at(lo), tps, mfu,
-                              source, peak))
+            mb, accum = 2**lo, max(1, math.ceil(per_device_seqs / 2**lo))
+            single = mfu * peak * num_devices / (RECOMPUTE_FACTOR if ckpt else 1.0) / fpt
+            tps = accumulated_speed(single, mb * seq_len * num_devices, accum, opt_s)
+            out.append(Choice(mb, accum, precision, ckpt, mem_at(lo), tps, mfu * tps / single, source, peak, opt_s))
             break  # without checkpointing fits: checkpointing would only be slower
     out.sort(key=lambda c: (-round(c.tokens_per_second, 6), c.checkpointing, -c.micro_batch))
     return out
@@ -386,7 +419,7 @@ def estimate(cfg: ModelConfig, device: Device, tokens: float, seq_len: int, num_
         memory=c.memory, device_memory_bytes=device.memory_bytes, fits=fits, flops_per_token=fpt,
         flops=fpt * tokens, peak_flops=c.peak, peak_source=device.peak_note(c.precision), mfu=c.mfu,
         mfu_source=c.mfu_source,
-        tokens_per_second=c.tokens_per_second, seconds=seconds,
+        tokens_per_second=c.tokens_per_second, seconds=seconds, optimizer_seconds=c.optimizer_seconds,
         cost_usd=None if quote is None else seconds / 3600 * quote.usd_per_hour * rented,
         price=None if quote is None else asdict(quote),
         storage=_storage(cfg, c.tokens_per_second, data_tokens, optimizer,

@@ -142,6 +142,27 @@ def _timed_steps(setup, optimizer, batch, rt, steps: int) -> list[float]:
     return [b - a for a, b in zip([0.0] + ends[:-1], ends)]
 
 
+def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5, grad_clip: float = 1.0) -> float:
+    """Median seconds of the part of a training step that accumulation pays once per optimizer step:
+    unscaling, gradient clipping, the update and zeroing the gradients, timed on real gradients."""
+    times = []
+    for _ in range(reps):
+        with runtime.autocast(rt):
+            _, loss = setup.model(**batch)
+        (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
+        runtime.synchronize(rt)
+        t0 = time.perf_counter()
+        if setup.scaler is not None:
+            setup.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(setup.module.parameters(), grad_clip)
+        runtime.optimizer_step(rt, optimizer, setup.scaler)
+        optimizer.zero_grad(set_to_none=True)
+        runtime.mark_step(rt)
+        runtime.synchronize(rt)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtime, seconds: float = 2.0,
             optimizer: str = "adamw", compile: str = "off", warmup: int = 2, min_steps: int = 2,
             memory: bool = True, dropout: float = 0.0) -> dict[str, Any]:
@@ -164,6 +185,7 @@ def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtim
         "seq_len": seq_len, "micro_batch": micro_batch, "precision": rt.precision, "compile": setup.compiled, "dropout": dropout,
         "optimizer": optimizer, "steps": len(times), "step_seconds": step_s, "tokens_per_second": tokens / step_s,
         "flops_per_token": fpt, "achieved_flops": fpt * tokens / step_s,
+        "optimizer_seconds": optimizer_step_seconds(setup, opt, batch, rt),
     }
     if memory:
         out.update(_memory(setup, opt, batch, rt))

@@ -340,6 +340,7 @@ def _train(cfg: TrainConfig) -> RunResult:
 def _correct_plan(run: _Run, s: RunResult) -> str:
     """When the run's speed is more than CORRECT_BEYOND from its plan's, record the run in this
     device's calibration so that the next plan predicts from what actually ran; say so."""
+    from budgetlm.planning import single_step_speed
     from budgetlm.training.calibrate import CORRECT_BEYOND, record_run
 
     plan = run.choice.plan
@@ -353,11 +354,14 @@ def _correct_plan(run: _Run, s: RunResult) -> str:
     if abs(ratio - 1) <= CORRECT_BEYOND:
         return ""
     m, T = run.mcfg, run.mcfg.max_seq_len
+    # kept as calibration keeps its points: steps of one micro-batch each (the plan amortises the
+    # optimizer step over its accumulation again)
+    single = single_step_speed(s.tokens_per_s, run.micro * T, plan.grad_accum, plan.optimizer_seconds)
     record_run({"depth": m.n_layer, "width": m.n_embd, "params": s.params, "seq_len": T, "micro_batch": run.micro,
                 "precision": run.rt.precision, "compile": s.compiled, "dropout": m.dropout,
-                "optimizer": run.cfg.optimizer, "steps": s.steps,
-                "tokens_per_second": s.tokens_per_s, "flops_per_token": run.fpt,
-                "achieved_flops": run.fpt * s.tokens_per_s, "source": "training run"}, run.rt.precision)
+                "optimizer": run.cfg.optimizer, "steps": s.steps, "grad_accum": plan.grad_accum,
+                "tokens_per_second": single, "flops_per_token": run.fpt, "achieved_flops": run.fpt * single,
+                "optimizer_seconds": plan.optimizer_seconds, "source": "training run"}, run.rt.precision)
     note = (f"achieved {s.tokens_per_s:,.0f} tokens/s, {ratio:.0%} of the plan's {plan.tokens_per_second:,.0f}: "
             "this device's calibration now includes this run's speed, so the next plan predicts from it")
     ui.info(f"[bold]plan[/] {note}")
