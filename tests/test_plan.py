@@ -164,7 +164,9 @@ def test_fresh_data_takes_half_the_steps_of_repeated_data():
     # a power of two at most tokens / MIN_STEPS(_FRESH), twice as large when no token repeats
     assert repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS))
     assert fresh == unknown == 2 * repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS_FRESH))
-    assert P.min_steps(100, 100) == P.MIN_STEPS_FRESH and P.min_steps(101, 100) == P.MIN_STEPS
+    # ~1,000 steps per pass in between: just over one pass keeps the batch of one pass
+    assert batch(int(tokens / 1.01)) == fresh
+    assert [P.min_steps(t, 100) for t in (50, 100, 101, 150, 200, 10**6)] == [1000, 1000, 1010, 1500, 2000, 2000]
 
 
 def test_besiroglu_matches_hardware_notes_check_values():

@@ -256,20 +256,23 @@ class Choice:
 
 
 # Optimizer steps a run should take at least: short runs learn more from many small steps than from
-# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018). How many depends
-# on whether the data repeats. On Tiny Shakespeare, seen 12 times in 2 minutes, 3 x 64 reached 2.165
-# bits/byte with ~2,000 steps of 2,048 tokens, 2.186 with 4,096-token steps and 2.203 with 8,192. On
-# Gutenberg, seen 0.8 times in 8 minutes, 3 x 96 reached 1.582 / 1.581 with ~1,300 steps of 8,192
-# tokens against 1.597 / 1.599 with ~2,400 of 4,096 (docs/bench/training.md). GPU runs of hours hit
-# the 2^19 cap first.
-MIN_STEPS = 2000  # when the run repeats its data (or would, were it all trained)
-MIN_STEPS_FRESH = 1000  # when every token trained is new: the run sees its data at most once
+# few large ones (the critical batch grows as the loss falls; McCandlish et al. 2018), the more so when
+# they repeat their data: ~1,000 steps per pass over the data, between 1,000 and 2,000. On Tiny
+# Shakespeare, seen 12 times in 2 minutes, 3 x 64 reached 2.16-2.18 bits/byte with ~2,000 steps of
+# 2,048 tokens, 2.186 with 4,096-token steps and 2.203 with 8,192. On Gutenberg, seen 0.8 times in 8
+# minutes, 3 x 96 reached 1.586 / 1.587 with ~1,230 steps of 8,192 tokens against 1.595-1.599 with
+# ~2,400 of 4,096 (docs/bench/training.md). Between one and two passes the batch is the data's size /
+# 1,000 whatever the tokens, so a plan a little off its speed does not flip the batch at one pass.
+# GPU runs of hours hit the 2^19 cap first.
+MIN_STEPS_FRESH = 1000  # a run that sees its data at most once (or data of unknown size)
+MIN_STEPS = 2000  # a run that sees its data twice or more
 
 
 def min_steps(tokens: float, data_tokens: int | None) -> int:
     """The fewest optimizer steps a run of `tokens` should take over `data_tokens` of data (None:
-    unknown, taken as unlimited)."""
-    return MIN_STEPS_FRESH if data_tokens is None or tokens <= data_tokens else MIN_STEPS
+    unknown, taken as unlimited): MIN_STEPS_FRESH per pass, between MIN_STEPS_FRESH and MIN_STEPS."""
+    passes = tokens / data_tokens if data_tokens else 1.0
+    return round(min(max(MIN_STEPS_FRESH * passes, MIN_STEPS_FRESH), MIN_STEPS))
 
 
 def _global_batch_tokens(tokens: float, seq_len: int, min_tokens: int = 0, steps: int = MIN_STEPS) -> int:
