@@ -151,7 +151,7 @@ def test_estimate_time_and_cost_by_hand():
     assert p.global_batch_tokens == p.micro_batch * p.grad_accum * 128
 
 
-def test_fresh_data_takes_half_the_steps_of_repeated_data():
+def test_the_steps_follow_the_passes_over_the_data():
     dev = get_device("cpu", CATALOG)
     cfg = model_config(3, 2048, causal=True, max_seq_len=256)
     budget = 480.0
