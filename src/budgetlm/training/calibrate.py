@@ -35,7 +35,7 @@ from budgetlm.config import BudgetError, ranged
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import model_config
 from budgetlm.models.transformer import Transformer
-from budgetlm.training.loop import LoopConfig, LoopHooks, train_loop
+from budgetlm.training.loop import LoopConfig, LoopHooks, clip_gradients, train_loop
 from budgetlm.training.optim import OptimConfig, build_optimizer, muon_precision
 from budgetlm.training.schedule import ScheduleConfig
 
@@ -142,9 +142,10 @@ def _timed_steps(setup, optimizer, batch, rt, steps: int) -> list[float]:
     return [b - a for a, b in zip([0.0] + ends[:-1], ends)]
 
 
-def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5, grad_clip: float = 1.0) -> float:
+def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5) -> float:
     """Median seconds of the part of a training step that accumulation pays once per optimizer step:
-    unscaling, gradient clipping, the update and zeroing the gradients, timed on real gradients."""
+    unscaling, gradient clipping (at the loop's default norm), the update and zeroing the gradients,
+    timed on real gradients."""
     times = []
     for _ in range(reps):
         with runtime.autocast(rt):
@@ -154,7 +155,7 @@ def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5, grad_clip
         t0 = time.perf_counter()
         if setup.scaler is not None:
             setup.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(setup.module.parameters(), grad_clip)
+        clip_gradients(setup.module, LoopConfig.grad_clip)
         runtime.optimizer_step(rt, optimizer, setup.scaler)
         optimizer.zero_grad(set_to_none=True)
         runtime.mark_step(rt)
@@ -165,7 +166,7 @@ def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5, grad_clip
 
 def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtime, seconds: float = 2.0,
             optimizer: str = "adamw", compile: str = "off", warmup: int = 2, min_steps: int = 2,
-            memory: bool = True, dropout: float = 0.0) -> dict[str, Any]:
+            memory: bool = True, dropout: float = 0.0, optimizer_time: bool = True) -> dict[str, Any]:
     """Time training steps (forward, backward, optimizer) of a fresh model as training runs them."""
     torch.manual_seed(0)
     cfg = dataclasses.replace(cfg, dropout=dropout)
@@ -185,8 +186,9 @@ def measure(cfg: ModelConfig, micro_batch: int, seq_len: int, rt: runtime.Runtim
         "seq_len": seq_len, "micro_batch": micro_batch, "precision": rt.precision, "compile": setup.compiled, "dropout": dropout,
         "optimizer": optimizer, "steps": len(times), "step_seconds": step_s, "tokens_per_second": tokens / step_s,
         "flops_per_token": fpt, "achieved_flops": fpt * tokens / step_s,
-        "optimizer_seconds": optimizer_step_seconds(setup, opt, batch, rt),
     }
+    if optimizer_time:  # five more forward and backward passes: once per calibration is enough
+        out["optimizer_seconds"] = optimizer_step_seconds(setup, opt, batch, rt)
     if memory:
         out.update(_memory(setup, opt, batch, rt))
     return out
@@ -250,7 +252,8 @@ def _rounds(cfg: CalibrationConfig, rt: runtime.Runtime, mb: int) -> dict[int, l
         for depth in cfg.depths:
             mcfg = _shape(cfg, depth)
             found[depth].append(measure(mcfg, mb, cfg.seq_len, rt, cfg.seconds / cfg.rounds, cfg.optimizer,
-                                        cfg.compile, memory=cfg.memory and rnd == 0, dropout=cfg.dropout))
+                                        cfg.compile, memory=cfg.memory and rnd == 0, dropout=cfg.dropout,
+                                        optimizer_time=rnd == 0))
     return found
 
 

@@ -167,6 +167,14 @@ def _is_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+def clip_gradients(module: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm of `module` to `max_norm` (0 = off); the norm before clipping."""
+    if max_norm <= 0:
+        return torch.zeros(())
+    gnorm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    return gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
+
+
 @dataclass
 class _StepResult:
     loss: torch.Tensor  # mean loss over the micro-batches (device tensor)
@@ -224,7 +232,7 @@ class _Loop:
             total += loss.detach()
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        gnorm = self._clip()
+        gnorm = clip_gradients(model, self.cfg.grad_clip)
         if scaler is None and finite and not _is_finite(gnorm):
             finite = False
         if rt.ddp:  # every rank must agree to skip, or DDP ranks would drift apart
@@ -253,12 +261,6 @@ class _Loop:
         """A stop signal to act on now: in one process as soon as it arrives, under DDP once the ranks
         have agreed on it at the end of a step."""
         return self.stop_agreed if self.rt.ddp else bool(self.stop)
-
-    def _clip(self) -> torch.Tensor:
-        if self.cfg.grad_clip <= 0:
-            return torch.zeros(())
-        gnorm = torch.nn.utils.clip_grad_norm_(self.setup.module.parameters(), self.cfg.grad_clip)
-        return gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
 
     def account(self, r: _StepResult) -> None:
         s = self.state

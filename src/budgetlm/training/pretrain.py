@@ -29,7 +29,7 @@ from budgetlm.config import BudgetError, format_duration, parse_duration, to_dic
 from budgetlm.data.shards import Dataset
 from budgetlm.fsio import atomic_write_json
 from budgetlm.models.presets import describe, num_params
-from budgetlm.planning import flops_per_token
+from budgetlm.planning import flops_per_token, single_step_speed
 from budgetlm.training import checkpoint as ck
 from budgetlm.training.job import (  # noqa: F401 - TrainConfig and RunResult are this module's interface too
     ModelChoice,
@@ -340,7 +340,6 @@ def _train(cfg: TrainConfig) -> RunResult:
 def _correct_plan(run: _Run, s: RunResult) -> str:
     """When the run's speed is more than CORRECT_BEYOND from its plan's, record the run in this
     device's calibration so that the next plan predicts from what actually ran; say so."""
-    from budgetlm.planning import single_step_speed
     from budgetlm.training.calibrate import CORRECT_BEYOND, record_run
 
     plan = run.choice.plan
