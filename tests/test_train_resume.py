@@ -103,6 +103,7 @@ def test_ddp_gloo_two_processes_match_one(data, tmp_path):
     flags = ["--max-steps", "3", "--batch-size", "4", "--optimizer", "adamw"]
     single = tmp_path / "single"
     assert main(train_cmd(data, single, *flags)[3:]) == 0
+    assert json.loads((single / "config.json").read_text())["weight_decay"] == 0.1  # a given model: the usual decay
     ddp = tmp_path / "ddp"
     proc = torchrun(*train_cmd(data, ddp, *flags)[3:], "--json")
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
