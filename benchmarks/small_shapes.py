@@ -11,9 +11,10 @@ under the runtime's autocast in the precision `train` would pick (or `--precisio
 side by side in one process (rounds alternate, median step of each), and reports tokens/s and MFU
 against the best 1024^3 matmul rate in the training precision, measured in the same process (before
 each shape) (FLOPs per token from `planning.flops_per_token`, the formula training reports MFU with).
-A profile of the step with training's own Muon (`muon-bf16` under bf16, `muon` under fp32) then splits its time into matrix products (aten::mm/addmm/bmm), attention (scaled_dot_product_*),
-the output softmax and loss (log_softmax, nll), and everything else (element-wise ops, norms, RoPE,
-optimizer arithmetic, dispatch), and the matmul FLOP rate of the model's own GEMM shapes, which is
+A profile of the step with training's own Muon (`optim.muon_precision`: `muon-bf16` under bf16,
+`muon` under fp32) then splits its time into matrix products (aten::mm/addmm/bmm), attention
+(scaled_dot_product_*), the output softmax and loss (log_softmax, nll), and everything else
+(element-wise ops, norms, RoPE, optimizer arithmetic, dispatch), and the matmul FLOP rate of the model's own GEMM shapes, which is
 the ceiling of the matrix-product share.
 
     python benchmarks/small_shapes.py --shapes 3:64:256:8:2048 --rounds 3            # 2 minutes, eager
@@ -105,6 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     from budgetlm.planning import flops_per_token
     from budgetlm.runtime import init_runtime
+    from budgetlm.training.optim import muon_precision
 
     rt = init_runtime("cpu", args.precision)
 
@@ -130,7 +132,7 @@ def main() -> None:
         C, F, V = cfg.n_embd, cfg.ffn_dim, cfg.vocab_size  # the model's own products: qkv, MLP, output
         row["gemm_gflops"] = {f"{m}x{k}x{n}": round(rate(m, k, n, dtype=rt.dtype) / 1e9, 1)
                               for m, k, n in [(B * T, C, 3 * C), (B * T, C, F), (B * T, C, V)]}
-        ours = "muon-bf16" if rt.precision == "bf16" else "muon"
+        ours = "muon-bf16" if muon_precision(rt.precision) == "bf16" else "muon"  # the Muon train would use
         row["breakdown_muon"] = breakdown(steps[ours][3]) if ours in steps else {}
         results.append(row)
         print(json.dumps(row), flush=True)
