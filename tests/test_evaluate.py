@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from budgetlm import runtime
 from budgetlm.cli import main
@@ -85,6 +86,25 @@ def test_eval_data_and_text_agree(runs, capsys):
     assert b["bits_per_byte"] == pytest.approx(a["bits_per_byte"], rel=1e-6)
     summary = json.loads((root / "causal" / "summary.json").read_text())
     assert summary["val_bpb"] == pytest.approx(a["bits_per_byte"], rel=1e-6)  # train's final eval agrees
+
+
+def test_eval_computes_attention_as_training_did(tmp_path, capsys, monkeypatch):
+    """bf16 on a CPU whose attention is measured faster in fp32: training computes attention in fp32,
+    and so must `eval --precision bf16`, or it reports another figure for the same checkpoint."""
+    monkeypatch.setattr(runtime, "_time_attention", lambda dtype, reps=3: {torch.float32: 1.0, torch.bfloat16: 3.0}[dtype])
+    runtime.cpu_attention_fp32.cache_clear()
+    data = make_dataset(tmp_path)
+    args = ["--data", str(data), "--precision", "bf16"]
+    assert main(["train", "--out", str(tmp_path / "r"), "--max-steps", "3", *TINY, *args]) == 0
+    capsys.readouterr()
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or real(q, *a, **k))
+    rc, r, err = evaluate(capsys, "--model", str(tmp_path / "r"), *args)
+    runtime.cpu_attention_fp32.cache_clear()
+    assert rc == 0, err
+    assert seen and set(seen) == {torch.float32}
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert r["bits_per_byte"] == pytest.approx(summary["val_bpb"], rel=1e-6)
 
 
 def test_eval_masked(runs, capsys):

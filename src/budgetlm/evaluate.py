@@ -196,6 +196,7 @@ def evaluate_run(model, meta, tok, device: str, data: str | None = None, texts: 
     if batch_size < 1 or max_tokens < 0:
         raise BudgetError(f"--batch-size must be at least 1 and --max-tokens at least 0, got {batch_size} and {max_tokens}")
     rt = runtime.init_runtime(device, precision, seed=0)
+    runtime.set_attention_precision(model, runtime.attention_fp32(rt))
     vocab = int(meta.model_config["vocab_size"])
     exact = getattr(meta, "origin", "budgetlm") != "hf"
     if data:

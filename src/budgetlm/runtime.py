@@ -6,7 +6,7 @@ loop stay device-agnostic (torchtitan keeps parallelism apart from the model; na
 
 - `init_runtime(device="auto", precision="auto", seed=0, distributed=False)` -> `Runtime`: device detection, DDP
   initialisation from the torchrun environment (gloo on CPU, nccl on CUDA), precision choice;
-- `autocast(rt)`, `attention_fp32(rt)`, `make_grad_scaler(rt)`, `optimizer_step(rt, opt, scaler)`, `mark_step(rt)`;
+- `autocast(rt)`, `attention_fp32(rt)` (`set_attention_precision`), `make_grad_scaler(rt)`, `optimizer_step`, `mark_step`;
 - `maybe_compile(model, mode)`, `wrap_ddp(model, rt)`, `unwrap(model)`;
 - `peak_flops(rt)` for MFU (the planner's peak: catalog, else a measured matmul, said so);
 - `seed_everything`, `rng_state`/`set_rng_state` (for exact resume), `print0`, `all_reduce`, `all_reduce_mean`.
@@ -177,6 +177,14 @@ def cpu_attention_fp32() -> tuple[bool, str]:
 def attention_fp32(rt: Runtime) -> bool:
     """Run attention in fp32 under this runtime's autocast (CPU under bf16 only, where measured faster)."""
     return rt.device.type == "cpu" and rt.precision == "bf16" and cpu_attention_fp32()[0]
+
+
+def set_attention_precision(model: torch.nn.Module, fp32: bool) -> None:
+    """Attention in fp32 (or not) under autocast, in budgetlm's and HF models alike; training and
+    `eval` both take `attention_fp32(rt)`, so `eval` reproduces the figure the run reported."""
+    for module in model.modules():
+        if hasattr(module, "set_fp32_attention"):
+            module.set_fp32_attention(fp32)
 
 
 def attention_note(rt: Runtime) -> str:
@@ -421,10 +429,7 @@ def prepare_training(model: torch.nn.Module, rt: Runtime, compile: str = "auto",
     `compile_wanted` says so, and make the fp16 grad scaler. Build the optimizer from `.model`
     afterwards: with FSDP its parameters are the sharded ones."""
     model.to(rt.device)
-    upcast = broadcast_object(rt, attention_fp32(rt))  # measured per process: all ranks take rank 0's
-    for module in model.modules():  # budgetlm's Attention blocks and the wrappers of HF models
-        if hasattr(module, "set_fp32_attention"):
-            module.set_fp32_attention(upcast)
+    set_attention_precision(model, broadcast_object(rt, attention_fp32(rt)))  # all ranks take rank 0's
     parallel = "none"
     if rt.ddp:
         parallel = "fsdp" if fsdp else "ddp"
