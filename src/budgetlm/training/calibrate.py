@@ -35,7 +35,7 @@ from budgetlm.config import BudgetError, ranged
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import model_config
 from budgetlm.models.transformer import Transformer
-from budgetlm.training.loop import LoopConfig, LoopHooks, clip_gradients, train_loop
+from budgetlm.training.loop import LoopConfig, LoopHooks, apply_update, train_loop
 from budgetlm.training.optim import OptimConfig, build_optimizer, muon_precision
 from budgetlm.training.schedule import ScheduleConfig
 
@@ -143,9 +143,8 @@ def _timed_steps(setup, optimizer, batch, rt, steps: int) -> list[float]:
 
 
 def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5) -> float:
-    """Median seconds of the part of a training step that accumulation pays once per optimizer step:
-    unscaling, gradient clipping (at the loop's default norm), the update and zeroing the gradients,
-    timed on real gradients."""
+    """Median seconds of the part of a training step that accumulation pays once per optimizer step
+    (the loop's `apply_update` at its default clipping norm), timed on real gradients."""
     times = []
     for _ in range(reps):
         with runtime.autocast(rt):
@@ -153,12 +152,7 @@ def optimizer_step_seconds(setup, optimizer, batch, rt, reps: int = 5) -> float:
         (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
         runtime.synchronize(rt)
         t0 = time.perf_counter()
-        if setup.scaler is not None:
-            setup.scaler.unscale_(optimizer)
-        clip_gradients(setup.module, LoopConfig.grad_clip)
-        runtime.optimizer_step(rt, optimizer, setup.scaler)
-        optimizer.zero_grad(set_to_none=True)
-        runtime.mark_step(rt)
+        apply_update(setup.module, optimizer, setup.scaler, rt, LoopConfig.grad_clip)
         runtime.synchronize(rt)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)

@@ -175,6 +175,25 @@ def clip_gradients(module: torch.nn.Module, max_norm: float) -> torch.Tensor:
     return gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
 
 
+def apply_update(module: torch.nn.Module, optimizer, scaler, rt: runtime.Runtime, grad_clip: float,
+                 finite: bool = True) -> bool:
+    """The part of a step paid once per optimizer step, after the backward passes: unscale, clip, the
+    update (skipped when a loss or, without a scaler, the gradient norm was not finite), zero the
+    gradients. Returns whether the update was applied."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    gnorm = clip_gradients(module, grad_clip)
+    if scaler is None and finite and not _is_finite(gnorm):
+        finite = False
+    if rt.ddp:  # every rank must agree to skip, or DDP ranks would drift apart
+        finite = runtime.all_reduce(rt, [0.0 if finite else 1.0])[0] == 0.0
+    if finite:
+        runtime.optimizer_step(rt, optimizer, scaler)
+    optimizer.zero_grad(set_to_none=True)
+    runtime.mark_step(rt)
+    return finite
+
+
 @dataclass
 class _StepResult:
     loss: torch.Tensor  # mean loss over the micro-batches (device tensor)
@@ -230,17 +249,7 @@ class _Loop:
             loss = loss / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total += loss.detach()
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        gnorm = clip_gradients(model, self.cfg.grad_clip)
-        if scaler is None and finite and not _is_finite(gnorm):
-            finite = False
-        if rt.ddp:  # every rank must agree to skip, or DDP ranks would drift apart
-            finite = runtime.all_reduce(rt, [0.0 if finite else 1.0])[0] == 0.0
-        if finite:
-            runtime.optimizer_step(rt, self.optimizer, scaler)
-        self.optimizer.zero_grad(set_to_none=True)
-        runtime.mark_step(rt)
+        finite = apply_update(model, self.optimizer, scaler, rt, self.cfg.grad_clip, finite)
         runtime.synchronize(rt)
         seconds = self._agree(time.perf_counter() - t0)
         return _StepResult(total, tokens * rt.world_size, seconds, lr, finite)
