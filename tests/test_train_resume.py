@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from budgetlm.cli import main
+from budgetlm.training.job import WEIGHT_DECAY
 from train_helpers import TINY, make_dataset, one_thread, subprocess_env  # noqa: F401
 
 
@@ -103,7 +104,7 @@ def test_ddp_gloo_two_processes_match_one(data, tmp_path):
     flags = ["--max-steps", "3", "--batch-size", "4", "--optimizer", "adamw"]
     single = tmp_path / "single"
     assert main(train_cmd(data, single, *flags)[3:]) == 0
-    assert json.loads((single / "config.json").read_text())["weight_decay"] == 0.1  # a given model: the usual decay
+    assert json.loads((single / "config.json").read_text())["weight_decay"] == WEIGHT_DECAY  # a given model: the usual decay
     ddp = tmp_path / "ddp"
     proc = torchrun(*train_cmd(data, ddp, *flags)[3:], "--json")
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
