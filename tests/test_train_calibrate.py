@@ -204,6 +204,16 @@ def test_only_a_run_with_the_plans_batch_corrects_the_calibration(tmp_path, monk
     assert [p["tokens_per_second"] for p in entry["precisions"]["fp32"]] == [1600.0]
 
 
+def test_an_unwritable_calibration_home_warns_and_the_run_still_ends(tmp_path, monkeypatch, capsys):
+    from budgetlm.training.pretrain import _correct_plan
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path / "file" / "home"))  # mkdir fails: NotADirectoryError
+    assert _correct_plan(*_planned_run(8, grad_accum=1)) == ""
+    assert "could not record this run's speed" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
 def test_a_run_with_accumulation_is_recorded_as_single_steps(tmp_path, monkeypatch):
     """Calibration points time one micro-batch per optimizer step and plans amortise the optimizer
     step over their accumulation; a run with accumulation is kept in the points' form, so the next

@@ -356,11 +356,16 @@ def _correct_plan(run: _Run, s: RunResult) -> str:
     # kept as calibration keeps its points: steps of one micro-batch each (the plan amortises the
     # optimizer step over its accumulation again)
     single = single_step_speed(s.tokens_per_s, run.micro * T, plan.grad_accum, plan.optimizer_seconds)
-    record_run({"depth": m.n_layer, "width": m.n_embd, "params": s.params, "seq_len": T, "micro_batch": run.micro,
-                "precision": run.rt.precision, "compile": s.compiled, "dropout": m.dropout,
-                "optimizer": run.cfg.optimizer, "steps": s.steps, "grad_accum": plan.grad_accum,
-                "tokens_per_second": single, "flops_per_token": run.fpt, "achieved_flops": run.fpt * single,
-                "optimizer_seconds": plan.optimizer_seconds, "source": "training run"}, run.rt.precision)
+    point = {"depth": m.n_layer, "width": m.n_embd, "params": s.params, "seq_len": T, "micro_batch": run.micro,
+             "precision": run.rt.precision, "compile": s.compiled, "dropout": m.dropout,
+             "optimizer": run.cfg.optimizer, "steps": s.steps, "grad_accum": plan.grad_accum,
+             "tokens_per_second": single, "flops_per_token": run.fpt, "achieved_flops": run.fpt * single,
+             "optimizer_seconds": plan.optimizer_seconds, "source": "training run"}
+    try:
+        record_run(point, run.rt.precision)
+    except OSError as e:  # a full or read-only BUDGETLM_HOME must not cost the finished run its summary
+        ui.warn(f"could not record this run's speed in the device's calibration ({e}); the run is complete")
+        return ""
     note = (f"achieved {s.tokens_per_s:,.0f} tokens/s, {ratio:.0%} of the plan's {plan.tokens_per_second:,.0f}: "
             "this device's calibration now includes this run's speed, so the next plan predicts from it")
     ui.info(f"[bold]plan[/] {note}")
