@@ -1,13 +1,15 @@
 """Batched generation vs one prompt at a time: the same prompts, the same tokens, one process.
 
-    flock /tmp/budgetlm-bench.lock .venv/bin/python benchmarks/batch_generate.py [--model RUN]
+    .venv/bin/python benchmarks/batch_generate.py [--model RUN]
         [--prompts 64 --max-new-tokens 64 --rounds 3 --json-out docs/bench/batch_generate.json]
 
 Generates a completion for each of --prompts prompts (lines of varied length drawn from a fixed
 list) twice per round: once as one batch (`generate.complete_batch`, batch size = all prompts, left
 padded) and once as --prompts single `generate.complete` calls, alternating which goes first. Greedy
 decoding without a stop token, so both paths produce exactly the same tokens (checked) and time the
-same work. Without --model the model is randomly initialised: width --width, --layers deep, vocab of
+same work. With --beams N, beam search as `eval --beams` runs it (`seq2seq.translate`: prompts
+sorted by length, --batch-size / N of them per search, N cache rows each) against one search per
+prompt; the searches stop at the end-of-text token, and both paths must give the same text. Without --model the model is randomly initialised: width --width, --layers deep, vocab of
 the byte-level tokenizer (speed does not depend on what the weights learned). Reports the wall time
 of each path (median over rounds), tokens/s, and the ratio single/batch (how many times faster the
 batch is).
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256, help="random model: width")
     ap.add_argument("--layers", type=int, default=4, help="random model: depth")
     ap.add_argument("--seq", type=int, default=512, help="random model: context length")
+    ap.add_argument("--beams", type=int, default=1, help="beam search with this many beams (1 = greedy)")
+    ap.add_argument("--batch-size", type=int, default=32, help="beam search: cache rows per batch (translate's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--lock", default="/tmp/budgetlm-bench.lock", help="benchmark lock file ('' = none)")
@@ -85,6 +89,18 @@ def main() -> None:
     def single():
         return [complete(model, tok_no_eot, t, **kw).text for t in texts]
 
+    if args.beams > 1:
+        from budgetlm.seq2seq import translate
+        from budgetlm.training.checkpoint import Seq2SeqInfo
+
+        info = Seq2SeqInfo(template="{source}", max_target_tokens=args.max_new_tokens)
+
+        def batch():  # noqa: F811
+            return translate(model, tok, info, texts, beams=args.beams, batch_size=args.batch_size)
+
+        def single():  # noqa: F811
+            return [translate(model, tok, info, [t], beams=args.beams)[0] for t in texts]
+
     times = {"batch": [], "single": []}
     with locked(args.lock):
         batch(), single()  # warm-up (allocator, kernels); also the equality check below
@@ -98,10 +114,10 @@ def main() -> None:
                     batch_out = out
                 else:
                     single_out = out
-    tokens = args.prompts * args.max_new_tokens
+    tokens = args.prompts * args.max_new_tokens  # per path (under beam search: at most this many kept)
     med = {k: statistics.median(v) for k, v in times.items()}
     write_json(args.json_out, {
-        "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
+        "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "beams": args.beams, "rounds": args.rounds,
         "model": args.model or f"random {args.layers} x {args.width}, seq {args.seq}",
         "params": sum(p.numel() for p in model.parameters()),
         "same_text": batch_out == single_out,

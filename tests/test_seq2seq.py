@@ -87,10 +87,48 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_at_least_as_well(s2s):
     from budgetlm.generate import generate_batch
 
     greedy = [s.tokens[0] for s in generate_batch(model, [prompt], 8, 0.0, stop_ids=[0]) if s.tokens[0] is not None]
-    assert beam_search(model, prompt, 1, 8, eot=0, length_penalty=0.0) == greedy
-    wide = beam_search(model, prompt, 4, len(greedy), eot=0, length_penalty=0.0)
+    assert beam_search(model, [prompt], 1, 8, eot=0, length_penalty=0.0) == [greedy]
+    (wide,) = beam_search(model, [prompt], 4, len(greedy), eot=0, length_penalty=0.0)
     if len(wide) == len(greedy):
         assert logprob(wide) >= logprob(greedy) - 1e-5
+
+
+def test_beam_search_over_a_batch_finds_what_each_sentence_finds_alone():
+    """Prompts of different lengths share one left-padded batch (beams rows each; a finished
+    sentence's rows leave it) and each gets the hypothesis its own search gets."""
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import build_model
+    from budgetlm.seq2seq import beam_search
+
+    torch.manual_seed(6)
+    model = build_model(ModelConfig(vocab_size=24, n_layer=2, n_embd=32, n_head=2, max_seq_len=32)).eval()
+    with torch.no_grad():
+        model.embed.weight[0] *= 3  # a louder end-of-text (id 0, tied): some hypotheses end early
+    prompts = [[5, 6, 7], [9], [3, 4, 5, 6, 7, 8, 9], [11, 12], [7, 7, 7, 7]]
+    for beams, penalty in [(3, 1.0), (4, 0.0)]:
+        alone = [beam_search(model, [p], beams, 10, eot=0, length_penalty=penalty)[0] for p in prompts]
+        assert beam_search(model, prompts, beams, 10, eot=0, length_penalty=penalty) == alone
+        assert len({len(a) for a in alone}) > 1  # the sentences end at different steps
+
+
+def test_translate_in_batches_matches_one_sentence_at_a_time(s2s):
+    """translate batches beam searches; a source the batch's longest prompt would cut short (the
+    context fills up) is searched alone, so every source decodes as it would alone."""
+    from budgetlm.models.config import ModelConfig
+    from budgetlm.models.transformer import build_model
+    from budgetlm.seq2seq import translate
+    from budgetlm.training.checkpoint import Seq2SeqInfo
+
+    torch.manual_seed(1)
+    tok = s2s["tok"]
+    model = build_model(ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2,
+                                    max_seq_len=16)).eval()
+    info = Seq2SeqInfo(template="{source} =>", max_target_tokens=10)
+    sources = [" ".join(EN[:k]) for k in (1, 6, 3, 8, 2)]
+    lengths = [len(tok.encode(f"{s} =>", add_special_tokens=False).ids) for s in sources]
+    assert max(lengths) + 10 > 16 > min(lengths) + 10  # the longest would cut the shortest short
+    alone = [translate(model, tok, info, [s], beams=3)[0] for s in sources]
+    assert translate(model, tok, info, sources, beams=3, batch_size=12) == alone
 
 
 def test_finetune_eval_generate(s2s, tmp_path, capsys):

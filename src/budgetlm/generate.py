@@ -98,7 +98,7 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, tempera
     active = list(range(len(prompts)))  # the rows still in the cache, in cache order
     longest = max(len(c) for c in contexts)
     cache = model.new_kv_cache(batch_size=len(prompts), max_len=min(window, longest + max_new_tokens))
-    logits = _prefill(model, contexts, cache)  # (B, V)
+    logits = prefill(model, contexts, cache)  # (B, V)
     for n in range(max_new_tokens):
         tokens, lps, keep = [None] * len(prompts), [None] * len(prompts), []
         logits = logits.detach().float().cpu()  # one device-to-host copy per step; rows sample on the CPU
@@ -119,13 +119,13 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, tempera
             active = [active[i] for i in keep]
         if cache.pos >= window:  # full: rebuild every row from its most recent half of the window
             cache.reset()
-            logits = _prefill(model, [contexts[r][-(window // 2):] for r in active], cache)
+            logits = prefill(model, [contexts[r][-(window // 2):] for r in active], cache)
         else:
             idx = torch.tensor([[contexts[r][-1]] for r in active], device=model.embed.weight.device)
             logits = model.step(idx, cache)  # (b, V)
 
 
-def _prefill(model, contexts: list[list[int]], cache) -> torch.Tensor:
+def prefill(model, contexts: list[list[int]], cache) -> torch.Tensor:
     """Left-pad the contexts into one (B, T) batch, run it into the cache; logits (B, V)."""
     device = model.embed.weight.device
     T = max(len(c) for c in contexts)

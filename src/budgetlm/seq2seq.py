@@ -16,8 +16,8 @@ end-of-text token and the template's fixed prefix make harmless in practice.
 
 Validation computes the loss on the validation pairs and corpus BLEU (sacrebleu) of greedy
 translations of up to 200 of them; the best BLEU keeps its checkpoint and drives --patience.
-Decoding: greedy (batched, KV cache) or beam search (`beams` > 1, KV cache reordered per step,
-length-normalised scores with `length_penalty` as in Wu et al. 2016).
+Decoding: greedy or beam search (`beams` > 1, KV cache reordered per step, length-normalised scores
+with `length_penalty` as in Wu et al. 2016), both over batches of sentences.
 """
 
 from __future__ import annotations
@@ -139,38 +139,78 @@ class PackedBatches:
 # decoding
 
 
-@torch.no_grad()
-def beam_search(model, prompt: list[int], beams: int, max_new: int, eot: int, length_penalty: float = 1.0) -> list[int]:
-    """The best continuation of `prompt` under beam search; finished hypotheses are ranked by
-    log-probability / length**length_penalty (GNMT, Wu et al. 2016)."""
-    cache = model.new_kv_cache(batch_size=beams, max_len=min(model.cfg.max_seq_len, len(prompt) + max_new))
-    dev = model.embed.weight.device
-    logits = model.step(torch.tensor([prompt] * beams, device=dev), cache)  # (beams, V)
-    seqs, scores = [[] for _ in range(beams)], torch.zeros(beams)
-    scores[1:] = -math.inf  # all beams start equal: expand the first only
-    done: list[tuple[float, list[int]]] = []
-    for _ in range(min(max_new, cache.max_len - len(prompt))):
-        lp = torch.log_softmax(logits.float().cpu(), dim=-1) + scores[:, None]  # (beams, V)
-        top = lp.flatten().topk(2 * beams)
+@dataclass
+class _Beams:
+    """One sentence's search: its open hypotheses (one cache row each) and the finished ones."""
+
+    seqs: list[list[int]]  # open hypotheses' new tokens
+    scores: torch.Tensor  # (len(seqs),) their summed log-probabilities
+    done: list[tuple[float, list[int]]]  # finished: (length-normalised score, tokens)
+
+    def close(self, length_penalty: float) -> None:
+        """Rank the open hypotheses with the finished ones (the search stops here)."""
+        self.done += [(float(s) / max(1, len(q)) ** length_penalty, q) for s, q in zip(self.scores.tolist(), self.seqs)]
+        self.seqs = []
+
+    def expand(self, lp: torch.Tensor, beams: int, eot: int, length_penalty: float) -> list[tuple[int, int]]:
+        """Extend by one token from lp (len(seqs), V) log-probabilities; return the (row, token) pairs
+        kept, or [] when the search is over (its best finished beats every open hypothesis)."""
+        lp = lp + self.scores[:, None]
+        top = lp.flatten().topk(min(2 * beams, lp.numel()))
         keep, new_scores = [], []
         for s, flat in zip(top.values.tolist(), top.indices.tolist()):
             b, token = divmod(flat, lp.shape[1])
             if token == eot:
-                done.append((s / max(1, len(seqs[b]) + 1) ** length_penalty, seqs[b]))
+                self.done.append((s / max(1, len(self.seqs[b]) + 1) ** length_penalty, self.seqs[b]))
             elif len(keep) < beams:
                 keep.append((b, token))
                 new_scores.append(s)
             if len(keep) == beams:
                 break
-        best_open = max(new_scores) / max(1, len(seqs[0]) + 1) ** length_penalty if new_scores else -math.inf
-        if len(done) >= beams and max(d[0] for d in done) >= best_open:
+        best_open = max(new_scores) / max(1, len(self.seqs[0]) + 1) ** length_penalty if new_scores else -math.inf
+        if not keep or (len(self.done) >= beams and max(d[0] for d in self.done) >= best_open):
+            self.close(length_penalty)
+            return []
+        self.seqs = [self.seqs[b] + [t] for b, t in keep]
+        self.scores = torch.tensor(new_scores)
+        return keep
+
+
+@torch.no_grad()
+def beam_search(model, prompts: list[list[int]], beams: int, max_new: int, eot: int,
+                length_penalty: float = 1.0) -> list[list[int]]:
+    """The best continuation of each prompt under beam search, all prompts in one batch (left-padded,
+    as `generate_batch` pads; `beams` cache rows per prompt; a finished prompt's rows leave the
+    batch). Finished hypotheses are ranked by log-probability / length**length_penalty (GNMT, Wu et
+    al. 2016). At most min(max_new, context - the longest prompt's length) steps: `translate` searches
+    alone a prompt that the batch's longest would cut short."""
+    from budgetlm.generate import prefill
+
+    longest, window = max(len(p) for p in prompts), model.cfg.max_seq_len
+    steps = min(max_new, window - longest)
+    cache = model.new_kv_cache(batch_size=len(prompts) * beams, max_len=longest + steps)
+    logits = prefill(model, [p for p in prompts for _ in range(beams)], cache)  # (rows, V)
+    searches = [_Beams([[] for _ in range(beams)], torch.tensor([0.0] + [-math.inf] * (beams - 1)), [])
+                for _ in prompts]  # all beams start equal: expand the first only
+    active = list(range(len(prompts)))  # prompts with rows in the cache, in cache order
+    for _ in range(steps):
+        lp = torch.log_softmax(logits.float().cpu(), dim=-1)  # (rows, V)
+        rows, tokens, still, first = [], [], [], 0
+        for i in active:
+            n = len(searches[i].seqs)
+            keep = searches[i].expand(lp[first:first + n], beams, eot, length_penalty)
+            rows += [first + b for b, _ in keep]
+            tokens += [[t] for _, t in keep]
+            still += [i] if keep else []
+            first += n
+        if not still:
             break
-        cache.select([b for b, _ in keep])
-        seqs = [seqs[b] + [t] for b, t in keep]
-        scores = torch.tensor(new_scores)
-        logits = model.step(torch.tensor([[t] for _, t in keep], device=dev), cache)
-    done += [(float(s) / max(1, len(q)) ** length_penalty, q) for s, q in zip(scores.tolist(), seqs)]
-    return max(done, key=lambda d: d[0])[1]
+        cache.select(rows)
+        active = still
+        logits = model.step(torch.tensor(tokens, device=model.embed.weight.device), cache)
+    for i in active:
+        searches[i].close(length_penalty)
+    return [max(b.done, key=lambda d: d[0])[1] for b in searches]
 
 
 def translate(model, tok, info: Seq2SeqInfo, sources: Sequence[str], beams: int = 1, max_new_tokens: int = 0,
@@ -183,17 +223,23 @@ def translate(model, tok, info: Seq2SeqInfo, sources: Sequence[str], beams: int 
     prompts = [tok.encode(prompt_of(info, s), add_special_tokens=False).ids for s in sources]
     limit = max_new_tokens or info.max_target_tokens
     out: list[list[int]] = [[] for _ in sources]
-    if beams > 1:
-        for i, p in enumerate(prompts):
-            out[i] = beam_search(model, p, beams, limit, eot, info.length_penalty)
-    else:
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for k in range(0, len(order), batch_size):
-            chunk = order[k:k + batch_size]
-            for step in generate_batch(model, [prompts[i] for i in chunk], limit, 0.0, stop_ids=[eot]):
-                for i, token in zip(chunk, step.tokens):
-                    if token is not None:
-                        out[i].append(token)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad least
+    per_batch = max(1, batch_size // beams) if beams > 1 else batch_size
+    for k in range(0, len(order), per_batch):
+        chunk = order[k:k + per_batch]
+        if beams > 1:
+            # a prompt whose steps the batch's longest would cut short is searched on its own
+            window, longest = model.cfg.max_seq_len, len(prompts[chunk[-1]])
+            short = [[i] for i in chunk if limit > window - longest and len(prompts[i]) < longest]
+            for group in [[i for i in chunk if [i] not in short]] + short:
+                for i, ids in zip(group, beam_search(model, [prompts[i] for i in group], beams, limit, eot,
+                                                     info.length_penalty)):
+                    out[i] = ids
+            continue
+        for step in generate_batch(model, [prompts[i] for i in chunk], limit, 0.0, stop_ids=[eot]):
+            for i, token in zip(chunk, step.tokens):
+                if token is not None:
+                    out[i].append(token)
     return [tok.decode(ids).strip() for ids in out]
 
 
