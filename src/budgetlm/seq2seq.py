@@ -230,8 +230,8 @@ def translate(model, tok, info: Seq2SeqInfo, sources: Sequence[str], beams: int 
         if beams > 1:
             # a prompt whose steps the batch's longest would cut short is searched on its own
             window, longest = model.cfg.max_seq_len, len(prompts[chunk[-1]])
-            short = [[i] for i in chunk if limit > window - longest and len(prompts[i]) < longest]
-            for group in [[i for i in chunk if [i] not in short]] + short:
+            short = [i for i in chunk if limit > window - longest and len(prompts[i]) < longest]
+            for group in [[i for i in chunk if i not in short]] + [[i] for i in short]:
                 for i, ids in zip(group, beam_search(model, [prompts[i] for i in group], beams, limit, eot,
                                                      info.length_penalty)):
                     out[i] = ids
