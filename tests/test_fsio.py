@@ -43,6 +43,19 @@ def test_an_output_is_never_an_input(tmp_path, rel):
         fsio.check_output(out, [src], "export")
 
 
+def test_a_marker_being_written_counts_as_bookkeeping(tmp_path):
+    """Under torchrun rank 0 writes the run folder's marker (through a temporary) while the other
+    ranks check the folder: that temporary alone does not make the folder 'not empty'."""
+    out = tmp_path / "run"
+    out.mkdir()
+    fsio.temp_name(out / fsio.MARKER).write_text("{")  # another process, mid-write
+    (out / fsio.LOCK).write_text("")
+    assert fsio.check_output(out, [], "train") == out.resolve()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(BudgetError, match="not empty"):
+        fsio.check_output(out, [], "train")
+
+
 def test_overwrite_replaces_only_a_folder_of_the_same_kind(tmp_path):
     user = tmp_path / "mine"
     user.mkdir()

@@ -164,6 +164,12 @@ MARKER = ".budgetlm.json"  # in every folder a command made: {"kind": ..., "vers
 LOCK = ".budgetlm.lock"  # flock'ed while a process writes the folder
 
 
+def _bookkeeping(name: str) -> bool:
+    """Our own files in an output folder: the lock, and the marker, also while a process writes it
+    (under torchrun rank 0 claims the folder while the other ranks check it)."""
+    return name in (MARKER, LOCK) or name.startswith(f".{MARKER}{TMP_MARK}")  # temp_name(MARKER), any process
+
+
 def _relation(out: Path, src: Path) -> str | None:
     if out == src:
         return "is"
@@ -198,7 +204,7 @@ def check_output(out: str | Path, inputs: list[str | Path] = (), kind: str = "",
         return out_r
     if not out_r.is_dir():
         raise BudgetError(f"{out} is a file, not a folder: choose another output (it is never replaced)")
-    if not any(p.name not in (MARKER, LOCK) for p in out_r.iterdir()):
+    if all(_bookkeeping(p.name) for p in out_r.iterdir()):
         return out_r  # empty (or only our bookkeeping)
     made_by = made_by or read_marker(out_r)
     if continuing and made_by == kind:
