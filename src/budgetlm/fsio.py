@@ -62,10 +62,15 @@ def fsync_tree(root: str | Path) -> None:
         fsync_dir(d)
 
 
+def temp_prefix(name: str) -> str:
+    """How the temporaries of a file or folder called `name` begin, whichever process writes them."""
+    return f".{name}{TMP_MARK}"
+
+
 def temp_name(path: str | Path) -> Path:
     """The temporary sibling a write of `path` goes through (hidden, per process)."""
     path = Path(path)
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    return path.with_name(f"{temp_prefix(path.name)}{os.getpid()}")
 
 
 @contextlib.contextmanager
@@ -167,7 +172,7 @@ LOCK = ".budgetlm.lock"  # flock'ed while a process writes the folder
 def _bookkeeping(name: str) -> bool:
     """Our own files in an output folder: the lock, and the marker, also while a process writes it
     (under torchrun rank 0 claims the folder while the other ranks check it)."""
-    return name in (MARKER, LOCK) or name.startswith(f".{MARKER}{TMP_MARK}")  # temp_name(MARKER), any process
+    return name in (MARKER, LOCK) or name.startswith(temp_prefix(MARKER))
 
 
 def _relation(out: Path, src: Path) -> str | None:
@@ -307,7 +312,7 @@ def remove_dead_temps(out: str | Path) -> list[Path]:
     those of a live process are left alone."""
     out = Path(out)
     removed = []
-    for tmp in out.parent.glob(f".{out.name}{TMP_MARK}*"):
+    for tmp in out.parent.glob(f"{temp_prefix(out.name)}*"):
         try:
             os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
         except (ValueError, IndexError, PermissionError):
