@@ -1,17 +1,13 @@
 """benchmarks/device_check.py in its tiny CPU mode, so the GPU check never rots."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_check.py"
+from bench_helpers import load_benchmark
 
 
 def test_device_check_cpu_mode_runs_every_check(tmp_path, monkeypatch):
     monkeypatch.setenv("BUDGETLM_HOME", str(tmp_path / "home"))
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("device_check")
     out = tmp_path / "dc.json"
     assert mod.main(["--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
     doc = json.loads(out.read_text())
@@ -28,9 +24,7 @@ def test_device_check_cpu_mode_runs_every_check(tmp_path, monkeypatch):
 
 
 def test_device_check_without_cuda_refuses_the_gpu_mode(capsys):
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("device_check")
     import pytest
     import torch
 

@@ -1,21 +1,6 @@
 """benchmarks/levers.py: variants against a control, paired by seed, at equal tokens."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _levers():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling `common`
-    try:
-        spec = importlib.util.spec_from_file_location("levers", BENCH / "levers.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+from bench_helpers import load_benchmark
 
 
 def test_equal_token_runs_repeat_so_a_no_op_variant_differs_by_zero(tmp_path, monkeypatch):
@@ -23,7 +8,7 @@ def test_equal_token_runs_repeat_so_a_no_op_variant_differs_by_zero(tmp_path, mo
     text = tmp_path / "input.txt"
     text.write_text("".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 7}.\n" for i in range(800)))
     base = "--model 2 --n-embd 32 --seq-len 32 --batch-size 4 --lr 0.01 --precision fp32 --eval-tokens 2048"
-    doc = _levers().main(["--input", str(text), "--work", str(tmp_path / "w"), "--base", base,
+    doc = load_benchmark("levers").main(["--input", str(text), "--work", str(tmp_path / "w"), "--base", base,
                           "--max-tokens", "4096", "--seeds", "0", "--lock", "",
                           "--variant", "same=--lr 0.01", "--variant", "lr=--lr 0.03"])
     rows = {r["variant"]: r for r in doc["rows"]}

@@ -1,26 +1,20 @@
 """The planner's default GPU MFU against published runs (planning/published.py, benchmarks/plan_backtest.py)."""
 
-import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
 import budgetlm.planning  # noqa: F401  (the package re-exports a function named like the module)
 from budgetlm.catalog import load_catalog
 from budgetlm.planning.published import FEATURES, RUNS, fit, mfu_class
+from bench_helpers import load_benchmark
 
 E = sys.modules["budgetlm.planning.estimate"]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_backtest.py"
-
 
 def _backtest():
-    spec = importlib.util.spec_from_file_location("plan_backtest", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("plan_backtest")
 
 
 def test_at_least_ten_sourced_runs_and_the_leave_one_out_target(capsys):
