@@ -213,6 +213,14 @@ def beam_search(model, prompts: list[list[int]], beams: int, max_new: int, eot: 
     return [max(b.done, key=lambda d: d[0])[1] for b in searches]
 
 
+def _search_groups(lengths: list[int], limit: int, window: int) -> list[list[int]]:
+    """Indices into `lengths` (sorted ascending) searched together: the batch's longest prompt leaves
+    window - longest steps, so a shorter prompt that would get more steps alone is searched alone."""
+    longest = lengths[-1]
+    alone = [j for j, n in enumerate(lengths) if limit > window - longest and n < longest]
+    return [[j for j in range(len(lengths)) if j not in alone]] + [[j] for j in alone]
+
+
 def translate(model, tok, info: Seq2SeqInfo, sources: Sequence[str], beams: int = 1, max_new_tokens: int = 0,
               batch_size: int = 32) -> list[str]:
     """The model's target text for each source: greedy (batched) or beam search."""
@@ -228,13 +236,10 @@ def translate(model, tok, info: Seq2SeqInfo, sources: Sequence[str], beams: int 
     for k in range(0, len(order), per_batch):
         chunk = order[k:k + per_batch]
         if beams > 1:
-            # a prompt whose steps the batch's longest would cut short is searched on its own
-            window, longest = model.cfg.max_seq_len, len(prompts[chunk[-1]])
-            short = [i for i in chunk if limit > window - longest and len(prompts[i]) < longest]
-            for group in [[i for i in chunk if i not in short]] + [[i] for i in short]:
-                for i, ids in zip(group, beam_search(model, [prompts[i] for i in group], beams, limit, eot,
-                                                     info.length_penalty)):
-                    out[i] = ids
+            for group in _search_groups([len(prompts[i]) for i in chunk], limit, model.cfg.max_seq_len):
+                found = beam_search(model, [prompts[chunk[j]] for j in group], beams, limit, eot, info.length_penalty)
+                for j, ids in zip(group, found):
+                    out[chunk[j]] = ids
             continue
         for step in generate_batch(model, [prompts[i] for i in chunk], limit, 0.0, stop_ids=[eot]):
             for i, token in zip(chunk, step.tokens):
