@@ -9,8 +9,9 @@ padded) and once as --prompts single `generate.complete` calls, alternating whic
 decoding without a stop token, so both paths produce exactly the same tokens (checked) and time the
 same work. With --beams N, beam search as `eval --beams` runs it (`seq2seq.translate`: prompts
 sorted by length, --batch-size / N of them per search, N cache rows each) against one search per
-prompt; the searches stop at the end-of-text token, and both paths must give the same text. Without --model the model is randomly initialised: width --width, --layers deep, vocab of
-the byte-level tokenizer (speed does not depend on what the weights learned). Reports the wall time
+prompt; the searches stop at the end-of-text token, and both paths must give the same text.
+Without --model the model is randomly initialised: width --width, --layers deep, vocab of the
+byte-level tokenizer (speed does not depend on what the weights learned). Reports the wall time
 of each path (median over rounds), tokens/s, and the ratio single/batch (how many times faster the
 batch is).
 """
@@ -73,34 +74,11 @@ def main() -> None:
 
     import torch
 
-    from budgetlm.generate import complete, complete_batch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load(args)
     texts = prompts(args.prompts)
-    # no stop token: eos = -1 can never be sampled, so both paths run every row to max_new_tokens
-    tok_no_eot = _NoEot(tok)
-    kw = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0, "top_k": 0}
-
-    def batch():
-        return [c.text for c in complete_batch(model, tok_no_eot, texts, batch_size=len(texts), **kw)]
-
-    def single():
-        return [complete(model, tok_no_eot, t, **kw).text for t in texts]
-
-    if args.beams > 1:
-        from budgetlm.seq2seq import translate
-        from budgetlm.training.checkpoint import Seq2SeqInfo
-
-        info = Seq2SeqInfo(template="{source}", max_target_tokens=args.max_new_tokens)
-
-        def batch():  # noqa: F811
-            return translate(model, tok, info, texts, beams=args.beams, batch_size=args.batch_size)
-
-        def single():  # noqa: F811
-            return [translate(model, tok, info, [t], beams=args.beams)[0] for t in texts]
-
+    batch, single = (_beam_paths if args.beams > 1 else _greedy_paths)(model, tok, texts, args)
     times = {"batch": [], "single": []}
     with locked(args.lock):
         batch(), single()  # warm-up (allocator, kernels); also the equality check below
@@ -129,6 +107,39 @@ def main() -> None:
     })
     print(f"batch of {args.prompts}: {med['batch']:.2f} s, {args.prompts} single calls: {med['single']:.2f} s, "
           f"ratio {med['single'] / med['batch']:.2f}x", file=sys.stderr)
+
+
+def _greedy_paths(model, tok, texts, args):
+    """(batch, single): greedy completions of all texts in one batch, or one call per text."""
+    from budgetlm.generate import complete, complete_batch
+
+    # no stop token: eos = -1 can never be sampled, so both paths run every row to max_new_tokens
+    tok_no_eot = _NoEot(tok)
+    kw = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0, "top_k": 0}
+
+    def batch():
+        return [c.text for c in complete_batch(model, tok_no_eot, texts, batch_size=len(texts), **kw)]
+
+    def single():
+        return [complete(model, tok_no_eot, t, **kw).text for t in texts]
+
+    return batch, single
+
+
+def _beam_paths(model, tok, texts, args):
+    """(batch, single): beam search as `eval --beams` runs it, or one search per text."""
+    from budgetlm.seq2seq import translate
+    from budgetlm.training.checkpoint import Seq2SeqInfo
+
+    info = Seq2SeqInfo(template="{source}", max_target_tokens=args.max_new_tokens)
+
+    def batch():
+        return translate(model, tok, info, texts, beams=args.beams, batch_size=args.batch_size)
+
+    def single():
+        return [translate(model, tok, info, [t], beams=args.beams)[0] for t in texts]
+
+    return batch, single
 
 
 class _NoEot:
