@@ -209,6 +209,19 @@ def test_left_padded_cache_logits_equal_each_rows_own_forward():
         assert torch.allclose(nxt[r], full[0, -1], atol=1e-4)
 
 
+def test_cache_rows_can_repeat_beyond_the_batch():
+    """select may repeat rows (more rows than the cache had): each copy goes on as its source would."""
+    m = tiny_lm(seq=32)
+    rows = [[5, 9, 2], [7, 3, 4]]
+    cache = m.new_kv_cache(batch_size=2)
+    m.step(torch.tensor(rows), cache)
+    cache.select([1, 0, 1])
+    got = m.step(torch.tensor([[30], [31], [32]]), cache)
+    for r, (src, tok) in enumerate(zip((1, 0, 1), (30, 31, 32))):
+        full, _ = m(torch.tensor([rows[src] + [tok]]))
+        assert torch.allclose(got[r], full[0, -1], atol=1e-4)
+
+
 def test_left_padded_batch_greedy_equals_single_generation():
     from budgetlm.generate import generate_batch
 
