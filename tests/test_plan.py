@@ -410,6 +410,11 @@ def test_calibration_drives_mfu():
     tilted = {"precisions": {"bf16": [{"flops_per_token": fpt, "achieved_flops": 1e11},
                                       {"flops_per_token": fpt * 1.01, "achieved_flops": 2e11}]}}
     assert P.mfu_for(dev, "bf16", big, 128, tilted)[0] * dev.peak_flops["bf16"] == pytest.approx(2e11)
+    # below the smallest point a steep first segment would extend to almost no time per token (9e11
+    # FLOP/s here); a smaller model sustains at most the smallest point's FLOP/s
+    steep = {"precisions": {"bf16": [{"flops_per_token": fpt / 0.9, "achieved_flops": 1e11},
+                                     {"flops_per_token": 2 * fpt / 0.9, "achieved_flops": 0.2e11}]}}
+    assert P.mfu_for(dev, "bf16", cfg, 128, steep)[0] * dev.peak_flops["bf16"] == pytest.approx(1e11)
 
 
 def test_accumulation_pays_the_calibrated_optimizer_step_once_per_step():

@@ -80,6 +80,11 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
             i = next((k for k in range(len(pts) - 1) if x <= pts[k + 1][0]), len(pts) - 2)
             (x0, t0), (x1, t1) = pts[i], pts[i + 1]
             t = t0 + (t1 - t0) * (x - x0) / ((x1 - x0) or 1.0)  # seconds per token
+            if x < pts[0][0]:
+                # below the smallest point a steep first segment (two noisy points close in FLOPs)
+                # would extend to almost no time per token; a smaller model amortises the fixed cost
+                # over fewer FLOPs, so it never sustains more FLOP/s than the smallest point measured
+                t = max(t, x * pts[0][1] / pts[0][0])
             if t1 >= t0 and t > 0:
                 achieved = x / t
             else:  # more FLOPs per token never take less time per token: a segment tilted that way
