@@ -158,6 +158,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     assert json.loads((run / "plan.json").read_text())["model"]["n_embd"] == plan.model.n_embd
     assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
     assert plan.epochs >= 10 and cfg["dropout"] == 0.2  # many planned epochs: automatic dropout
+    assert "; dropout 0.2 (" in err
     assert cfg["weight_decay"] == WEIGHT_DECAY  # dropout regularises: the usual weight decay
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given"); repeated data without
     # dropout gets the larger weight decay, and an explicit --weight-decay wins over that
@@ -168,6 +169,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
         assert rc == 0, err
         got = json.loads((tmp_path / name / "config.json").read_text())
         assert (got["dropout"], got["weight_decay"]) == (0.0, wd)
+        assert "dropout 0.2" not in err  # the reason names only what the run uses
 
 
 def test_dropout_out_of_range_is_one_line_error(data, tmp_path, capsys):

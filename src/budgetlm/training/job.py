@@ -222,12 +222,14 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
     reason = (f"planned: {m.n_layer} layers x {m.n_embd} wide is the compute-optimal size for "
               f"~{plan.tokens / 1e6:.1f}M tokens ({epochs:.1f} epochs) at {plan.tokens_per_second:,.0f} "
               f"tokens/s ({plan.mfu_source} MFU {plan.mfu:.2f})")
-    if fill["dropout"]:
-        reason += f"; dropout {fill['dropout']:g} (>= {DROPOUT_EPOCHS:g} epochs)"
     if cfg.batch_size:
         fill.pop("micro_batch")  # the planned micro-batch was for the planned batch
     defaults = TrainConfig()
     fill = {k: v for k, v in fill.items() if getattr(cfg, k) == getattr(defaults, k)}  # the user's flags win
+    if fill.get("dropout"):
+        # with dropout the planner may pick a larger model that repeats the data fewer times
+        reason += f"; dropout {fill['dropout']:g} (" + (f"the plan without it repeats the data {DROPOUT_EPOCHS:g}+ times"
+                                                       if epochs < DROPOUT_EPOCHS else f">= {DROPOUT_EPOCHS:g} epochs") + ")"
     c = dataclasses.replace(cfg, **fill)
     if c.weight_decay < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0:
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
