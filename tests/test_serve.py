@@ -103,7 +103,7 @@ def test_bad_json_and_oversize_body(lm_client):
     assert r.status_code == 422 and "json" in r.text.lower()
     big = TestClient(create_app(FakeLM(), ServeConfig(max_body_bytes=100)))
     r = big.post("/v1/completions", json={"prompt": "y" * 200})
-    assert r.status_code == 413 and "100 bytes" in r.json()["detail"]
+    assert r.status_code == 413 and "100 bytes" in r.json()["detail"] == r.json()["error"]["message"]
 
 
 def test_classify_endpoint_and_kind_mismatch(lm_client):
@@ -128,6 +128,7 @@ def test_api_key_enforced():
     assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 401
     wrong = client.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
+    assert wrong.json()["error"]["code"] == "invalid_api_key"  # OpenAI's form, which its clients read
     ok = client.post("/v1/completions", json={"prompt": "x"}, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert client.get("/metrics", headers={"X-API-Key": "s3cret"}).status_code == 200

@@ -277,6 +277,10 @@ def test_completion_refusals(fake, body, status, needle):
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert needle in (detail if isinstance(detail, str) else json.dumps(detail))
+    error = r.json()["error"]  # OpenAI's error object, which its client libraries read
+    assert error["type"] in ("invalid_request_error", "not_found_error") and error["message"]
+    if status == 422:
+        assert error["param"] == needle
 
 
 def test_chat_with_a_fake_template_and_its_stops():

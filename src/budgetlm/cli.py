@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "train": ("budgetlm.commands.train", "pre-train a causal or masked model under a wall-clock budget", True),
     "eval": ("budgetlm.commands.eval", "loss, perplexity, bits per byte (LM), accuracy/F1 (classifier) or exact match/F1 (question answering)", True),
     "generate": ("budgetlm.commands.generate", "sample text from a trained causal model (one prompt, or a file of them in batches)", True),
-    "finetune": ("budgetlm.commands.finetune", "fine-tune a model for sequence classification or question answering", True),
+    "finetune": ("budgetlm.commands.finetune", "fine-tune a model for classification, question answering or sequence to sequence", True),
     "classify": ("budgetlm.commands.classify", "classify texts with a fine-tuned model", True),
     "answer": ("budgetlm.commands.answer", "answer questions from a context with a question-answering run", True),
     "prune": ("budgetlm.commands.prune", "remove attention heads and MLP channels: a smaller dense model (or a magnitude-pruned baseline)", True),

@@ -20,7 +20,7 @@ from budgetlm.serve.decoding import (
     split_at_stop,
     stop_holdback,
 )
-from budgetlm.serve.gate import Gate
+from budgetlm.serve.gate import Gate, error_body
 from budgetlm.serve.metrics import CountRequests, Metrics
 from budgetlm.serve.services import ModelService, Sampling
 
@@ -39,18 +39,19 @@ class ApiError(Exception):
 
 
 async def api_error(request, exc: ApiError):
-    """`detail` as every other refusal of this server, and OpenAI's `error` object, which OpenAI's
-    client libraries read. json.dumps escapes to ASCII: a client's text cannot break the encoding."""
+    """A one-line refusal (`gate.error_body`). json.dumps escapes to ASCII: a client's text cannot
+    break the encoding."""
     from fastapi.responses import Response
 
     kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-    body = {"detail": exc.message, "error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
+    body = error_body(exc.message, kind, exc.param, exc.code)
     return Response(json.dumps(body), status_code=exc.status, media_type="application/json")
 
 
 async def invalid_request(request, exc):
-    """422 naming each problem. The input is not echoed back: it may be NaN, hold a lone surrogate
-    (neither fits in a JSON response, so FastAPI's own handler fails with a 500) or be long."""
+    """422 naming each problem in `detail`, and the first in OpenAI's `error` object, as every other
+    refusal. The input is not echoed back: it may be NaN, hold a lone surrogate (neither fits in a
+    JSON response, so FastAPI's own handler fails with a 500) or be long."""
     from fastapi.responses import Response
 
     errors = []
@@ -61,7 +62,10 @@ async def invalid_request(request, exc):
         # pydantic names the members of a union in `loc` by their validators (memory addresses included)
         loc = [p for p in e.get("loc", ()) if isinstance(p, int) or (isinstance(p, str) and p.isidentifier())]
         errors.append({"loc": loc, "msg": msg, "type": str(e.get("type", ""))})
-    return Response(json.dumps({"detail": errors}, default=str), status_code=422, media_type="application/json")
+    field = [str(p) for p in errors[0]["loc"] if p != "body"] if errors else []
+    message = "; ".join(".".join(str(p) for p in e["loc"] if p != "body") + f": {e['msg']}" for e in errors)
+    body = error_body(message, param=".".join(field) or None, detail=errors)
+    return Response(json.dumps(body, default=str), status_code=422, media_type="application/json")
 
 
 def create_app(service: ModelService, cfg: ServeConfig | None = None, api_key: str = ""):

@@ -18,6 +18,14 @@ RETRY_AFTER_S = 1  # what a 503 asks clients to wait: about one short completion
 CLOSE = (b"connection", b"close")  # refused before the body was read: do not read the rest of it
 
 
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None, detail=None) -> dict:
+    """A refusal: `detail` (FastAPI's form; `message` unless given) and OpenAI's `error` object,
+    which OpenAI's client libraries read."""
+    return {"detail": message if detail is None else detail,
+            "error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 async def send_json(send, status: int, obj, headers: tuple = ()) -> None:
     """A complete JSON answer. json.dumps escapes to ASCII, so nothing a client sent (a lone
     surrogate, say) can make the encoding fail."""
@@ -42,7 +50,7 @@ class Gate:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         if self.key and scope["path"] not in OPEN_PATHS and not self.key_ok(headers):
-            return await send_json(send, 401, {"detail": "missing or wrong API key"},
+            return await send_json(send, 401, error_body("missing or wrong API key", code="invalid_api_key"),
                                    ((b"www-authenticate", b"Bearer"), CLOSE))
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             receive = await self.read_body(headers, receive, send)
@@ -51,8 +59,8 @@ class Gate:
         if scope["path"] not in WORK_PATHS:
             return await self.app(scope, receive, send)
         if self.active >= self.max_concurrent:
-            return await send_json(send, 503, {"detail": f"busy: {self.active} requests are being answered; "
-                                                         f"retry in {RETRY_AFTER_S} s"},
+            return await send_json(send, 503, error_body(f"busy: {self.active} requests are being answered; "
+                                                          f"retry in {RETRY_AFTER_S} s", "server_error"),
                                    ((b"retry-after", str(RETRY_AFTER_S).encode()),))
         self.active += 1
         try:
@@ -87,7 +95,7 @@ class Gate:
                         return await self.too_large(send)
                     more = message.get("more_body", False)
         except TimeoutError:
-            return await send_json(send, 408, {"detail": f"request body not received within {self.read_timeout:g} s"},
+            return await send_json(send, 408, error_body(f"request body not received within {self.read_timeout:g} s"),
                                    (CLOSE,))
         body, replayed = b"".join(chunks), False
 
@@ -101,4 +109,4 @@ class Gate:
         return replay
 
     async def too_large(self, send) -> None:
-        await send_json(send, 413, {"detail": f"request body exceeds {self.max_body_bytes} bytes"}, (CLOSE,))
+        await send_json(send, 413, error_body(f"request body exceeds {self.max_body_bytes} bytes"), (CLOSE,))
