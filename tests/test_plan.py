@@ -417,6 +417,23 @@ def test_calibration_drives_mfu():
     assert P.mfu_for(dev, "bf16", cfg, 128, steep)[0] * dev.peak_flops["bf16"] == pytest.approx(1e11)
 
 
+def test_calibration_points_of_another_setting_stay_out_of_the_line():
+    """A calibration holds eager points and a 10-minute run's compiled ones with dropout: a plan
+    draws its line through one setting only (eager without dropout when there are such points)."""
+    dev = get_device("cpu", CATALOG)
+    cfg = model_config(2, 8192, max_seq_len=128)
+    fpt = P.flops_per_token(cfg, 128)
+    eager = [{"flops_per_token": fpt / 2, "achieved_flops": 1e11, "seq_len": 128},
+             {"flops_per_token": fpt * 2, "achieved_flops": 1e11, "seq_len": 128}]
+    other = [{"flops_per_token": fpt * 1.1, "achieved_flops": 4e11, "seq_len": 128, "compile": True, "dropout": 0.2},
+             {"flops_per_token": fpt / 1.5, "achieved_flops": 3e11, "seq_len": 128, "dropout": 0.2}]
+    cal = {"precisions": {"bf16": eager + other}}
+    assert P.mfu_for(dev, "bf16", cfg, 128, cal)[0] * dev.peak_flops["bf16"] == pytest.approx(1e11)
+    # only another setting's points: they are what there is (train passes its own setting's)
+    compiled = {"precisions": {"bf16": other[:1]}}
+    assert P.mfu_for(dev, "bf16", cfg, 128, compiled)[0] * dev.peak_flops["bf16"] == pytest.approx(4e11)
+
+
 def test_accumulation_pays_the_calibrated_optimizer_step_once_per_step():
     dev = get_device("cpu", CATALOG)
     cfg = model_config(2, 2048, max_seq_len=256)
