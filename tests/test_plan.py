@@ -434,6 +434,28 @@ def test_calibration_points_of_another_setting_stay_out_of_the_line():
     assert P.mfu_for(dev, "bf16", cfg, 128, compiled)[0] * dev.peak_flops["bf16"] == pytest.approx(4e11)
 
 
+def test_a_local_plan_uses_the_points_measured_as_train_would_run_it(tmp_path):
+    """`plan --device local` predicts what `train` does: on a CPU, eager steps below 5 minutes and
+    compiled ones from there (runtime.compile_wanted's rule), never a dropout run's."""
+    import budgetlm
+    from budgetlm import calibration
+    from budgetlm.hardware import device_key, local_device
+
+    _, info = local_device()
+    if info["type"] != "cpu":
+        pytest.skip("the compile rule checked here is the CPU's")
+    fpt = P.flops_per_token(model_config(2, 8192, max_seq_len=256), 256)
+    point = lambda flops, **kw: {"flops_per_token": fpt, "achieved_flops": flops, "seq_len": 256, **kw}  # noqa: E731
+    points = [point(1e11), point(2e11, compile=True), point(5e11, dropout=0.2)]
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"version": 1, "devices": {device_key(info): {"precisions": {"fp32": points}}}}))
+    for budget, flops in (("1m", 1e11), ("10m", 2e11)):
+        assert calibration.compiles_by_default("cpu", 60 * int(budget[:-1])) == (flops == 2e11)
+        plan = budgetlm.plan(device="local", budget=budget, seq_len=256, precision="fp32", calibration=str(path))
+        assert plan.mfu * plan.peak_flops == pytest.approx(flops)
+    assert calibration.compiles_by_default("gpu", 60) and not calibration.compiles_by_default("tpu", 3600)
+
+
 def test_accumulation_pays_the_calibrated_optimizer_step_once_per_step():
     dev = get_device("cpu", CATALOG)
     cfg = model_config(2, 2048, max_seq_len=256)

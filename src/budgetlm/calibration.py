@@ -39,6 +39,45 @@ from budgetlm.hardware import device_key, local_device
 VERSION = 1
 MEASURED_PEAK = "measured_peak_flops"  # entry key: precision -> measured dense-matmul FLOP/s
 
+# torch.compile on CPU pays tens of seconds of compile time (measured ~20 s for the 6.9M benchmark
+# model on 2 cores) for ~14% more tokens/s there (docs/bench/training.md): worth it only when the
+# budget is long enough to win that time back several times over.
+CPU_COMPILE_MIN_BUDGET_S = 300.0
+
+
+def compiles_by_default(kind: str, budget_s: float | None) -> bool:
+    """Whether `train --compile auto` compiles on a device of this kind for this budget: on CUDA, and
+    on a CPU for budgets of CPU_COMPILE_MIN_BUDGET_S or more (`runtime.compile_wanted` also needs a
+    C++ compiler there). Plans use the points measured under the same setting."""
+    if kind == "cpu":
+        return bool(budget_s) and budget_s >= CPU_COMPILE_MIN_BUDGET_S
+    return kind == "gpu"
+
+
+def setting(point: dict[str, Any]) -> tuple[int, bool, float]:
+    """What a calibration point was measured under, besides its shape: (seq_len, compiled, dropout)."""
+    return point.get("seq_len"), bool(point.get("compile")), float(point.get("dropout") or 0.0)
+
+
+def points_for(entry: dict[str, Any], precision: str, seq_len: int, compile: bool,
+               dropout: float = 0.0) -> dict[str, Any]:
+    """The calibration entry reduced to the points measured as the run will train (same precision,
+    sequence length, compile setting and dropout); empty when there are none."""
+    points = [p for p in (entry.get("precisions") or {}).get(precision) or []
+              if setting(p) == (seq_len, compile, dropout)]
+    return {**entry, "precisions": {precision: points}} if points else {}
+
+
+def prefer_setting(entry: dict[str, Any] | None, seq_len: int, compile: bool) -> dict[str, Any] | None:
+    """`entry` with, for each precision that has points measured as `train` would run a plan (this
+    sequence length and compile setting, no dropout), only those; other precisions as they are."""
+    if not entry:
+        return entry
+    precisions = {}
+    for precision, points in (entry.get("precisions") or {}).items():
+        precisions[precision] = points_for(entry, precision, seq_len, compile).get("precisions", {}).get(precision) or points
+    return {**entry, "precisions": precisions}
+
 
 def home() -> Path:
     return Path(os.environ.get("BUDGETLM_HOME") or Path.home() / ".cache" / "budgetlm")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from budgetlm import ui
+from budgetlm.calibration import CPU_COMPILE_MIN_BUDGET_S, compiles_by_default
 from budgetlm.config import BudgetError, refuse_torchrun
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -338,12 +339,6 @@ def synchronize(rt: Runtime) -> None:
 # model wrapping
 
 
-# torch.compile on CPU pays tens of seconds of compile time (measured ~20 s for the 6.9M benchmark
-# model on 2 cores) for ~14% more tokens/s there (docs/bench/training.md): worth it only when the
-# budget is long enough to win that time back several times over.
-CPU_COMPILE_MIN_BUDGET_S = 300.0
-
-
 def _have_cxx() -> bool:
     """Inductor's CPU backend compiles C++: without a compiler it cannot work."""
     import shutil
@@ -359,7 +354,7 @@ def compile_wanted(rt: Runtime, mode: str = "auto", budget_s: float | None = Non
     if rt.device_type == "cuda":
         return True, "auto: CUDA"
     if rt.device_type == "cpu":
-        if not budget_s or budget_s < CPU_COMPILE_MIN_BUDGET_S:
+        if not compiles_by_default("cpu", budget_s):
             return False, f"auto: CPU budget under {CPU_COMPILE_MIN_BUDGET_S / 60:g} minutes"
         if not _have_cxx():
             return False, "auto: no C++ compiler for inductor"

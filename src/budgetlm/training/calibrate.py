@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from budgetlm import calibration as calib
+from budgetlm.calibration import points_for, setting
 from budgetlm import planning as P
 from budgetlm import runtime, ui
 from budgetlm.config import BudgetError, ranged
@@ -322,20 +323,6 @@ def calibrate(cfg: CalibrationConfig, rt: runtime.Runtime | None = None) -> dict
     if cfg.write:
         out["calibration_file"] = str(calib.save_device(device_key(info), merged, path))
     return out
-
-
-def setting(point: dict[str, Any]) -> tuple[int, bool, float]:
-    """What a calibration point was measured under, besides its shape: (seq_len, compiled, dropout)."""
-    return point.get("seq_len"), bool(point.get("compile")), float(point.get("dropout") or 0.0)
-
-
-def points_for(entry: dict[str, Any], precision: str, seq_len: int, compile: bool,
-               dropout: float = 0.0) -> dict[str, Any]:
-    """The calibration entry reduced to the points measured as the run will train (same precision,
-    sequence length, compile setting and dropout); empty when there are none."""
-    points = [p for p in (entry.get("precisions") or {}).get(precision) or []
-              if setting(p) == (seq_len, compile, dropout)]
-    return {**entry, "precisions": {precision: points}} if points else {}
 
 
 def auto_plan(budget_s: float, tokens_available: int | None, seq_len: int, rt: runtime.Runtime,
