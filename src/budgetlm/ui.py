@@ -5,6 +5,7 @@ With `--json` the one JSON object owns stdout, so human-readable output and prog
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -24,10 +25,21 @@ def json_mode() -> bool:
     return bool(_state["json"])
 
 
+# Written to a file or a pipe (a log, `| tee`), rich would lay tables out for 80 columns and cut the
+# names in them short; there is no terminal to fit, so a log gets this width unless COLUMNS says.
+LOG_WIDTH = 160
+
+
+def _width(stderr: bool) -> int | None:
+    stream = sys.stderr if stderr else sys.stdout
+    interactive = getattr(stream, "isatty", lambda: False)()
+    return None if interactive or os.environ.get("COLUMNS") else LOG_WIDTH
+
+
 def console() -> Console:
     """The console for human output: stdout normally, stderr under --json."""
     if _state["console"] is None:
-        _state["console"] = Console(stderr=_state["json"], highlight=False, soft_wrap=True)
+        _state["console"] = Console(stderr=_state["json"], highlight=False, soft_wrap=True, width=_width(_state["json"]))
     return _state["console"]  # type: ignore[return-value]
 
 
@@ -37,7 +49,7 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     """Warnings always go to stderr, one line each."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[yellow]warning:[/] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True, width=_width(True)).print(f"[yellow]warning:[/] {message}")
 
 
 def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
