@@ -541,3 +541,23 @@ def test_fp16_fine_tuning_creates_and_steps_a_grad_scaler(runs, data, tmp_path, 
     assert code == 0, err
     assert calls["scale"] >= res["steps"] > 0 and calls["step"] == calls["update"] == res["steps"]
     assert 0.0 <= res["accuracy"] <= 1.0 and np.isfinite(res["history"][-1]["val_loss"])
+
+
+def test_validation_measures_the_model_without_dropout(tmp_path):
+    """Every task's validation runs in eval mode (as `eval`, `classify` and `answer` run the saved
+    model), and training resumes in train mode."""
+    import math
+    from types import SimpleNamespace
+
+    from budgetlm.finetuning import Validator
+
+    seen = []
+
+    class Probe(Validator):
+        def measure(self, model):
+            seen.append(model.training)
+            return -math.inf, None, {}, {}  # no gain: nothing is saved
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train()
+    Probe(SimpleNamespace(metric="f1", patience=0), tmp_path, None, None, 10)(model, SimpleNamespace(step=1))
+    assert seen == [False] and model.training

@@ -131,7 +131,7 @@ def qa_run(qa_setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("qarun") / "qa"
     code = main(["finetune", "--task", "qa", "--model", str(qa_setup["mlm"]), "--train", str(qa_setup["train"]),
                  "--val", str(qa_setup["dev"]), "--out", str(out), "--epochs", "8", "--batch-size", "16",
-                 "--lr", "3e-3", "--max-len", "32", "--patience", "1", "--device", "cpu", "--precision", "fp32"])
+                 "--lr", "3e-3", "--max-len", "32", "--patience", "3", "--device", "cpu", "--precision", "fp32"])
     assert code == 0
     return out, json.loads((out / "metrics.json").read_text())
 

@@ -334,7 +334,12 @@ class Validator:
 
     def __call__(self, model: nn.Module, state) -> dict[str, Any]:
         model = self.averaged.module if self.averaged is not None else model
-        score, val_loss, met, record = self.measure(model)
+        was = model.training
+        model.eval()  # no dropout: the saved model is measured as `eval`, `classify` and `answer` will run it
+        try:
+            score, val_loss, met, record = self.measure(model)
+        finally:
+            model.train(was)
         loss = math.inf if val_loss is None else val_loss
         # ties on the metric (common once accuracy saturates) are broken by a clear drop (1e-4) in
         # validation loss, so that noise-level changes do not reset the patience

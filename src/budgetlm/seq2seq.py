@@ -306,15 +306,12 @@ class Seq2SeqValidator(Validator):
 
     @torch.no_grad()
     def measure(self, model):
-        was = model.training
-        model.eval()
         x, y = (torch.from_numpy(a).to(self.device) for a in self.rows)
         losses = [float(model(x[i:i + 16], y[i:i + 16])[1]) * int((y[i:i + 16] != -100).sum())
                   for i in range(0, len(x), 16)]
         val_loss = sum(losses) / max(1, int((y != -100).sum()))
         src, ref = self.val[0][:VAL_BLEU_PAIRS], self.val[1][:VAL_BLEU_PAIRS]
         met = scores(translate(model, self.tok, self.meta.seq2seq, src), ref)
-        model.train(was)
         return met["bleu"], val_loss, {**met, "val_loss": val_loss}, {"val_loss": val_loss, "bleu": met["bleu"],
                                                                       "chrf": met["chrf"]}
 
