@@ -3,6 +3,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,8 +18,9 @@ CITIES = ["paris", "oslo", "rome", "lima", "cairo", "delhi"]
 FILL = ["the", "weather", "was", "calm", "and", "nothing", "happened", "that", "day"]
 
 
-def squad(n, seed, filler=0):
-    """SQuAD v1.1 data: each context says one person's colour and city; two questions per context."""
+def squad(n, seed, filler=0, v2=False):
+    """SQuAD v1.1 data: each context says one person's colour and city; two questions per context.
+    v2: SQuAD v2.0, with a third question about someone the context does not mention (unanswerable)."""
     rng = random.Random(seed)
     paras = []
     for i in range(n):
@@ -29,8 +31,12 @@ def squad(n, seed, filler=0):
                 "answers": [{"text": color, "answer_start": ctx.index(f"likes {color}") + 6}]},
                {"id": f"{i}p", "question": f"where does {name} live ?",
                 "answers": [{"text": city, "answer_start": ctx.index(f"in {city}") + 3}]}]
+        if v2:
+            other = rng.choice([x for x in NAMES if x != name])
+            qas.append({"id": f"{i}n", "question": f"where does {other} live ?", "answers": [], "is_impossible": True,
+                        "plausible_answers": [{"text": city, "answer_start": ctx.index(f"in {city}") + 3}]})
         paras.append({"context": ctx, "qas": qas})
-    return {"version": "1.1", "data": [{"title": "synthetic", "paragraphs": paras}]}
+    return {"version": "v2.0" if v2 else "1.1", "data": [{"title": "synthetic", "paragraphs": paras}]}
 
 
 def write(path, obj):
@@ -92,6 +98,49 @@ def test_squad_normalisation_and_scores():
     assert token_f1("the the the", ["a"]) == 0.0  # nothing left after normalisation
     m = answer_metrics(["a cat", "dog"], [["cat"], ["a bird"]])
     assert m == {"exact_match": 50.0, "f1": 50.0, "questions": 2}
+    # evaluate-v2.0.py: an unanswerable question's gold is "", right only for an empty prediction
+    assert exact_match("", [""]) == token_f1("", [""]) == 1.0
+    assert exact_match("oslo", [""]) == token_f1("oslo", [""]) == 0.0
+
+
+def test_squad_v2_questions_without_an_answer(qa_setup):
+    from budgetlm.data.tokenizer import special_ids
+    from budgetlm.qa import Example, PairLayout, best_answers, read_squad, scores, windows
+    from budgetlm.training.checkpoint import QAInfo
+
+    root = qa_setup["root"]
+    examples = read_squad(write(root / "v2.json", squad(4, 7, filler=30, v2=True)))
+    none = [e for e in examples if e.impossible]
+    assert len(none) == 4 and all(e.answers == [] and e.start == -1 for e in none)  # plausible_answers unread
+    bad = squad(2, 7, v2=True)
+    bad["data"][0]["paragraphs"][0]["qas"][2]["is_impossible"] = "yes"
+    with pytest.raises(BudgetError, match="is_impossible must be true or false"):
+        read_squad(write(root / "bad.json", bad))
+    # every window of an unanswerable question points at [CLS], over a context of several windows
+    info = QAInfo(max_len=24, doc_stride=6, max_question_len=12, max_answer_len=5)
+    win = windows(qa_setup["tok"], PairLayout.budgetlm(special_ids(qa_setup["tok"])), examples, info)
+    for e in (i for i, x in enumerate(examples) if x.impossible):
+        mine = [w for w in range(len(win.ids)) if win.example[w] == e]
+        assert len(mine) > 1 and all(tuple(win.spans[w]) == (0, 0) for w in mine)
+    # [CLS] against the best span: "" only for a run trained with unanswerable questions, and only
+    # where [CLS] scores higher in every window of the question
+    two = [Example("a", "q", "anna likes red", []), Example("b", "q", "boris likes blue", [])]
+    from types import SimpleNamespace
+
+    a, b = [None, (0, 4), (5, 10), (11, 14)], [None, (0, 5), (6, 11), (12, 16)]  # [CLS], then the words
+    win = SimpleNamespace(offsets=[a, a, b], example=[0, 0, 1])
+    logit = lambda cls, at: (np.array([cls, 0.0, 0.0, at]), np.array([cls, 0.0, 0.0, at]))  # noqa: E731
+    logits = [logit(5.0, 2.0), logit(1.0, 0.0), logit(5.0, 2.0)]  # a: a window where [CLS] loses; b: [CLS] wins
+    v1 = best_answers(two, win, logits, 5)
+    assert [p["answer"] for p in v1] == ["red", "blue"] and not any(p["no_answer"] for p in v1)
+    v2 = best_answers(two, win, logits, 5, unanswerable=True)
+    assert (v2[0]["answer"], v2[0]["no_answer"]) == ("red", False)
+    assert (v2[1]["answer"], v2[1]["no_answer"], v2[1]["score"]) == ("", True, 10.0)
+    # v2.0's scores: the answerable and the unanswerable questions apart
+    two[1].impossible = True
+    got = scores(["red", ""], [Example("a", "q", "anna likes red", ["red"]), two[1]])
+    assert got["exact_match"] == 100.0 and got["has_answer_questions"] == got["no_answer_questions"] == 1
+    assert scores(["red", "blue"], [Example("a", "q", "c", ["red"]), two[1]])["no_answer_f1"] == 0.0
 
 
 def test_windows_cover_a_long_context_and_locate_the_answer(qa_setup):
@@ -151,6 +200,42 @@ def test_train_and_eval(qa_setup, qa_run, capsys):
     # long contexts (several windows each) are answered too
     code, ev, err = run_cli(capsys, "eval", "--model", str(out), "--text", str(qa_setup["long"]))
     assert code == 0 and ev["questions"] == 40 and ev["f1"] >= 50.0, (err, ev)
+
+
+def test_a_run_trained_on_squad_v2_says_when_there_is_no_answer(qa_setup, tmp_path, capsys):
+    from budgetlm.training.checkpoint import load_meta
+
+    train, dev = write(tmp_path / "train.json", squad(150, 1, v2=True)), write(tmp_path / "dev.json", squad(40, 2, v2=True))
+    out = tmp_path / "qa2"
+    code, res, err = run_cli(capsys, "finetune", "--task", "qa", "--model", str(qa_setup["mlm"]), "--train", str(train),
+                             "--val", str(dev), "--out", str(out), "--epochs", "20", "--batch-size", "16", "--lr", "3e-3",
+                             "--max-len", "32", "--patience", "20", "--device", "cpu", "--precision", "fp32")
+    assert code == 0, err
+    assert load_meta(out).qa.unanswerable and "450 questions, 150 of them unanswerable" in err
+    code, ev, err = run_cli(capsys, "eval", "--model", str(out), "--text", str(dev), "--which", "best")
+    assert code == 0, err
+    assert ev["f1"] == pytest.approx(res["f1"])
+    assert (ev["questions"], ev["has_answer_questions"], ev["no_answer_questions"]) == (120, 80, 40)
+    # it tells the two kinds apart (a run that never abstains scores 0 on the unanswerable ones)
+    assert ev["has_answer_f1"] >= 70.0 and ev["no_answer_exact_match"] >= 30.0, ev
+    code, ans, err = run_cli(capsys, "answer", "--model", str(out), "--input", str(dev))
+    assert code == 0, err
+    preds = ans["answers"]
+    assert all(p["no_answer"] == (p["answer"] == "") for p in preds)
+    abstained = [p["id"][-1] for p in preds if p["no_answer"]]  # ids end in n for the unanswerable questions
+    assert abstained.count("n") > len(abstained) / 2
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from budgetlm.serve.app import create_app
+    from budgetlm.serve.services import load_service
+
+    client = TestClient(create_app(load_service(str(out))))
+    unanswered = next(p for p in preds if p["no_answer"])
+    body = client.post("/v1/qa", json={"question": unanswered["question"],
+                                       "context": next(e["context"] for e in json.loads(dev.read_text())["data"][0]["paragraphs"]
+                                                       if any(q["id"] == unanswered["id"] for q in e["qas"]))}).json()
+    assert (body["answer"], body["no_answer"]) == ("", True)
 
 
 def test_answer_command_and_api(qa_setup, qa_run, tmp_path, capsys):

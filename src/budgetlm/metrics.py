@@ -112,6 +112,8 @@ def token_f1(prediction: str, golds: Sequence[str]) -> float:
 
     def f1(pred: str, gold: str) -> float:
         p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+        if not gold:  # SQuAD v2.0's gold "" (no answer): right only when the prediction is empty too
+            return float(not p)
         same = sum((Counter(p) & Counter(g)).values())
         if same == 0:
             return 0.0

@@ -2,15 +2,19 @@
 
     budgetlm finetune --task qa --model MLM_RUN --train train.json --val dev.json --out RUN-qa
     budgetlm answer --model RUN-qa --question "Who wrote it?" --context "..."
-    budgetlm eval --model RUN-qa --text dev.json            # exact match and F1 (SQuAD v1.1)
+    budgetlm eval --model RUN-qa --text dev.json            # exact match and F1 (SQuAD v1.1 / v2.0)
 
 Input is SQuAD v1.1 JSON: {"data": [{"paragraphs": [{"context": ..., "qas": [{"id", "question",
-"answers": [{"text", "answer_start"}]}]}]}]}. Each question becomes one or more windows
+"answers": [{"text", "answer_start"}]}]}]}]}, or v2.0, whose questions may be `"is_impossible": true`
+(the context does not answer them). Each question becomes one or more windows
 `[CLS] question [SEP] piece of the context [SEP]`: a context longer than a window is covered by
 overlapping pieces, `doc_stride` tokens shared between neighbours (the recipe of BERT's SQuAD runs and
 transformers' run_qa.py). A window whose piece does not hold the answer is trained to point at [CLS].
 The answer of a question is the best start <= end span of at most `max_answer_len` tokens, inside the
 context, over all its windows (start logit + end logit), mapped back to characters of the context.
+A run trained with unanswerable questions (each of their windows points at [CLS]) answers "" when the
+[CLS] score (start + end logit at [CLS], the lowest over the question's windows) beats the best span:
+BERT's SQuAD 2.0 rule, as transformers' run_qa.py applies it (threshold 0).
 
 The model is a budgetlm masked run under `models.heads.SpanExtractor` (laid out as transformers'
 ModernBertForQuestionAnswering, so `export` writes an AutoModelForQuestionAnswering folder), or a local
@@ -47,23 +51,24 @@ class Example:
     context: str
     answers: list[str]  # gold answer texts (empty when unknown)
     start: int = -1  # character offset of the first gold answer in the context (-1 = unknown)
+    impossible: bool = False  # SQuAD v2.0: the context does not answer the question
 
 
 def _field(obj: Any, key: str, where: str, kind: type) -> Any:
     if not isinstance(obj, dict) or not isinstance(obj.get(key), kind):
-        raise BudgetError(f"{where}: expected a {kind.__name__} under {key!r} (SQuAD v1.1 layout)")
+        raise BudgetError(f"{where}: expected a {kind.__name__} under {key!r} (SQuAD layout)")
     return obj[key]
 
 
 def read_squad(path: str | Path, need_answers: bool = True) -> list[Example]:
-    """Every question of a SQuAD v1.1 file; each gold span must be the text at its offset."""
+    """Every question of a SQuAD v1.1 or v2.0 file; each gold span must be the text at its offset."""
     p = Path(path)
     if not p.is_file():
         raise BudgetError(f"no SQuAD file at {path}")
     try:
         text = p.read_text(encoding="utf-8")
         if not text.strip():
-            raise BudgetError(f"{path} is empty: expected SQuAD v1.1 JSON")
+            raise BudgetError(f"{path} is empty: expected SQuAD JSON")
         doc = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BudgetError(f"{path} is not SQuAD JSON: {e}") from None
@@ -85,9 +90,13 @@ def _example(qa: dict, ctx: str, where: str, need_answers: bool) -> Example:
     question = _field(qa, "question", where, str)
     if not question.strip():
         raise BudgetError(f"{where}: empty question")
-    answers = qa.get("answers") or []
-    if need_answers and not answers:
-        raise BudgetError(f"{where}: no answers (training and evaluation need at least one)")
+    impossible = qa.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise BudgetError(f"{where}: is_impossible must be true or false")
+    answers = [] if impossible else qa.get("answers") or []  # v2.0 keeps "plausible_answers" apart
+    if need_answers and not answers and not impossible:
+        raise BudgetError(f"{where}: no answers (training and evaluation need at least one, "
+                          f"or \"is_impossible\": true)")
     texts, start = [], -1
     for i, ans in enumerate(answers):
         text, pos = _field(ans, "text", f"{where}.answers[{i}]", str), ans.get("answer_start")
@@ -97,7 +106,7 @@ def _example(qa: dict, ctx: str, where: str, need_answers: bool) -> Example:
                               if isinstance(pos, int) else f"{where}.answers[{i}]: answer_start must be an integer")
         texts.append(text)
         start = pos if start < 0 else start
-    return Example(str(qa.get("id", where)), question, ctx, texts, start)
+    return Example(str(qa.get("id", where)), question, ctx, texts, start, impossible)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,11 +230,15 @@ def span_logits(model, win: Windows, pad_id: int, batch_size: int = 32,
 
 
 def best_answers(examples: Sequence[Example], win: Windows, logits, max_answer_len: int,
-                 top: int = 20) -> list[dict[str, Any]]:
-    """The best span of each example over its windows: answer text, score, character start and end."""
-    best: list[dict[str, Any]] = [{"answer": "", "score": -math.inf, "start": 0, "end": 0} for _ in examples]
+                 top: int = 20, unanswerable: bool = False) -> list[dict[str, Any]]:
+    """The best span of each example over its windows: answer text, score, character start and end;
+    with `unanswerable`, "" (no_answer) where the [CLS] score beats it (see the module docstring)."""
+    best: list[dict[str, Any]] = [{"answer": "", "score": -math.inf, "start": 0, "end": 0, "no_answer": False}
+                                  for _ in examples]
+    null = [math.inf] * len(examples)  # the lowest [CLS] score over each example's windows
     for w, (start, end) in enumerate(logits):
         offs, ex = win.offsets[w], win.example[w]
+        null[ex] = min(null[ex], float(start[0] + end[0]))
         ctx_tokens = np.array([o is not None for o in offs])
         s_cand = [k for k in np.argsort(-start)[: top * 4] if ctx_tokens[k]][:top]
         e_cand = [k for k in np.argsort(-end)[: top * 4] if ctx_tokens[k]][:top]
@@ -234,8 +247,11 @@ def best_answers(examples: Sequence[Example], win: Windows, logits, max_answer_l
                 score = float(start[s] + end[e])
                 if s <= e < s + max_answer_len and score > best[ex]["score"]:
                     a, b = offs[s][0], offs[e][1]
-                    best[ex] = {"answer": examples[ex].context[a:b], "score": score, "start": a, "end": b}
-    for b in best:
+                    best[ex] = {"answer": examples[ex].context[a:b], "score": score, "start": a, "end": b,
+                                "no_answer": False}
+    for i, b in enumerate(best):
+        if unanswerable and null[i] > b["score"]:
+            best[i] = b = {"answer": "", "score": null[i], "start": 0, "end": 0, "no_answer": True}
         b["score"] = None if b["score"] == -math.inf else round(b["score"], 4)
     return best
 
@@ -262,7 +278,21 @@ class LoadedQA:
 def predict(loaded: LoadedQA, examples: Sequence[Example], batch_size: int = 32) -> list[dict[str, Any]]:
     win = windows(loaded.tokenizer, loaded.layout, examples, loaded.info)
     logits = span_logits(loaded.model, win, loaded.layout.pad, batch_size, loaded.device)
-    return best_answers(examples, win, logits, loaded.info.max_answer_len)
+    return best_answers(examples, win, logits, loaded.info.max_answer_len, unanswerable=loaded.info.unanswerable)
+
+
+def scores(answers: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
+    """Exact match and F1 in percent as SQuAD's scripts give them: an unanswerable question's gold
+    answer is "" (v2.0), and a file with such questions also gets the answerable and unanswerable
+    ones apart (v2.0's HasAns and NoAns)."""
+    golds = [e.answers or [""] for e in examples]
+    out: dict[str, Any] = answer_metrics(answers, golds)
+    if any(e.impossible for e in examples):
+        for name, want in (("has_answer", False), ("no_answer", True)):
+            keep = [i for i, e in enumerate(examples) if e.impossible == want]
+            m = answer_metrics([answers[i] for i in keep], [golds[i] for i in keep])
+            out.update({f"{name}_exact_match": m["exact_match"], f"{name}_f1": m["f1"], f"{name}_questions": len(keep)})
+    return out
 
 
 def hf_reader(tok) -> tuple[Any, PairLayout]:
@@ -305,14 +335,14 @@ def load_qa(run: str | Path, device: str = "cpu", which: str = "best") -> Loaded
 
 def evaluate_qa(run: str | Path, path: str | Path, batch_size: int = 32, device: str = "cpu",
                 which: str = "best") -> dict[str, Any]:
-    """Exact match and F1 (SQuAD v1.1, percent) of a run on a SQuAD-format file."""
+    """Exact match and F1 (percent, `scores`) of a run on a SQuAD-format file."""
     import time
 
     loaded = load_qa(run, device, which)
     examples = read_squad(path)
     t0 = time.perf_counter()
     preds = predict(loaded, examples, batch_size)
-    return {**answer_metrics([p["answer"] for p in preds], [e.answers for e in examples]),
+    return {**scores([p["answer"] for p in preds], examples),
             "seconds": round(time.perf_counter() - t0, 3), "source": str(path)}
 
 
@@ -407,8 +437,9 @@ class QAValidator(Validator):
 
     def measure(self, model):
         logits = span_logits(model, self.win, self.pad_id, 64, self.device)
-        preds = best_answers(self.examples, self.win, logits, self.meta.qa.max_answer_len)
-        met = answer_metrics([p["answer"] for p in preds], [e.answers for e in self.examples])
+        preds = best_answers(self.examples, self.win, logits, self.meta.qa.max_answer_len,
+                             unanswerable=self.meta.qa.unanswerable)
+        met = scores([p["answer"] for p in preds], self.examples)
         return met["f1"], None, met, {"exact_match": met["exact_match"], "f1": met["f1"]}
 
 
@@ -442,11 +473,13 @@ def finetune_qa(cfg, tmp: Path, train: list[Example], val: list[Example]) -> Fin
     rt = runtime.init_runtime(cfg.device, cfg.precision, seed=cfg.seed)
     hf = is_hf_folder(Path(cfg.model))
     src = (_hf_source if hf else _budgetlm_source)(cfg, tmp)
-    info, pad, meta = src.meta.qa, src.layout.pad, replace(src.meta, run_config=to_dict(cfg))
+    info = replace(src.meta.qa, unanswerable=any(e.impossible for e in train))
+    pad, meta = src.layout.pad, replace(src.meta, run_config=to_dict(cfg), qa=info)
     t0 = time.perf_counter()
     tr, va = windows(src.tokenizer, src.layout, train, info), windows(src.tokenizer, src.layout, val, info)
+    none = f", {sum(e.impossible for e in train):,} of them unanswerable" if info.unanswerable else ""
     ui.info(f"fine-tuning {'Hugging Face' if hf else 'budgetlm'} model from {cfg.model} for question answering on "
-            f"{len(train):,} questions ({len(tr.ids):,} windows of up to {info.max_len} tokens), validating on "
+            f"{len(train):,} questions{none} ({len(tr.ids):,} windows of up to {info.max_len} tokens), validating on "
             f"{len(val):,} [{rt.device_type} {rt.precision}]")
     setup = runtime.prepare_training(src.model, rt, compile="off")
     batches = SpanBatches(tr.ids, tr.spans, tr.types, pad, cfg.batch_size, cfg.seed)

@@ -58,5 +58,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fsio.atomic_write_text(out, json.dumps({p["id"]: p["answer"] for p in preds}) + "\n" if out.suffix == ".json"
                                else "".join(json.dumps(p) + "\n" for p in preds))
     for p in preds[:20]:
-        ui.info(f"{p['question']!r} -> {p['answer']!r} (score {p['score']})")
+        ui.info(f"{p['question']!r} -> {'no answer' if p['no_answer'] else repr(p['answer'])} (score {p['score']})")
     return {"model": args.model, "answers": preds}

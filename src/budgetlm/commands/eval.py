@@ -94,6 +94,10 @@ def _qa(args: argparse.Namespace) -> dict[str, Any]:
     res = evaluate_qa(args.model[0], args.text[0], batch_size=args.batch_size, device=device, which=args.which)
     ui.info(f"{res['source']}: {res['questions']:,} questions, exact match {res['exact_match']:.2f}, "
             f"F1 {res['f1']:.2f} ({res['seconds']:.1f}s)")
+    for part, what in (("has_answer", "answerable"), ("no_answer", "unanswerable")):
+        if f"{part}_questions" in res:
+            ui.info(f"  {res[f'{part}_questions']:,} {what}: exact match {res[f'{part}_exact_match']:.2f}, "
+                    f"F1 {res[f'{part}_f1']:.2f}")
     return {"model": args.model[0], **res}
 
 

@@ -269,9 +269,10 @@ class ClassifyResponse(BaseModel):
 class QAResponse(BaseModel):
     model: str
     answer: str  # the span of the context, "" when no span was found
-    score: float | None  # start logit + end logit of the span
+    score: float | None  # start logit + end logit of the span ([CLS]'s for no answer)
     start: int  # its first character in the context
     end: int  # one past its last character
+    no_answer: bool = False  # a run trained with unanswerable questions (SQuAD v2.0) found none here
 
 
 class Health(BaseModel):

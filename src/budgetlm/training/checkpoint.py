@@ -92,6 +92,7 @@ class QAInfo:
     max_question_len: int  # tokens of a question kept (longer questions are cut)
     max_answer_len: int  # longest answer, in tokens
     source_run: str = ""  # the pre-trained model it was fine-tuned from
+    unanswerable: bool = False  # trained with questions its context does not answer (SQuAD v2.0): it may answer ""
 
 
 @dataclass
