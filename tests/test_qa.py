@@ -236,6 +236,10 @@ def test_a_run_trained_on_squad_v2_says_when_there_is_no_answer(qa_setup, tmp_pa
                                        "context": next(e["context"] for e in json.loads(dev.read_text())["data"][0]["paragraphs"]
                                                        if any(q["id"] == unanswered["id"] for q in e["qas"]))}).json()
     assert (body["answer"], body["no_answer"]) == ("", True)
+    pytest.importorskip("transformers")
+    code, _, err = run_cli(capsys, "export", "--model", str(out), "--out", str(tmp_path / "hf"), "--no-verify")
+    assert code == 0, err
+    assert "handle_impossible_answer=True" in (tmp_path / "hf" / "README.md").read_text()  # the card says so
 
 
 def test_answer_command_and_api(qa_setup, qa_run, tmp_path, capsys):

@@ -163,7 +163,8 @@ class _PlanJob:
             cal = next((e for e in self.calibrations.values()
                         if e.get("catalog_id") == dev.id and dev.kind != "cpu"), None)
         # the points measured as `train` would run this plan (its compile rule, no dropout), where there are any
-        cal = calibration.prefer_setting(cal, self.cfg.seq_len, calibration.compiles_by_default(dev.kind, self.budget_s))
+        compiles = calibration.compiles_by_default(dev.kind, self.budget_s)
+        cal = calibration.prefer_setting(cal, self.cfg.seq_len, compiles)
         if not self.can_plan(dev) and self.precisions:
             supported = ", ".join(p for p in PRECISION_ORDER if dev.training_peak(p)) or "none"
             raise BudgetError(f"{dev.id} has no {self.cfg.precision} peak in the catalog; it supports {supported}")

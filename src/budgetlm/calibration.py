@@ -75,7 +75,8 @@ def prefer_setting(entry: dict[str, Any] | None, seq_len: int, compile: bool) ->
         return entry
     precisions = {}
     for precision, points in (entry.get("precisions") or {}).items():
-        precisions[precision] = points_for(entry, precision, seq_len, compile).get("precisions", {}).get(precision) or points
+        same = [p for p in points if setting(p) == (seq_len, compile, 0.0)]
+        precisions[precision] = same or points
     return {**entry, "precisions": precisions}
 
 

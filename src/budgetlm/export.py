@@ -553,6 +553,10 @@ def export_run(cfg: ExportConfig) -> dict[str, Any]:
     labels = [str(x) for x in meta.classifier.labels] if meta.classifier else None
     card = {"training": modelcard.run_facts(meta.run_dir, meta.run_config, meta.data, meta.step),
             "results": modelcard.metric_rows(meta.run_dir, meta.metrics)}
+    if meta.qa is not None and meta.qa.unanswerable:
+        card["training"]["unanswerable questions"] = (
+            "yes (SQuAD v2.0): budgetlm answers \"\" where the start + end logit at [CLS] beats the best span; "
+            "with transformers' pipeline, pass `handle_impossible_answer=True`")
     # large models take a while to write and verify: a line every $BUDGETLM_PROGRESS_EVERY s in a log
     with ui.progress(f"exporting to {out}", total=None, heartbeat=True):
         return FORMATS[cfg.format](model, out, tok, labels=labels, overwrite=cfg.overwrite, verify=cfg.verify,

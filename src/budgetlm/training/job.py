@@ -228,8 +228,9 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
     fill = {k: v for k, v in fill.items() if getattr(cfg, k) == getattr(defaults, k)}  # the user's flags win
     if fill.get("dropout"):
         # with dropout the planner may pick a larger model that repeats the data fewer times
-        reason += f"; dropout {fill['dropout']:g} (" + (f"the plan without it repeats the data {DROPOUT_EPOCHS:g}+ times"
-                                                       if epochs < DROPOUT_EPOCHS else f">= {DROPOUT_EPOCHS:g} epochs") + ")"
+        why = (f">= {DROPOUT_EPOCHS:g} epochs" if epochs >= DROPOUT_EPOCHS
+               else f"the plan without it repeats the data {DROPOUT_EPOCHS:g}+ times")
+        reason += f"; dropout {fill['dropout']:g} ({why})"
     c = dataclasses.replace(cfg, **fill)
     if c.weight_decay < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0:
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
