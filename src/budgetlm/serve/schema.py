@@ -292,7 +292,7 @@ class ErrorInfo(BaseModel):
 
 class ErrorDetail(BaseModel):
     detail: str
-    error: ErrorInfo | None = None  # on the 400 and 404 answers of the OpenAI endpoints
+    error: ErrorInfo | None = None  # OpenAI's error object (every refusal carries one)
 
 
 ERRORS = {
