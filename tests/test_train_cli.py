@@ -291,3 +291,30 @@ def test_progress_lines_in_a_log(data, tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if ln.startswith("train (3.0s): ")]
     assert len(lines) >= 3, err
     assert all("loss" in ln and "tok/s" in ln and "of the budget left" in ln and "elapsed" in ln for ln in lines[:-1])
+
+
+def test_ema_ends_the_run_with_the_average_of_the_cooldowns_weights(data, tmp_path, capsys):
+    """--ema: training itself is unchanged; from the cool-down's start (progress >= 1 - cooldown) the
+    weights are averaged (the first update copies them), and the run ends with the average: the final
+    evaluation and the final checkpoint are of it."""
+    from budgetlm.training.checkpoint import load_model
+
+    common = ["--data", str(data), "--max-steps", "8", "--cooldown", "0.5", "--checkpoint-every-steps", "1",
+              "--keep-last", "10", *TINY]
+    rc, raw, err = train(capsys, "--out", str(tmp_path / "raw"), *common)
+    assert rc == 0, err
+    rc, avg, err = train(capsys, "--out", str(tmp_path / "ema"), *common, "--ema", "0.5")
+    assert rc == 0, err
+    losses = [[json.loads(x).get("loss") for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("raw", "ema")]
+    assert losses[0] == losses[1]  # the same training
+    states = {s: load_model(tmp_path / "raw" / "checkpoints" / f"step_{s:06d}")[0].state_dict() for s in range(4, 9)}
+    want = {k: v.clone() for k, v in states[4].items()}  # steps 4..8 are the last half of 8
+    for s in range(5, 9):
+        want = {k: 0.5 * want[k] + 0.5 * states[s][k] for k in want}
+    got, _ = load_model(tmp_path / "ema")
+    for k, v in got.state_dict().items():
+        assert torch.allclose(v, want[k], atol=1e-6), k
+    rc = main(["eval", "--model", str(tmp_path / "ema"), "--data", str(data), "--json"])
+    ev = json.loads(capsys.readouterr().out)
+    assert rc == 0 and ev["loss"] == pytest.approx(avg["val_loss"], rel=1e-6) and avg["val_loss"] != raw["val_loss"]

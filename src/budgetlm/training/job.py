@@ -39,6 +39,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = ranged(0.4, 0.0, 1.0)  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = ranged(1.0, 0.0, 1e6)  # clip the gradient norm to this (0 = off)
+    ema: float = ranged(0.0, 0.0, 0.99999)  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0 = off; 0.995 ~ the last 200 steps)
     dropout: float = ranged(-1.0, 0.0, 0.95, also=(-1.0,))  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
     mask_rate: float = ranged(0.25, 0.0, 0.95, above=True)  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order

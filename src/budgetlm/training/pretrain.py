@@ -74,6 +74,9 @@ class _Run:
         if self.fsdp and cfg.optimizer != "adamw":
             raise BudgetError("--fsdp needs --optimizer adamw: Muon orthogonalises whole matrices, which FSDP "
                               "splits across ranks")
+        if self.fsdp and cfg.ema:
+            raise BudgetError("--ema is not supported with --fsdp: the average would need the whole weights on each rank")
+        self.averaged = None  # the weight average (--ema), once the cool-down has begun
 
     def build(self):
         """Model (with source weights), training set-up, optimizer, loader, and the loop state."""
@@ -195,12 +198,38 @@ class _Run:
             checkpoint_every_s=parse_duration(cfg.checkpoint_every), checkpoint_every_steps=cfg.checkpoint_every_steps,
             log_every=max(1, cfg.log_every), progress_every_s=cfg.progress_every)
         hooks = LoopHooks(evaluate=lambda m, st: self.evaluate(m, cfg.eval_tokens), rollback=self.rollback,
-                          checkpoint=lambda st, last: self.save(st, last))
+                          checkpoint=lambda st, last: self.save(st, last), on_step=self.average if cfg.ema else None)
         self.peak, self.peak_note = runtime.peak_flops(self.rt)
         return train_loop(self.setup, self.loader, self.optimizer, self.rt, loop_cfg,
                           ScheduleConfig(warmup=cfg.warmup, decay=cfg.decay, cooldown=cfg.cooldown),
                           state=self.state, hooks=hooks, metrics=metrics, flops_per_token=self.fpt,
                           peak_flops=self.peak, stop=stop, show_progress=self.rt.is_main)
+
+    def average(self, model, st) -> None:
+        """--ema: an exponential moving average of the weights over the last `cooldown` of the run (the
+        loop's on_step hook). Averaging the iterates as the LR decays ends lower than the last iterate
+        on repeated data (docs/bench/training.md); the periodic evaluations see the raw weights."""
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        from budgetlm.training.schedule import progress
+
+        cfg = self.cfg
+        done = progress(st.elapsed_s, st.step, st.tokens, self.budget_s, cfg.max_steps or None, cfg.max_tokens or None)
+        if done < 1.0 - cfg.cooldown:
+            return
+        if self.averaged is None:  # the first update copies the weights
+            self.averaged = AveragedModel(self.setup.module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.averaged.update_parameters(self.setup.module)
+
+    def take_average(self) -> None:
+        """Put the weight average into the model: what the final evaluation measures and the final
+        checkpoint keeps. An interrupted run keeps its raw weights, to resume from (the average restarts)."""
+        import torch
+
+        if self.averaged is not None:
+            with torch.no_grad():
+                for p, a in zip(self.setup.module.parameters(), self.averaged.module.parameters()):
+                    p.copy_(a)
 
     @property
     def fpt(self) -> float:
@@ -319,6 +348,7 @@ def _train(cfg: TrainConfig) -> RunResult:
             result = run.loop(stop, metrics)
             final_eval: dict[str, Any] = {}
             if not result.interrupted:
+                run.take_average()
                 final_eval = run.evaluate(run.setup.model, None)
                 if final_eval:
                     st = result.state
