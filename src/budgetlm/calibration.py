@@ -68,15 +68,22 @@ def points_for(entry: dict[str, Any], precision: str, seq_len: int, compile: boo
     return {**entry, "precisions": {precision: points}} if points else {}
 
 
+def one_setting(points: list[dict[str, Any]], seq_len: int, compile: bool = False) -> list[dict[str, Any]]:
+    """The points of one setting, or a speed line would join points that trained differently: those
+    measured at `seq_len`, then of those the ones without dropout (as a plan's model trains), then
+    the ones with this compile setting, each step applied only when it leaves any."""
+    points = [p for p in points if p.get("seq_len") == seq_len] or points
+    points = [p for p in points if not p.get("dropout")] or points
+    return [p for p in points if bool(p.get("compile")) == compile] or points
+
+
 def prefer_setting(entry: dict[str, Any] | None, seq_len: int, compile: bool) -> dict[str, Any] | None:
-    """`entry` with, for each precision that has points measured as `train` would run a plan (this
-    sequence length and compile setting, no dropout), only those; other precisions as they are."""
+    """`entry` with each precision's points reduced to the setting `train` would run a plan under
+    (`one_setting`: this sequence length and compile setting, no dropout)."""
     if not entry:
         return entry
-    precisions = {}
-    for precision, points in (entry.get("precisions") or {}).items():
-        same = [p for p in points if setting(p) == (seq_len, compile, 0.0)]
-        precisions[precision] = same or points
+    precisions = {precision: one_setting(points, seq_len, compile)
+                  for precision, points in (entry.get("precisions") or {}).items()}
     return {**entry, "precisions": precisions}
 
 

@@ -229,12 +229,16 @@ def span_logits(model, win: Windows, pad_id: int, batch_size: int = 32,
     return out
 
 
+def _answer(text: str = "", score: float = -math.inf, start: int = 0, end: int = 0,
+            no_answer: bool = False) -> dict[str, Any]:
+    return {"answer": text, "score": score, "start": start, "end": end, "no_answer": no_answer}
+
+
 def best_answers(examples: Sequence[Example], win: Windows, logits, max_answer_len: int,
                  top: int = 20, unanswerable: bool = False) -> list[dict[str, Any]]:
     """The best span of each example over its windows: answer text, score, character start and end;
     with `unanswerable`, "" (no_answer) where the [CLS] score beats it (see the module docstring)."""
-    best: list[dict[str, Any]] = [{"answer": "", "score": -math.inf, "start": 0, "end": 0, "no_answer": False}
-                                  for _ in examples]
+    best = [_answer() for _ in examples]
     null = [math.inf] * len(examples)  # the lowest [CLS] score over each example's windows
     for w, (start, end) in enumerate(logits):
         offs, ex = win.offsets[w], win.example[w]
@@ -247,11 +251,10 @@ def best_answers(examples: Sequence[Example], win: Windows, logits, max_answer_l
                 score = float(start[s] + end[e])
                 if s <= e < s + max_answer_len and score > best[ex]["score"]:
                     a, b = offs[s][0], offs[e][1]
-                    best[ex] = {"answer": examples[ex].context[a:b], "score": score, "start": a, "end": b,
-                                "no_answer": False}
+                    best[ex] = _answer(examples[ex].context[a:b], score, a, b)
     for i, b in enumerate(best):
         if unanswerable and null[i] > b["score"]:
-            best[i] = b = {"answer": "", "score": null[i], "start": 0, "end": 0, "no_answer": True}
+            best[i] = b = _answer(score=null[i], no_answer=True)
         b["score"] = None if b["score"] == -math.inf else round(b["score"], 4)
     return best
 

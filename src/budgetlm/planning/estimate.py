@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from budgetlm.calibration import one_setting
 from budgetlm.catalog import Device
 from budgetlm.config import BudgetError
 from budgetlm.models.config import ModelConfig
@@ -64,17 +65,11 @@ def mfu_for(device: Device, precision: str, cfg: ModelConfig, seq_len: int,
     extended from the end segments. On a 2-core CPU, calibrated at depths 1 and 4, this predicted
     depths 2, 3 and 6 at sequence lengths 128 and 256 within 11% (17% in a noisier run), where
     interpolating the MFU in log FLOPs per token missed depth 6 by 22% (docs/bench/planning.md).
-    Points measured at `seq_len` are used alone when there are any (`train` calibrates at its own
-    length), and of those the ones without dropout and without compile when there are any; one
-    point means a constant FLOP/s."""
+    The points are of one setting (`calibration.one_setting`: `train` calibrates at its own length,
+    and passes only the compiled points when it compiles); one point means a constant FLOP/s."""
     points = ((calibration or {}).get("precisions") or {}).get(precision) or []
     peak = peak_flops(device, precision)
-    points = [p for p in points if p.get("achieved_flops")]
-    points = [p for p in points if p.get("seq_len") == seq_len] or points
-    # one setting, or the line would join points that trained differently: without dropout (as a
-    # plan's model trains), eager unless only compiled points are left (`train` passes its own setting's)
-    points = [p for p in points if not p.get("dropout")] or points
-    points = [p for p in points if not p.get("compile")] or points
+    points = one_setting([p for p in points if p.get("achieved_flops")], seq_len)
     if points and peak:
         # MFU is recomputed against this device's peak, so a calibration measures achieved FLOP/s
         # and stays valid whatever peak figure the catalog carries.

@@ -38,6 +38,7 @@ from budgetlm.training.job import (  # noqa: F401 - TrainConfig and RunResult ar
     choose_model,
     resolve_config,
 )
+from budgetlm.training.schedule import progress
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,15 +210,13 @@ class _Run:
         """--ema: an exponential moving average of the weights over the last `cooldown` of the run (the
         loop's on_step hook). Averaging the iterates as the LR decays ends lower than the last iterate
         on repeated data (docs/bench/training.md); the periodic evaluations see the raw weights."""
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        from budgetlm.training.schedule import progress
-
         cfg = self.cfg
         done = progress(st.elapsed_s, st.step, st.tokens, self.budget_s, cfg.max_steps or None, cfg.max_tokens or None)
         if done < 1.0 - cfg.cooldown:
             return
         if self.averaged is None:  # the first update copies the weights
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
             self.averaged = AveragedModel(self.setup.module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.averaged.update_parameters(self.setup.module)
 
