@@ -491,3 +491,15 @@ def test_checkpointing_only_when_allowed_and_flagged():
     assert any("checkpointing" in n for n in with_ckpt.notes) != P.TRAINER_CHECKPOINTING
     without = P.estimate(cfg, dev, 1e9, 4096, allow_checkpointing=False)
     assert not without.fits
+
+
+def test_plan_defaults_are_trains():
+    """`plan --budget B` without --seq-len or --optimizer sizes the run `train --budget B` would run."""
+    import budgetlm
+    from budgetlm.training.job import TrainConfig
+
+    for objective, seq_len in P.DEFAULT_SEQ_LEN.items():
+        plan = budgetlm.plan(device="nvidia-rtx-3090", budget="1h", objective=objective)
+        assert (plan.seq_len, plan.optimizer) == (seq_len, TrainConfig().optimizer)
+        assert plan.model.max_seq_len == seq_len
+    assert budgetlm.plan(device="nvidia-rtx-3090", budget="1h", seq_len=64).seq_len == 64

@@ -97,3 +97,19 @@ def test_cli_choose_json(capsys, tmp_path, monkeypatch):
     assert len(doc["options"]) == 5 and doc["options"][0]["ok"]
     assert doc["launch"] and "budgetlm" in doc["launch"]
     assert {"device", "count", "predicted_loss", "seconds", "cost_usd", "price", "fits"} <= set(doc["options"][0])
+
+
+def test_launched_commands_name_the_optimizer_the_plan_counted():
+    """`train` refuses --fsdp with Muon, so options on several devices are planned (and launched) with
+    AdamW; one device gets Muon, `train`'s default."""
+    options = api.choose(choice=ChooseConfig(counts=[1, 4], only="h100-sxm"), market="cloud", **JOB_124M)
+    by_count = {o.count: o for o in options}
+    assert by_count[1].plan.optimizer == "muon" and by_count[4].plan.optimizer == "adamw"
+    one = launch_spec(by_count[1], "torchrun", None, "1d", "causal")
+    four = launch_spec(by_count[4], "torchrun", None, "1d", "causal")
+    assert "--optimizer muon" in one and "--fsdp" not in one
+    assert "--optimizer adamw" in four and "--fsdp" in four
+    # AdamW keeps two moments per parameter where Muon keeps one per hidden-matrix parameter
+    assert by_count[4].plan.memory["optimizer"] * 4 > by_count[1].plan.memory["optimizer"]
+    forced = api.choose(choice=ChooseConfig(counts=[4], only="h100-sxm"), market="cloud", optimizer="muon", **JOB_124M)
+    assert forced[0].plan.optimizer == "muon"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from budgetlm.catalog import Device
 from budgetlm.config import BudgetError
-from budgetlm.planning import PRECISION_ORDER, Plan, PlanConfig  # torch-free, as all of planning is
+from budgetlm.planning import DEFAULT_SEQ_LEN, PRECISION_ORDER, Plan, PlanConfig  # torch-free, as all of planning is
 from budgetlm.planning.choose import ChooseConfig, Option
 
 if TYPE_CHECKING:  # the heavy modules load when a function needs them, so `plan` stays torch-free
@@ -53,7 +53,7 @@ def plan(config: PlanConfig | None = None, **settings: Any) -> Plan:
 
         c = job.cfg
         fits_on = [d.id for d in job.catalog.values() if any(d.training_peak(q) for q in PRECISION_ORDER)
-                   and estimate(p.model, d, 1, c.seq_len, c.num_devices, c.optimizer, None, None, c.pred_fraction).fits]
+                   and estimate(p.model, d, 1, c.seq_len, c.num_devices, c.optimizer_for, None, None, c.pred_fraction).fits]
         raise BudgetError(f"model {depth} x {p.model.n_embd} ({p.params / 1e6:,.1f}M parameters) does not fit on "
                           f"{device.id}: {p.notes[0].removeprefix('does not fit: ')}"
                           + (f"; it fits on {', '.join(fits_on[:5])}" if fits_on else "; it fits on no catalog device"))
@@ -131,6 +131,7 @@ class _PlanJob:
 
         cfg = dataclasses.replace(config or PlanConfig(), **settings)
         cfg.check()
+        cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or DEFAULT_SEQ_LEN[cfg.objective])
         budget_s = parse_duration(cfg.budget)
         tokens, vocab = (int(cfg.tokens) if cfg.tokens is not None else None), cfg.vocab_size
         if cfg.data:
@@ -187,7 +188,7 @@ class _PlanJob:
 
         c = self.cfg
         return auto_plan(device, self.budget_s, self.data_tokens, c.seq_len, c.objective, self.vocab_size, cal,
-                         c.num_devices, c.optimizer, precisions=self.precisions, pred_fraction=c.pred_fraction)
+                         c.num_devices, c.optimizer_for, precisions=self.precisions, pred_fraction=c.pred_fraction)
 
     def fixed(self, device: Device, cal: dict[str, Any] | None, depth: int, width: int,
               tokens: int | None = None) -> Plan:
@@ -201,7 +202,7 @@ class _PlanJob:
                                 width=width or None)
         except ValueError as e:
             raise BudgetError(f"model {depth} x {width}: {e}") from None
-        return estimate(mcfg, device, tokens or 0, c.seq_len, c.num_devices, c.optimizer, cal, self.data_tokens,
+        return estimate(mcfg, device, tokens or 0, c.seq_len, c.num_devices, c.optimizer_for, cal, self.data_tokens,
                         c.pred_fraction, self.precisions, budget_s=None if tokens else self.budget_s)
 
 # --------------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def show_compare(plans: list[Plan], cfg: PlanConfig) -> None:
         return
     m = plans[0].model
     ui.info(f"{format_duration(plans[0].seconds)} on every device: {m.n_layer} layers x {m.n_embd} wide "
-            f"({plans[0].params / 1e6:,.2f}M parameters), sequences of {cfg.seq_len} tokens; each row is "
+            f"({plans[0].params / 1e6:,.2f}M parameters), sequences of {plans[0].seq_len} tokens; each row is "
             f"`budgetlm plan --device ID --model {m.n_layer} --n-embd {m.n_embd}` with the other flags as given")
     ui.table("compare (fitting devices first, then most tokens in the budget)",
              ["device", "fits", "prec", "micro x accum", "GiB", "tokens", "cost", "$/M tok", "market"],

@@ -21,7 +21,7 @@ Modules: `memory` (bytes), `estimate` (one model on one device: `estimate`, `Pla
 `budgetlm.api.plan`'s job.
 """
 
-from budgetlm.planning.estimate import (DEFAULT_MFU, MAX_MICRO_TOKENS, MIN_STEPS, MIN_STEPS_FRESH,
+from budgetlm.planning.estimate import (DEFAULT_MFU, DEFAULT_SEQ_LEN, MAX_MICRO_TOKENS, MIN_STEPS, MIN_STEPS_FRESH,
                                     RECOMPUTE_FACTOR, TINY_MFU_FACTOR,
                                     TINY_WIDTH, TRAINER_CHECKPOINTING, Choice, Plan, PlanConfig, configurations,
                                     accumulated_speed, estimate, flops_per_token, mfu_for, min_steps,

@@ -112,7 +112,7 @@ def launch_spec(option: Option, how: str, data: str | None, budget: str, objecti
     args = (f"train --data {data or 'DATA'} --out runs/chosen --budget {budget} --objective {objective} "
             f"--model {m.n_layer} --n-embd {m.n_embd} --seq-len {p.seq_len} "
             f"--batch-size {p.global_batch_tokens // p.seq_len} --micro-batch {p.micro_batch} "
-            f"--precision {p.precision}{shard}" + (f" --max-tokens {p.tokens}" if fixed_tokens else ""))
+            f"--precision {p.precision} --optimizer {p.optimizer}{shard}" + (f" --max-tokens {p.tokens}" if fixed_tokens else ""))
     run = (f"torchrun --standalone --nproc_per_node {option.count} -m budgetlm {args}" if option.count > 1
            else f"budgetlm {args}")
     if how == "torchrun":

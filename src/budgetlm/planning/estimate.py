@@ -143,6 +143,12 @@ def default_mfu(device: Device, cfg: ModelConfig) -> float:
 # what to plan, and the plan
 
 
+# Context length when none is given, shared by `plan` and `train` so both size the same run: 256
+# causal tokens (a 2-minute Tiny Shakespeare run at 128 or 512 ended level or worse at the same
+# tokens per step, docs/bench/training.md), 128 masked (Cramming, Geiping & Goldstein 2022).
+DEFAULT_SEQ_LEN = {"causal": 256, "masked": 128}
+
+
 @dataclass
 class PlanConfig:
     """What to plan: `budgetlm plan`'s flags and `budgetlm.plan(...)`'s keywords."""
@@ -151,13 +157,13 @@ class PlanConfig:
     budget: str | None = None  # wall-clock budget: 90s, 10m, 2h, 1d (required)
     num_devices: int = 1  # data-parallel devices; model state is sharded across them (FSDP)
     objective: Literal["causal", "masked"] = "causal"  # causal (next-token) or masked (BERT-style) language model
-    seq_len: int = 512  # tokens per training sequence
+    seq_len: int = 0  # tokens per training sequence (0 = auto: 256 causal, 128 masked, as `train`)
     data: str | None = None  # prepared dataset folder, for its token count and vocabulary (default: none)
     tokens: float | None = None  # tokens of training data available, instead of --data (default: unlimited)
     model: str = "auto"  # auto (compute-optimal for the budget), a depth, or a preset: tiny, mini, small, medium, base, large, xl
     n_embd: int = 0  # model width in channels for a depth or preset (0 = 64 x depth)
     vocab_size: int | None = None  # tokenizer vocabulary in tokens (default: from --data, else 8192)
-    optimizer: Literal["adamw", "muon"] = "adamw"  # optimizer whose state is counted
+    optimizer: Literal["auto", "adamw", "muon"] = "auto"  # optimizer whose state is counted (auto: muon on one device, as `train`; adamw on several, which FSDP needs)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # training precision (auto: the fastest the device supports)
     mask_rate: float = 0.25  # masked objective: share of positions predicted (sparse prediction)
     catalog_file: str | None = None  # your own devices/prices (JSON) on top of the catalog (default: $BUDGETLM_CATALOG)
@@ -170,8 +176,8 @@ class PlanConfig:
             raise BudgetError("--budget is required (e.g. 10m, 2h, 1d)")
         if self.num_devices < 1:
             raise BudgetError(f"--num-devices must be at least 1, got {self.num_devices}")
-        if self.seq_len < 1:
-            raise BudgetError(f"--seq-len must be positive, got {self.seq_len}")
+        if self.seq_len < 0:
+            raise BudgetError(f"--seq-len must be positive (or 0: auto), got {self.seq_len}")
         if not 0 < self.mask_rate <= 1:
             raise BudgetError(f"--mask-rate must be in (0, 1], got {self.mask_rate}")
         if self.data and self.tokens is not None:
@@ -187,6 +193,14 @@ class PlanConfig:
                 raise BudgetError(f"--{name.replace('_', '-')} {getattr(self, name)} is beyond any plan (at most 2^31)")
         if self.n_embd and self.model == "auto":
             raise BudgetError("--n-embd needs a depth or a preset as --model (auto chooses the width itself)")
+
+    @property
+    def optimizer_for(self) -> str:
+        """The optimizer `train` runs this plan with: several devices shard the model state (FSDP),
+        where Muon cannot orthogonalise its split matrices, so auto is AdamW there."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "adamw" if self.num_devices > 1 else "muon"
 
     @property
     def pred_fraction(self) -> float | None:

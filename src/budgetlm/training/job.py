@@ -15,7 +15,7 @@ from budgetlm.config import BudgetError, check_ranges, parse_duration, ranged, t
 from budgetlm.data.shards import Dataset
 from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import heads_for, model_config
-from budgetlm.planning import Plan
+from budgetlm.planning import DEFAULT_SEQ_LEN, Plan
 from budgetlm.training import checkpoint as ck
 
 
@@ -76,7 +76,6 @@ AUTO_LR = {"muon": 1e-2, "adamw": 3e-3}
 # Sequences per optimizer step when a preset, a depth or --init-from gives the model (the planner
 # sizes the batch itself): 16 x 256 causal tokens, 64 x 128 masked ones.
 FIXED_MODEL_BATCH = {"causal": 16, "masked": 64}
-DEFAULT_SEQ_LEN = {"causal": 256, "masked": 128}
 # Without --budget (only --max-steps/--max-tokens) the planner sizes the model as for this long.
 PLAN_BUDGET_WITHOUT_CLOCK_S = 600.0
 # Repeated data loses value after a few epochs (Muennighoff et al. 2023) and small corpora overfit:
