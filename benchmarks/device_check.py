@@ -68,7 +68,7 @@ def planned(device: str, objective: str, precision: str, size: dict) -> dict:
     p = api.plan(device="local", budget="1h", model=str(size["depth"]), n_embd=size["width"],
                  seq_len=size["seq_len"], objective=objective, precision=precision, vocab_size=size["vocab"])
     dev, _, _ = calibration.local(load_catalog())  # the device `--device local` planned on
-    mem = memory_breakdown(p.model, dev, size["batch"], size["seq_len"], precision, False,
+    mem = memory_breakdown(p.model, dev, size["batch"], size["seq_len"], precision, False, optimizer=p.optimizer,
                            pred_fraction=None if objective == "causal" else 0.25)["total"]
     return {"tokens_per_s": p.tokens_per_second, "mfu": p.mfu, "mfu_source": p.mfu_source, "memory_bytes": mem,
             "device": p.device}

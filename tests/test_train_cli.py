@@ -141,7 +141,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
     from budgetlm.training.calibrate import auto_plan
-    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_WEIGHT_DECAY, WEIGHT_DECAY
+    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_EMA, REPEAT_WEIGHT_DECAY, WEIGHT_DECAY
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
     # the data repeats 20+ times, so the run was planned from steps measured with dropout 0.2
@@ -159,17 +159,21 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
     assert plan.epochs >= 10 and cfg["dropout"] == 0.2  # many planned epochs: automatic dropout
     assert "; dropout 0.2 (" in err
-    assert cfg["weight_decay"] == WEIGHT_DECAY  # dropout regularises: the usual weight decay
+    # dropout regularises: the usual weight decay and no weight average
+    assert (cfg["weight_decay"], cfg["ema"]) == (WEIGHT_DECAY, 0.0)
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given"); repeated data without
-    # dropout gets the larger weight decay, and an explicit --weight-decay wins over that
-    for name, flags, wd in [("nodrop", [], REPEAT_WEIGHT_DECAY), ("nowd", ["--weight-decay", "0"], 0.0)]:
+    # dropout gets the larger weight decay and the weight average, and explicit flags win over those
+    for name, flags, wd, ema in [("nodrop", [], REPEAT_WEIGHT_DECAY, REPEAT_EMA),
+                                 ("nowd", ["--weight-decay", "0"], 0.0, REPEAT_EMA),
+                                 ("noema", ["--ema", "0"], REPEAT_WEIGHT_DECAY, 0.0)]:
         rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / name), "--max-steps", "1",
                            "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256",
                            "--dropout", "0", *flags)
         assert rc == 0, err
         got = json.loads((tmp_path / name / "config.json").read_text())
-        assert (got["dropout"], got["weight_decay"]) == (0.0, wd)
+        assert (got["dropout"], got["weight_decay"], got["ema"]) == (0.0, wd, ema)
         assert "dropout 0.2" not in err  # the reason names only what the run uses
+        assert ("weight average" in err) == bool(ema)
 
 
 def test_dropout_out_of_range_is_one_line_error(data, tmp_path, capsys):

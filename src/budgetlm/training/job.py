@@ -39,7 +39,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = ranged(0.4, 0.0, 1.0)  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = ranged(1.0, 0.0, 1e6)  # clip the gradient norm to this (0 = off)
-    ema: float = ranged(0.0, 0.0, 0.99999)  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0 = off; 0.995 ~ the last 200 steps)
+    ema: float = ranged(-1.0, 0.0, 0.99999, also=(-1.0,))  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0.995 ~ the last 200 steps; -1 = auto: 0.995 for planned muon runs that see the data 4+ times without dropout, else 0 = off)
     dropout: float = ranged(-1.0, 0.0, 0.95, also=(-1.0,))  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
     mask_rate: float = ranged(0.25, 0.0, 0.95, above=True)  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
@@ -93,6 +93,11 @@ AUTO_DROPOUT = 0.2
 WEIGHT_DECAY = 0.1
 REPEAT_EPOCHS = 4.0
 REPEAT_WEIGHT_DECAY = 0.3
+# The same runs end on an exponential moving average of their cool-down's weights: averaging the
+# iterates as the LR decays (Polyak & Juditsky 1992; LAWA, Kaddour 2022) gained 0.015-0.021 bits/byte
+# on 2-minute Tiny Shakespeare runs at equal tokens; on an 8-minute Gutenberg run (under one epoch)
+# and with dropout it did not (docs/bench/training.md).
+REPEAT_EMA = 0.995
 
 
 @dataclass
@@ -235,6 +240,9 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
     if c.weight_decay < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0:
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
         reason += f"; weight decay {REPEAT_WEIGHT_DECAY:g} (>= {REPEAT_EPOCHS:g} epochs, no dropout)"
+    if c.ema < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0 and not c.fsdp:
+        c = dataclasses.replace(c, ema=REPEAT_EMA)
+        reason += f"; weight average {REPEAT_EMA:g} over the cool-down"
     return ModelChoice(m, c, "auto: " + reason, plan=plan)
 
 
@@ -291,7 +299,7 @@ def choose_model(cfg: TrainConfig, data: Dataset, budget_s: float | None, rt) ->
                              f"--model {cfg.model}")
     c = choice.cfg
     c = dataclasses.replace(c, lr=c.lr or AUTO_LR[c.optimizer], seq_len=c.seq_len or T, dropout=max(c.dropout, 0.0),
-                            weight_decay=WEIGHT_DECAY if c.weight_decay < 0 else c.weight_decay)
+                            weight_decay=WEIGHT_DECAY if c.weight_decay < 0 else c.weight_decay, ema=max(c.ema, 0.0))
     mcfg = choice.model
     if c.n_embd and not (cfg.resume or cfg.init_from) and c.n_embd != mcfg.n_embd:
         mcfg = dataclasses.replace(mcfg, n_embd=c.n_embd, n_head=heads_for(c.n_embd))
