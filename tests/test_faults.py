@@ -83,7 +83,7 @@ CASES: list[tuple[str, int, str]] = [
     ("plan --device nvidia-rtx-3090 --budget 1d --vocab-size -5", 2, "--vocab-size"),
     ("plan --device nvidia-rtx-3099 --budget 1d", 2, "unknown device"),
     ("plan --device nvidia-rtx-3090 --budget never", 2, "malformed duration"),
-    ("plan --device nvidia-rtx-3090 --budget 1d --seq-len 0", 2, "--seq-len"),
+    ("plan --device nvidia-rtx-3090 --budget 1d --seq-len -1", 2, "--seq-len"),
     ("plan --device nvidia-rtx-3090 --budget 1d --num-devices 0", 2, "--num-devices"),
     ("plan --device nvidia-rtx-3090 --budget 1d --data {user}", 2, "not a prepared dataset"),
     ("hardware --catalog-file {text}", 2, "not valid JSON"),
