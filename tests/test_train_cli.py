@@ -1,11 +1,13 @@
 """`budgetlm train` end to end on a tiny dataset, in-process: outputs, resume, bad input."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from budgetlm.cli import main
+from budgetlm.training.job import ema_decay
 from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
 
 
@@ -141,7 +143,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
     from budgetlm.training.calibrate import auto_plan
-    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_EMA, REPEAT_WEIGHT_DECAY, WEIGHT_DECAY
+    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_WEIGHT_DECAY, WEIGHT_DECAY
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
     # the data repeats 20+ times, so the run was planned from steps measured with dropout 0.2
@@ -163,17 +165,29 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     assert (cfg["weight_decay"], cfg["ema"]) == (WEIGHT_DECAY, 0.0)
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given"); repeated data without
     # dropout gets the larger weight decay and the weight average, and explicit flags win over those
-    for name, flags, wd, ema in [("nodrop", [], REPEAT_WEIGHT_DECAY, REPEAT_EMA),
-                                 ("nowd", ["--weight-decay", "0"], 0.0, REPEAT_EMA),
-                                 ("noema", ["--ema", "0"], REPEAT_WEIGHT_DECAY, 0.0)]:
+    for name, flags, wd, ema in [("nodrop", [], REPEAT_WEIGHT_DECAY, True),
+                                 ("nowd", ["--weight-decay", "0"], 0.0, True),
+                                 ("noema", ["--ema", "0"], REPEAT_WEIGHT_DECAY, False)]:
         rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / name), "--max-steps", "1",
                            "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256",
                            "--dropout", "0", *flags)
         assert rc == 0, err
         got = json.loads((tmp_path / name / "config.json").read_text())
-        assert (got["dropout"], got["weight_decay"], got["ema"]) == (0.0, wd, ema)
+        assert (got["dropout"], got["weight_decay"]) == (0.0, wd)
+        planned = json.loads((tmp_path / name / "plan.json").read_text())
+        want = ema_decay(SimpleNamespace(**planned), got["cooldown"]) if ema else 0.0
+        assert got["ema"] == want and (0.9 < want < 1 or not ema)
         assert "dropout 0.2" not in err  # the reason names only what the run uses
-        assert ("weight average" in err) == bool(ema)
+        assert (f"weight average {want:g} over the cool-down" in err) == ema
+
+
+def test_the_automatic_weight_average_spans_a_fifth_of_the_cool_down():
+    plan = lambda tokens: SimpleNamespace(tokens=tokens, global_batch_tokens=1000)  # noqa: E731
+    assert ema_decay(plan(2_500_000), 0.4) == pytest.approx(0.995)  # 1,000 cool-down steps
+    assert ema_decay(plan(800_000), 0.4) == pytest.approx(1 - 5 / 320, abs=1e-5)
+    assert ema_decay(plan(10**12), 0.4) == 0.99999  # never 1: the average would stop moving
+    assert ema_decay(plan(10_000), 0.4) == 0.0  # a cool-down of 4 steps has nothing to average
+    assert ema_decay(plan(10**9), 0.0) == 0.0
 
 
 def test_dropout_out_of_range_is_one_line_error(data, tmp_path, capsys):

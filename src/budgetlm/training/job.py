@@ -39,7 +39,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = ranged(0.4, 0.0, 1.0)  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = ranged(1.0, 0.0, 1e6)  # clip the gradient norm to this (0 = off)
-    ema: float = ranged(-1.0, 0.0, 0.99999, also=(-1.0,))  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0.995 ~ the last 200 steps; -1 = auto: 0.995 for planned muon runs that see the data 4+ times without dropout, else 0 = off)
+    ema: float = ranged(-1.0, 0.0, 0.99999, also=(-1.0,))  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0.995 ~ the last 200 steps; -1 = auto: a fifth of the cool-down's steps for planned muon runs that see the data 4+ times without dropout, else 0 = off)
     dropout: float = ranged(-1.0, 0.0, 0.95, also=(-1.0,))  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
     mask_rate: float = ranged(0.25, 0.0, 0.95, above=True)  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
@@ -94,10 +94,18 @@ WEIGHT_DECAY = 0.1
 REPEAT_EPOCHS = 4.0
 REPEAT_WEIGHT_DECAY = 0.3
 # The same runs end on an exponential moving average of their cool-down's weights: averaging the
-# iterates as the LR decays (Polyak & Juditsky 1992; LAWA, Kaddour 2022) gained 0.015-0.021 bits/byte
-# on 2-minute Tiny Shakespeare runs at equal tokens; on an 8-minute Gutenberg run (under one epoch)
-# and with dropout it did not (docs/bench/training.md).
-REPEAT_EMA = 0.995
+# iterates as the LR decays (Polyak & Juditsky 1992; LAWA, Kaddour 2022). Its time constant is a fifth
+# of the planned cool-down's steps (decay 1 - 5 / steps): on Tiny Shakespeare at equal tokens, 0.995
+# over a ~1,000-step cool-down and 0.986 over a ~300-step one gained 0.006-0.021 bits/byte, where 0.995
+# over the short one lost and 0.998 over the long one gained less. It lost on an 8-minute Gutenberg
+# run (under one epoch) and was level with dropout (docs/bench/training.md).
+EMA_COOLDOWN_FRACTION = 5.0
+
+
+def ema_decay(plan: Plan, cooldown: float) -> float:
+    """The automatic --ema of a planned run: a time constant of a fifth of its cool-down's steps."""
+    steps = cooldown * plan.tokens / max(plan.global_batch_tokens, 1)
+    return min(round(1.0 - EMA_COOLDOWN_FRACTION / steps, 5), 0.99999) if steps > 2 * EMA_COOLDOWN_FRACTION else 0.0
 
 
 @dataclass
@@ -241,8 +249,8 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
         reason += f"; weight decay {REPEAT_WEIGHT_DECAY:g} (>= {REPEAT_EPOCHS:g} epochs, no dropout)"
     if c.ema < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0 and not c.fsdp:
-        c = dataclasses.replace(c, ema=REPEAT_EMA)
-        reason += f"; weight average {REPEAT_EMA:g} over the cool-down"
+        c = dataclasses.replace(c, ema=ema_decay(plan, c.cooldown))
+        reason += f"; weight average {c.ema:g} over the cool-down" if c.ema else ""
     return ModelChoice(m, c, "auto: " + reason, plan=plan)
 
 
