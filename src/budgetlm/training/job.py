@@ -99,13 +99,13 @@ REPEAT_WEIGHT_DECAY = 0.3
 # over a ~1,000-step cool-down and 0.986 over a ~300-step one gained 0.006-0.021 bits/byte, where 0.995
 # over the short one lost and 0.998 over the long one gained less. It lost on an 8-minute Gutenberg
 # run (under one epoch) and was level with dropout (docs/bench/training.md).
-EMA_COOLDOWN_FRACTION = 5.0
+EMA_PER_COOLDOWN = 5.0  # cool-down steps per time constant of the average
 
 
 def ema_decay(plan: Plan, cooldown: float) -> float:
     """The automatic --ema of a planned run: a time constant of a fifth of its cool-down's steps."""
     steps = cooldown * plan.tokens / max(plan.global_batch_tokens, 1)
-    return min(round(1.0 - EMA_COOLDOWN_FRACTION / steps, 5), 0.99999) if steps > 2 * EMA_COOLDOWN_FRACTION else 0.0
+    return min(round(1.0 - EMA_PER_COOLDOWN / steps, 5), 0.99999) if steps > 2 * EMA_PER_COOLDOWN else 0.0
 
 
 @dataclass
