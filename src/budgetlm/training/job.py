@@ -245,10 +245,11 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
                else f"the plan without it repeats the data {DROPOUT_EPOCHS:g}+ times")
         reason += f"; dropout {fill['dropout']:g} ({why})"
     c = dataclasses.replace(cfg, **fill)
-    if c.weight_decay < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0:
+    repeats = c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0  # weight decay 0.3 and the average
+    if c.weight_decay < 0 and repeats:
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
         reason += f"; weight decay {REPEAT_WEIGHT_DECAY:g} (>= {REPEAT_EPOCHS:g} epochs, no dropout)"
-    if c.ema < 0 and c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0 and not c.fsdp:
+    if c.ema < 0 and repeats and not c.fsdp:
         c = dataclasses.replace(c, ema=ema_decay(plan, c.cooldown))
         reason += f"; weight average {c.ema:g} over the cool-down" if c.ema else ""
     return ModelChoice(m, c, "auto: " + reason, plan=plan)
