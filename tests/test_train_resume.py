@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -71,16 +70,12 @@ def test_sigterm_saves_and_exits_zero(data, tmp_path):
     assert (ckpt / "model.safetensors").exists() and (ckpt / "state.json").exists()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(*args, module: bool = True):
-    """`budgetlm ARGS` (or the script ARGS[0] when not `module`) in two gloo processes under torchrun."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *(["-m", "budgetlm"] if module else []), *args]
+    """`budgetlm ARGS` (or the script ARGS[0] when not `module`) in two gloo processes under torchrun.
+    `--standalone` lets the rendezvous store bind a free port itself: a port picked here and released
+    before torchrun binds it could be taken by another process in between."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *(["-m", "budgetlm"] if module else []), *args]
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, timeout=300)
 
 
