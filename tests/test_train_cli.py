@@ -161,8 +161,11 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     assert cfg["batch_size"] * 32 == plan.global_batch_tokens and cfg["micro_batch"] == plan.micro_batch
     assert plan.epochs >= 10 and cfg["dropout"] == 0.2  # many planned epochs: automatic dropout
     assert "; dropout 0.2 (" in err
-    # dropout regularises: the usual weight decay and no weight average
-    assert (cfg["weight_decay"], cfg["ema"]) == (WEIGHT_DECAY, 0.0)
+    # dropout regularises: the usual weight decay; the weight average over the cool-down still pays
+    planned = json.loads((run / "plan.json").read_text())
+    want = ema_decay(SimpleNamespace(**planned), cfg["cooldown"])
+    assert (cfg["weight_decay"], cfg["ema"]) == (WEIGHT_DECAY, want) and 0.9 < want < 1
+    assert f"weight average {want:g} over the cool-down" in err
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given"); repeated data without
     # dropout gets the larger weight decay and the weight average, and explicit flags win over those
     for name, flags, wd, ema in [("nodrop", [], REPEAT_WEIGHT_DECAY, True),

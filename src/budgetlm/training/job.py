@@ -39,7 +39,7 @@ class TrainConfig:
     decay: Literal["wsd", "linear", "cosine", "constant"] = "wsd"  # LR shape after warm-up
     cooldown: float = ranged(0.4, 0.0, 1.0)  # wsd: final fraction of the budget spent decaying the LR to 0
     grad_clip: float = ranged(1.0, 0.0, 1e6)  # clip the gradient norm to this (0 = off)
-    ema: float = ranged(-1.0, 0.0, 0.99999, also=(-1.0,))  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0.995 ~ the last 200 steps; -1 = auto: a fifth of the cool-down's steps for planned muon runs that see the data 4+ times without dropout, else 0 = off)
+    ema: float = ranged(-1.0, 0.0, 0.99999, also=(-1.0,))  # per-step decay of a moving average of the weights over the cool-down, which the run ends with (0.995 ~ the last 200 steps; -1 = auto: a fifth of the cool-down's steps for planned muon runs that see the data 4+ times, else 0 = off)
     dropout: float = ranged(-1.0, 0.0, 0.95, also=(-1.0,))  # residual dropout (-1 = auto: 0.2 for planned runs that repeat the data 20+ times, else none, as Cramming)
     mask_rate: float = ranged(0.25, 0.0, 0.95, above=True)  # masked objective: fraction of tokens to predict (Cramming: 25%)
     sampling: Literal["random", "sequential"] = "random"  # random windows or one pass in order
@@ -97,8 +97,9 @@ REPEAT_WEIGHT_DECAY = 0.3
 # iterates as the LR decays (Polyak & Juditsky 1992; LAWA, Kaddour 2022). Its time constant is a fifth
 # of the planned cool-down's steps (decay 1 - 5 / steps): on Tiny Shakespeare at equal tokens, 0.995
 # over a ~1,000-step cool-down and 0.986 over a ~300-step one gained 0.006-0.021 bits/byte, where 0.995
-# over the short one lost and 0.998 over the long one gained less. It lost on an 8-minute Gutenberg
-# run (under one epoch) and was level with dropout (docs/bench/training.md).
+# over the short one lost and 0.998 over the long one gained less; with dropout 0.2 at 10 minutes
+# (~37 epochs) it gained 0.007-0.010 in two seeds. It lost on an 8-minute Gutenberg run (under one
+# epoch) (docs/bench/training.md).
 EMA_PER_COOLDOWN = 5.0  # cool-down steps per time constant of the average
 
 
@@ -245,8 +246,8 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
                else f"the plan without it repeats the data {DROPOUT_EPOCHS:g}+ times")
         reason += f"; dropout {fill['dropout']:g} ({why})"
     c = dataclasses.replace(cfg, **fill)
-    repeats = c.optimizer == "muon" and epochs >= REPEAT_EPOCHS and c.dropout == 0  # weight decay 0.3 and the average
-    if c.weight_decay < 0 and repeats:
+    repeats = c.optimizer == "muon" and epochs >= REPEAT_EPOCHS  # the average; weight decay 0.3 without dropout
+    if c.weight_decay < 0 and repeats and c.dropout == 0:
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
         reason += f"; weight decay {REPEAT_WEIGHT_DECAY:g} (>= {REPEAT_EPOCHS:g} epochs, no dropout)"
     if c.ema < 0 and repeats and not c.fsdp:
