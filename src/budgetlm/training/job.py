@@ -93,9 +93,9 @@ AUTO_DROPOUT = 0.2
 WEIGHT_DECAY = 0.1
 REPEAT_EPOCHS = 4.0
 REPEAT_WEIGHT_DECAY = 0.3
-# The same runs end on an exponential moving average of their cool-down's weights: averaging the
-# iterates as the LR decays (Polyak & Juditsky 1992; LAWA, Kaddour 2022). Its time constant is a fifth
-# of the planned cool-down's steps (decay 1 - 5 / steps): on Tiny Shakespeare at equal tokens, 0.995
+# Planned muon runs that repeat their data 4+ times, with dropout or without, end on an exponential
+# moving average of their cool-down's weights: averaging the iterates as the LR decays (Polyak &
+# Juditsky 1992; LAWA, Kaddour 2022). Its time constant is a fifth of the planned cool-down's steps (decay 1 - 5 / steps): on Tiny Shakespeare at equal tokens, 0.995
 # over a ~1,000-step cool-down and 0.986 over a ~300-step one gained 0.006-0.021 bits/byte, where 0.995
 # over the short one lost and 0.998 over the long one gained less; with dropout 0.2 at 10 minutes
 # (~37 epochs) it gained 0.007-0.010 in two seeds. It lost on an 8-minute Gutenberg run (under one
