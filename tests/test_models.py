@@ -16,7 +16,7 @@ from budgetlm.models.config import ModelConfig
 from budgetlm.models.heads import ALLOWED_POOLING, POOLINGS, SequenceClassifier
 from budgetlm.models.presets import PRESETS, depth_of, model_config, num_params
 from budgetlm.planning import flops_per_token
-from budgetlm.models.transformer import ACTIVATIONS, FAMILIES, NORMS, Transformer, apply_rope, family
+from budgetlm.models.transformer import ACTIVATIONS, FAMILIES, NORMS, Dropout, Transformer, apply_rope, family
 
 V = 97
 
@@ -331,6 +331,53 @@ def test_logits_match_transformers(causal, tie):
     assert (ours - theirs).abs().max().item() < 1e-4
     ours, theirs = logits_pair(m, hf, idx, mask)
     assert (ours - theirs)[mask.bool()].abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_dropout_keeps_a_fraction_and_backward_uses_the_same_mask(compiled):
+    """p is rounded to 51/256 on CPU; kept values are scaled by 256/205 and the gradient flows through
+    exactly the kept positions (compiled: the random op must not be re-drawn for backward)."""
+    drop = Dropout(0.2).train()
+    fn = torch.compile(drop) if compiled else drop
+    x = torch.randn(64, 64, 64, requires_grad=True)
+    y = fn(x)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(205 / 256, abs=0.005)
+    torch.testing.assert_close(y[kept], x[kept] * 256 / 205)
+    torch.testing.assert_close(x.grad, kept.float() * 256 / 205)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_dropout_masks_follow_the_seed_and_odd_p_falls_back_to_torch():
+    drop = Dropout(0.5).train()
+    x = torch.ones(1001)  # not a multiple of 4 random bytes
+    torch.manual_seed(1)
+    a = drop(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(x)) and not torch.equal(a, drop(x))
+    assert set(a.unique().tolist()) == {0.0, 2.0}
+    drop.p = 0.001  # rounds to 0/256: torch's own dropout, not none
+    torch.manual_seed(0)
+    assert (drop(torch.ones(100_000)) == 0).sum().item() > 0
+
+
+@pytest.mark.parametrize("causal", sorted(FAMILIES))
+def test_activation_checkpointing_recomputes_the_same_dropout(causal):
+    """Recomputed blocks must draw the same dropout masks as the forward pass did."""
+    model = Transformer(tiny(causal, dropout=0.3)).train()
+    idx = torch.randint(0, V, (2, 16))
+    targets = idx.clone() if causal else torch.where(torch.rand(2, 16) < 0.5, idx, torch.full_like(idx, -100))
+
+    def grads(flag):
+        model.zero_grad()
+        model.activation_checkpointing = flag
+        torch.manual_seed(7)
+        model(idx, targets)[1].backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for g0, g1 in zip(grads(False), grads(True)):
+        torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("causal", [True, False])

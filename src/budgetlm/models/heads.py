@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from budgetlm.models.config import ModelConfig
-from budgetlm.models.transformer import PredictionHead, Transformer
+from budgetlm.models.transformer import Dropout, PredictionHead, Transformer
 
 
 def _pool_last(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -73,7 +73,7 @@ class SequenceClassifier(nn.Module):
             nn.init.normal_(self.score.weight, std=0.02)
         else:
             self.head = PredictionHead(backbone_cfg)
-            self.drop = nn.Dropout(self.dropout)
+            self.drop = Dropout(self.dropout)
             self.classifier = nn.Linear(C, num_labels, bias=True)
             nn.init.normal_(self.head.dense.weight, std=0.02)
             # ModernBERT initialises the classifier with std = hidden_size^-0.5.
@@ -132,7 +132,7 @@ class SpanExtractor(nn.Module):
         self.backbone = Transformer(backbone_cfg, lm_head=False)
         C = backbone_cfg.n_embd
         self.head = PredictionHead(backbone_cfg)
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
         self.classifier = nn.Linear(C, 2, bias=True)
         nn.init.normal_(self.head.dense.weight, std=0.02)
         nn.init.normal_(self.classifier.weight, std=C**-0.5)
