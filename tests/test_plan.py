@@ -154,19 +154,19 @@ def test_estimate_time_and_cost_by_hand():
 def test_the_steps_follow_the_passes_over_the_data():
     dev = get_device("cpu", CATALOG)
     cfg = model_config(3, 2048, causal=True, max_seq_len=256)
-    budget = 480.0
+    budget = 1920.0  # long enough that 8,000 steps are above the CPU micro-batch
     tokens = P.estimate(cfg, dev, 0, 256, budget_s=budget).tokens
 
     def batch(data_tokens):
         return P.estimate(cfg, dev, 0, 256, data_tokens=data_tokens, budget_s=budget).global_batch_tokens
 
     fresh, repeated, unknown = batch(10 * tokens), batch(tokens // 10), batch(None)
-    # a power of two at most tokens / MIN_STEPS(_FRESH), twice as large when no token repeats
+    # a power of two at most tokens / MIN_STEPS(_FRESH): 10 passes take the most steps, 8,000
     assert repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS))
-    assert fresh == unknown == 2 * repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS_FRESH))
+    assert fresh == unknown == 8 * repeated == 2 ** math.floor(math.log2(tokens / P.MIN_STEPS_FRESH))
     # ~1,000 steps per pass in between: just over one pass keeps the batch of one pass
     assert batch(int(tokens / 1.01)) == fresh
-    assert [P.min_steps(t, 100) for t in (50, 100, 101, 150, 200, 10**6)] == [1000, 1000, 1010, 1500, 2000, 2000]
+    assert [P.min_steps(t, 100) for t in (50, 100, 101, 150, 200, 700, 10**6)] == [1000, 1000, 1010, 1500, 2000, 7000, 8000]
 
 
 def test_besiroglu_matches_hardware_notes_check_values():
