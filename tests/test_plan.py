@@ -192,14 +192,18 @@ def test_auto_plan_grows_with_budget_but_not_with_scarce_data():
     assert big.params > small.params and big.seconds == pytest.approx(86400)
     assert big.sizing["candidates"] and big.sizing["chosen_depth"] == big.model.n_layer
     scarce = P.auto_plan(dev, 86400, 10_000_000, 512, vocab_size=32000)
-    # repeats make excess parameters worth less still (Muennighoff et al. 2023): no bigger model
-    assert scarce.params == big.params and scarce.epochs > 4
+    # repeats make excess parameters worth less still (Muennighoff et al. 2023): no bigger size class,
+    # only the deepest shape of it (DEEP_REPEATS)
+    assert scarce.epochs > P.DEEP_REPEATS and scarce.model.n_layer >= big.model.n_layer
+    n = P.scaling_params
+    assert abs(math.log(n(scarce.model) / n(big.model))) <= P.SIZE_TOLERANCE
     assert any("data-limited" in n for n in scarce.notes) and any("more data" in n for n in scarce.notes)
 
 
 def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     dev = get_device("cpu", CATALOG)
-    p = P.auto_plan(dev, 600, 300_000, 256, vocab_size=2048)
+    p = P.auto_plan(dev, 600, 3_000_000, 256, vocab_size=2048)  # seen a few times: the nearest shape
+    assert 1 < p.epochs < P.DEEP_REPEATS
     m = p.model
     assert m.n_embd % P.WIDTH_STEP == 0 and P.MIN_ASPECT <= m.n_embd / m.n_layer <= P.MAX_ASPECT
     assert m.n_head * (64 if m.n_embd % 64 == 0 else 32) == m.n_embd
@@ -217,6 +221,25 @@ def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     # the lowest predicted loss is a bigger model: why that is not the rule is in docs/planning.md
     assert min(cands, key=lambda c: c["predicted_loss"])["params"] >= p.params
     assert P.shapes(3) == [(1, 32), (2, 32), (2, 64), (2, 96), (3, 64), (3, 96), (3, 128)]
+
+
+def test_auto_plan_on_much_repeated_data_takes_the_deepest_shape_of_the_nearest_size():
+    dev = get_device("cpu", CATALOG)
+    p = P.auto_plan(dev, 600, 300_000, 256, vocab_size=2048)
+    assert p.epochs >= P.DEEP_REPEATS
+
+    def distance(c):
+        return abs(math.log(c["scaling_params"] / c["optimal_params"]))
+
+    cands = p.sizing["candidates"]
+    nearest = min(cands, key=distance)
+    same_size = [c for c in cands
+                 if abs(math.log(c["scaling_params"] / nearest["scaling_params"])) <= P.SIZE_TOLERANCE]
+    assert (p.model.n_layer, p.model.n_embd) == (cands[0]["depth"], cands[0]["width"])
+    assert p.model.n_layer == max(c["depth"] for c in same_size)
+    assert cands[0] != nearest  # here the deepest is not the nearest: the rule decided
+    fresh = P.auto_plan(dev, 600, None, 256, vocab_size=2048)  # the same budget on fresh data
+    assert fresh.model.n_layer < p.model.n_layer
 
 
 def test_auto_plan_prefers_min_depth_but_goes_shallower_when_it_must():

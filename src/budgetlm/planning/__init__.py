@@ -29,13 +29,14 @@ from budgetlm.planning.estimate import (DEFAULT_MFU, DEFAULT_SEQ_LEN, MAX_MICRO_
 from budgetlm.planning.memory import (ATTENTION, DEFAULT_PRED_FRACTION, FRAGMENTATION, OPTIMIZERS, PRECISION_ORDER,
                                   PRECISIONS, RUNTIME_OVERHEAD, GiB, PrecisionSpec, activation_bytes,
                                   memory_breakdown, optimizer_bytes, param_groups, state_bytes)
-from budgetlm.planning.sizing import (BESIROGLU, MAX_ASPECT, MIN_ASPECT, MIN_DEPTH, REPEAT_HALF_LIFE, TOKENS_PER_PARAM,
+from budgetlm.planning.sizing import (BESIROGLU, DEEP_REPEATS, MAX_ASPECT, MIN_ASPECT, MIN_DEPTH, REPEAT_HALF_LIFE,
+                                  SIZE_TOLERANCE, TOKENS_PER_PARAM,
                                   WIDTH_STEP, ScalingLaw, auto_plan, effective_tokens, scaling_params, shapes)
 
 __all__ = [
-    "ATTENTION", "BESIROGLU", "DEFAULT_MFU", "DEFAULT_PRED_FRACTION", "FRAGMENTATION", "GiB", "MAX_ASPECT",
+    "ATTENTION", "BESIROGLU", "DEEP_REPEATS", "DEFAULT_MFU", "DEFAULT_PRED_FRACTION", "FRAGMENTATION", "GiB", "MAX_ASPECT",
     "MAX_MICRO_TOKENS", "MIN_ASPECT", "MIN_DEPTH", "MIN_STEPS", "MIN_STEPS_FRESH", "OPTIMIZERS", "PRECISIONS", "PRECISION_ORDER",
-    "RECOMPUTE_FACTOR", "REPEAT_HALF_LIFE", "RUNTIME_OVERHEAD", "TINY_MFU_FACTOR", "TINY_WIDTH",
+    "RECOMPUTE_FACTOR", "REPEAT_HALF_LIFE", "RUNTIME_OVERHEAD", "SIZE_TOLERANCE", "TINY_MFU_FACTOR", "TINY_WIDTH",
     "TOKENS_PER_PARAM", "TRAINER_CHECKPOINTING", "WIDTH_STEP", "Choice", "Plan", "PlanConfig", "PrecisionSpec",
     "ScalingLaw", "accumulated_speed", "activation_bytes", "auto_plan", "configurations", "effective_tokens", "estimate",
     "flops_per_token", "memory_breakdown", "mfu_for", "min_steps", "optimizer_bytes", "optimizer_seconds", "param_groups", "peak_flops",
