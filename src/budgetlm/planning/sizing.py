@@ -77,7 +77,7 @@ MIN_DEPTH = 3
 # law's loss at fixed compute is flat there (N off by 25% costs about 0.3% of its reducible loss);
 # depth is not: on Tiny Shakespeare seen ~47 times (16.5M equal tokens, dropout 0.2) 6 x 96 reached
 # 2.0428 bits/byte, 5 x 96 2.0465 and 3 x 128 2.0797, three shapes within 20% of each other in N
-# that the nearest-N rule picked among by the calibration's noise (docs/bench/planning.md).
+# that the nearest-N rule picked among by the calibration's noise (docs/bench/training.md).
 # MobileLLM (Liu et al. 2024, sec. 2.2.2) finds deep and thin better at a fixed size too. With fresh
 # or lightly repeated data, where this was not measured, the nearest shape stands.
 DEEP_REPEATS = 20
