@@ -200,6 +200,11 @@ def test_auto_plan_grows_with_budget_but_not_with_scarce_data():
     assert any("data-limited" in n for n in scarce.notes) and any("more data" in n for n in scarce.notes)
 
 
+def _distance(c: dict) -> float:
+    """A sizing candidate's distance from the law's optimum, |log(N / N_opt)|."""
+    return abs(math.log(c["scaling_params"] / c["optimal_params"]))
+
+
 def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     dev = get_device("cpu", CATALOG)
     p = P.auto_plan(dev, 600, 3_000_000, 256, vocab_size=2048)  # seen a few times: the nearest shape
@@ -210,13 +215,10 @@ def test_auto_plan_chooses_the_shape_nearest_its_compute_optimal_size():
     cands = p.sizing["candidates"]
     assert (cands[0]["depth"], cands[0]["width"]) == (m.n_layer, m.n_embd) and len({c["width"] for c in cands}) > 1
 
-    def distance(c):
-        n_opt = P.BESIROGLU.optimal_params(6 * c["scaling_params"] * c["tokens"])
-        assert c["optimal_params"] == round(n_opt)
-        return abs(math.log(c["scaling_params"] / n_opt))
-
-    assert [round(distance(c), 2) for c in cands] == sorted(round(distance(c), 2) for c in cands)
-    assert distance(cands[0]) < math.log(1.5)  # the shapes are dense enough to land near the optimum
+    for c in cands:
+        assert c["optimal_params"] == round(P.BESIROGLU.optimal_params(6 * c["scaling_params"] * c["tokens"]))
+    assert [round(_distance(c), 2) for c in cands] == sorted(round(_distance(c), 2) for c in cands)
+    assert _distance(cands[0]) < math.log(1.5)  # the shapes are dense enough to land near the optimum
     assert p.sizing["besiroglu_optimal_params"] == pytest.approx(cands[0]["optimal_params"], abs=1)
     # the lowest predicted loss is a bigger model: why that is not the rule is in docs/planning.md
     assert min(cands, key=lambda c: c["predicted_loss"])["params"] >= p.params
@@ -227,12 +229,8 @@ def test_auto_plan_on_much_repeated_data_takes_the_deepest_shape_of_the_nearest_
     dev = get_device("cpu", CATALOG)
     p = P.auto_plan(dev, 600, 300_000, 256, vocab_size=2048)
     assert p.epochs >= P.DEEP_REPEATS
-
-    def distance(c):
-        return abs(math.log(c["scaling_params"] / c["optimal_params"]))
-
     cands = p.sizing["candidates"]
-    nearest = min(cands, key=distance)
+    nearest = min(cands, key=_distance)
     same_size = [c for c in cands
                  if abs(math.log(c["scaling_params"] / nearest["scaling_params"])) <= P.SIZE_TOLERANCE]
     assert (p.model.n_layer, p.model.n_embd) == (cands[0]["depth"], cands[0]["width"])

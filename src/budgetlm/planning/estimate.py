@@ -279,8 +279,9 @@ class Choice:
 # they repeat their data: ~1,000 steps per pass over the data, between 1,000 and 8,000. On Tiny
 # Shakespeare, seen ~47 times in 10 minutes, 5 x 96 (dropout 0.2) reached 2.0465 bits/byte with
 # ~8,000 steps of 2,048 tokens, 2.0586 with ~4,000 of 4,096, 2.0751 with ~2,000 of 8,192 and 2.0656
-# with ~16,000 of 1,024 (at 18% fewer tokens/s) at equal tokens; seen 12 times in 2 minutes, 3 x 64 reached 2.16-2.18 with ~2,000 steps of 2,048 tokens, 2.186
-# with 4,096-token steps and 2.203 with 8,192. On Gutenberg, seen 0.8 times in 8 minutes, 3 x 96
+# with ~16,000 of 1,024 (at 18% fewer tokens/s) at equal tokens; seen 12 times in 2 minutes, 3 x 64
+# reached 2.16-2.18 with ~2,000 steps of 2,048 tokens, 2.186 with 4,096-token steps and 2.203 with
+# 8,192. On Gutenberg, seen 0.8 times in 8 minutes, 3 x 96
 # reached 1.586 / 1.587 with ~1,230 steps of 8,192 tokens against 1.595-1.599 with ~2,400 of 4,096
 # (docs/bench/training.md). Between one and two passes the batch is the data's size / 1,000 whatever
 # the tokens, so a plan a little off its speed does not flip the batch at one pass. A CPU step stays

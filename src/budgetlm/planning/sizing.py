@@ -153,7 +153,7 @@ def auto_plan(device: Device, budget_s: float, tokens_available: int | None, seq
     candidates.sort(key=lambda c: c[:2])
     candidates = [c for c in candidates if c[4].n_layer >= MIN_DEPTH] or candidates  # shallower only if nothing deeper fits
     nearest = candidates[0]
-    if tokens_available and nearest[5].tokens >= DEEP_REPEATS * tokens_available:
+    if (nearest[5].epochs or 0) >= DEEP_REPEATS:
         # the deepest of the nearest shape's size
         candidates.sort(key=lambda c: (abs(math.log(c[2] / nearest[2])) > SIZE_TOLERANCE, c[1], c[0]))
     plan = candidates[0][5]
