@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from budgetlm.cli import main
-from budgetlm.training.job import ema_decay
+from budgetlm.training.job import COOLDOWN, ema_decay
 from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
 
 
@@ -36,6 +36,7 @@ def test_train_writes_a_complete_run(data, tmp_path, capsys):
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["final"] and "val_bpb" in lines[-1]
     assert "![loss curve](loss.png)" in (run / "report.md").read_text()
+    assert json.loads((run / "config.json").read_text())["cooldown"] == COOLDOWN  # a given model: the usual cool-down
 
 
 def test_resume_continues_with_budget_accounting(data, tmp_path, capsys):
@@ -143,7 +144,8 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
     from budgetlm.training.calibrate import auto_plan
-    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_WEIGHT_DECAY, WEIGHT_DECAY
+    from budgetlm.training.job import (PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_COOLDOWN, REPEAT_WEIGHT_DECAY,
+                                       WEIGHT_DECAY)
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
     # the data repeats 20+ times, so the run was planned from steps measured with dropout 0.2
@@ -166,17 +168,19 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     want = ema_decay(SimpleNamespace(**planned), cfg["cooldown"])
     assert (cfg["weight_decay"], cfg["ema"]) == (WEIGHT_DECAY, want) and 0.9 < want < 1
     assert f"weight average {want:g} over the cool-down" in err
+    assert cfg["cooldown"] == REPEAT_COOLDOWN and f"; cool-down {REPEAT_COOLDOWN:g} (" in err  # the longer cool-down
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given"); repeated data without
     # dropout gets the larger weight decay and the weight average, and explicit flags win over those
-    for name, flags, wd, ema in [("nodrop", [], REPEAT_WEIGHT_DECAY, True),
-                                 ("nowd", ["--weight-decay", "0"], 0.0, True),
-                                 ("noema", ["--ema", "0"], REPEAT_WEIGHT_DECAY, False)]:
+    for name, flags, wd, ema, cool in [("nodrop", [], REPEAT_WEIGHT_DECAY, True, REPEAT_COOLDOWN),
+                                       ("nowd", ["--weight-decay", "0"], 0.0, True, REPEAT_COOLDOWN),
+                                       ("noema", ["--ema", "0"], REPEAT_WEIGHT_DECAY, False, REPEAT_COOLDOWN),
+                                       ("cool", ["--cooldown", "0.3"], REPEAT_WEIGHT_DECAY, True, 0.3)]:
         rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / name), "--max-steps", "1",
                            "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256",
                            "--dropout", "0", *flags)
         assert rc == 0, err
         got = json.loads((tmp_path / name / "config.json").read_text())
-        assert (got["dropout"], got["weight_decay"]) == (0.0, wd)
+        assert (got["dropout"], got["weight_decay"], got["cooldown"]) == (0.0, wd, cool)
         planned = json.loads((tmp_path / name / "plan.json").read_text())
         want = ema_decay(SimpleNamespace(**planned), got["cooldown"]) if ema else 0.0
         assert got["ema"] == want and (0.9 < want < 1 or not ema)
