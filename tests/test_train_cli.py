@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from budgetlm.cli import main
-from budgetlm.training.job import COOLDOWN, ema_decay
+from budgetlm.training.job import COOLDOWN, REPEAT_COOLDOWN, ema_decay, ema_for_steps
 from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
 
 
@@ -144,8 +144,7 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     from budgetlm import runtime
     from budgetlm.data.shards import open_tokens
     from budgetlm.training.calibrate import auto_plan
-    from budgetlm.training.job import (PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_COOLDOWN, REPEAT_WEIGHT_DECAY,
-                                       WEIGHT_DECAY)
+    from budgetlm.training.job import PLAN_BUDGET_WITHOUT_CLOCK_S, REPEAT_WEIGHT_DECAY, WEIGHT_DECAY
 
     rt = runtime.Runtime(runtime.torch.device("cpu"), "cpu", "fp32", "test")
     # the data repeats 20+ times, so the run was planned from steps measured with dropout 0.2
@@ -186,6 +185,22 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
         assert got["ema"] == want and (0.9 < want < 1 or not ema)
         assert "dropout 0.2" not in err  # the reason names only what the run uses
         assert (f"weight average {want:g} over the cool-down" in err) == ema
+
+
+def test_the_automatic_weight_average_takes_its_decay_from_the_runs_own_pace(data, tmp_path, capsys, budgetlm_home):
+    """The plan's step count comes from a predicted speed; when the cool-down starts the run knows its
+    own pace and sets the automatic decay from the steps it has left. An explicit --ema is kept."""
+    common = ["--data", str(data), "--max-steps", "40", "--seq-len", "32", "--precision", "fp32", "--device", "cpu",
+              "--eval-tokens", "256", "--dropout", "0"]
+    rc, _, err = train(capsys, "--out", str(tmp_path / "auto"), *common)
+    assert rc == 0, err
+    planned = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert planned["cooldown"] == REPEAT_COOLDOWN and 0.99 < planned["ema"] < 1  # planned for a 10-minute clock
+    # progress 16 / 40 = 1 - 0.6 starts the cool-down: 16 steps took 0.4 of the run, so 24 are left
+    assert f"weight average from step 16: decay {ema_for_steps(24):g} " in err and ema_for_steps(24) == 0.79167
+    rc, _, err = train(capsys, "--out", str(tmp_path / "given"), *common, "--ema", "0.9")
+    assert rc == 0, err
+    assert "weight average from step" not in err and json.loads((tmp_path / "given" / "config.json").read_text())["ema"] == 0.9
 
 
 def test_the_automatic_weight_average_spans_a_fifth_of_the_cool_down():

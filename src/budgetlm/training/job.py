@@ -109,10 +109,15 @@ COOLDOWN = 0.4
 REPEAT_COOLDOWN = 0.6
 
 
-def ema_decay(plan: Plan, cooldown: float) -> float:
-    """The automatic --ema of a planned run: a time constant of a fifth of its cool-down's steps."""
-    steps = cooldown * plan.tokens / max(plan.global_batch_tokens, 1)
+def ema_for_steps(steps: float) -> float:
+    """The automatic --ema for a cool-down of `steps` optimizer steps: a time constant of a fifth of them."""
     return min(round(1.0 - EMA_PER_COOLDOWN / steps, 5), 0.99999) if steps > 2 * EMA_PER_COOLDOWN else 0.0
+
+
+def ema_decay(plan: Plan, cooldown: float) -> float:
+    """The automatic --ema of a planned run, from its planned cool-down steps. The run sets it again from
+    its own pace when the cool-down starts (`pretrain`): a plan that misjudged the speed misjudges the steps."""
+    return ema_for_steps(cooldown * plan.tokens / max(plan.global_batch_tokens, 1))
 
 
 @dataclass
@@ -214,6 +219,7 @@ class ModelChoice:
     reason: str  # one line: where the model came from
     source: ck.CheckpointMeta | None = None  # the checkpoint whose weights it starts from
     plan: Plan | None = None  # the planner's plan, for planned runs
+    auto_ema: bool = False  # the weight average's decay is budgetlm's choice (set again from the run's pace)
 
 
 def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt) -> ModelChoice:
@@ -260,10 +266,11 @@ def _planned(cfg: TrainConfig, data: Dataset, budget_s: float | None, T: int, rt
     if c.weight_decay < 0 and repeats and c.dropout == 0:
         c = dataclasses.replace(c, weight_decay=REPEAT_WEIGHT_DECAY)
         reason += f"; weight decay {REPEAT_WEIGHT_DECAY:g} (>= {REPEAT_EPOCHS:g} epochs, no dropout)"
-    if c.ema < 0 and repeats and not c.fsdp:
+    auto_ema = c.ema < 0 and repeats and not c.fsdp
+    if auto_ema:
         c = dataclasses.replace(c, ema=ema_decay(plan, c.cooldown))
         reason += f"; weight average {c.ema:g} over the cool-down" if c.ema else ""
-    return ModelChoice(m, c, "auto: " + reason, plan=plan)
+    return ModelChoice(m, c, "auto: " + reason, plan=plan, auto_ema=auto_ema and c.ema > 0)
 
 
 def _source(path: str, cfg: TrainConfig, data: Dataset) -> ck.CheckpointMeta:

@@ -36,6 +36,7 @@ from budgetlm.training.job import (  # noqa: F401 - TrainConfig and RunResult ar
     RunResult,
     TrainConfig,
     choose_model,
+    ema_for_steps,
     resolve_config,
 )
 from budgetlm.training.schedule import progress
@@ -217,8 +218,19 @@ class _Run:
         if self.averaged is None:  # the first update copies the weights
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.averaged = AveragedModel(self.setup.module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+            self.averaged = AveragedModel(self.setup.module, multi_avg_fn=get_ema_multi_avg_fn(self.ema_now(st, done)))
         self.averaged.update_parameters(self.setup.module)
+
+    def ema_now(self, st, done: float) -> float:
+        """The average's decay: --ema, or, where budgetlm chose it, a fifth of the cool-down's steps at
+        the pace this run has trained so far (the plan's step count came from a predicted speed)."""
+        if not (self.choice.auto_ema and 0 < done < 1):
+            return self.cfg.ema
+        steps = st.step * (1.0 - done) / done  # (remaining progress) / (progress per step so far)
+        decay = ema_for_steps(steps)  # 0 (the last weights) for a cool-down too short to average
+        runtime.print0(self.rt, f"weight average from step {st.step:,}: decay {decay:g} (~{steps:,.0f} cool-down "
+                                f"steps at this run's pace; planned {self.cfg.ema:g})")
+        return decay
 
     def take_average(self) -> None:
         """Put the weight average into the model: what the final evaluation measures and the final
