@@ -17,6 +17,7 @@ from budgetlm.models.config import ModelConfig
 from budgetlm.models.presets import heads_for, model_config
 from budgetlm.planning import DEFAULT_SEQ_LEN, Plan
 from budgetlm.training import checkpoint as ck
+from budgetlm.training.schedule import ScheduleConfig
 
 
 @dataclass
@@ -106,7 +107,7 @@ EMA_PER_COOLDOWN = 5.0  # cool-down steps per time constant of the average
 # (6 x 96, dropout 0.2, the weight average) the two are level: first runs of 0.6 ended 0.010 / 0.007
 # below 0.4 in two seeds at equal tokens, but repeated runs of one seed spread by 0.017, and 10-minute
 # runs averaged 2.0405 against 2.0414 (docs/bench/training.md).
-COOLDOWN = 0.4
+COOLDOWN = ScheduleConfig.cooldown  # the schedule's own default (0.4)
 REPEAT_COOLDOWN = 0.6
 
 
