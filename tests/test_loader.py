@@ -46,6 +46,28 @@ def test_ddp_ranks_split_the_global_batch():
     assert torch.equal(torch.cat([r0["idx"], r1["idx"]]), full["idx"])
 
 
+def test_input_noise_replaces_a_fraction_of_the_inputs_with_tokens_of_the_data():
+    """Targets stay the true next tokens; about `input_noise` of the inputs change, to tokens that occur
+    in the data; the noise follows the seed, splits across DDP ranks and resumes like the windows."""
+    toks = (np.arange(100_000) * 7 % 1000 + 1000).astype(np.uint16)  # ids 1000-1999 only
+    clean, noisy = TokenLoader(toks, 64, 32, seed=3)(), TokenLoader(toks, 64, 32, seed=3, input_noise=0.2)()
+    changed = clean["idx"] != noisy["idx"]  # the same windows: the noise draws after the window starts
+    assert torch.equal(clean["targets"], noisy["targets"])
+    assert changed.float().mean().item() == pytest.approx(0.2, abs=0.03)
+    assert noisy["idx"].min().item() >= 1000 and noisy["idx"].max().item() < 2000
+    assert torch.equal(noisy["idx"], TokenLoader(toks, 64, 32, seed=3, input_noise=0.2)()["idx"])
+    halves = [TokenLoader(toks, 64, 16, seed=3, input_noise=0.2, rank=r, world_size=2)()["idx"] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), noisy["idx"])
+    ld = TokenLoader(toks, 64, 4, seed=0, input_noise=0.2)
+    ld()
+    state, expected = ld.state_dict(), ld()["idx"]
+    ld2 = TokenLoader(toks, 64, 4, seed=0, input_noise=0.2)
+    ld2.load_state_dict(state)
+    assert torch.equal(ld2()["idx"], expected)
+    with pytest.raises(BudgetError, match="causal"):
+        TokenLoader(toks, 64, 4, collator=MaskingCollator(MaskingConfig(), 0, 2000, [0]), input_noise=0.1)
+
+
 def test_masking_statistics_and_specials():
     vocab, mask_id, specials = 500, 499, [0, 1, 499]
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from budgetlm.cli import main
-from budgetlm.training.job import COOLDOWN, REPEAT_COOLDOWN, ema_decay, ema_for_steps
+from budgetlm.training.job import AUTO_INPUT_NOISE, COOLDOWN, REPEAT_COOLDOWN, ema_decay, ema_for_steps
 from train_helpers import TINY, make_dataset, one_thread  # noqa: F401
 
 
@@ -168,18 +168,20 @@ def test_auto_model_trains_the_plan(data, tmp_path, capsys, budgetlm_home):
     assert (cfg["weight_decay"], cfg["ema"]) == (WEIGHT_DECAY, want) and 0.9 < want < 1
     assert f"weight average {want:g} over the cool-down" in err
     assert cfg["cooldown"] == REPEAT_COOLDOWN and f"; cool-down {REPEAT_COOLDOWN:g} (" in err  # the longer cool-down
+    assert cfg["input_noise"] == AUTO_INPUT_NOISE > 0 and f"; input noise {AUTO_INPUT_NOISE:g}" in err
     # an explicit --dropout 0 wins over the automatic rate (0 is not "not given"); repeated data without
     # dropout gets the larger weight decay and the weight average, and explicit flags win over those
     for name, flags, wd, ema, cool in [("nodrop", [], REPEAT_WEIGHT_DECAY, True, REPEAT_COOLDOWN),
                                        ("nowd", ["--weight-decay", "0"], 0.0, True, REPEAT_COOLDOWN),
                                        ("noema", ["--ema", "0"], REPEAT_WEIGHT_DECAY, False, REPEAT_COOLDOWN),
-                                       ("cool", ["--cooldown", "0.3"], REPEAT_WEIGHT_DECAY, True, 0.3)]:
+                                       ("cool", ["--cooldown", "0.3", "--input-noise", "0"], REPEAT_WEIGHT_DECAY, True, 0.3)]:
         rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / name), "--max-steps", "1",
                            "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--eval-tokens", "256",
                            "--dropout", "0", *flags)
         assert rc == 0, err
         got = json.loads((tmp_path / name / "config.json").read_text())
         assert (got["dropout"], got["weight_decay"], got["cooldown"]) == (0.0, wd, cool)
+        assert got["input_noise"] == (0.0 if "--input-noise" in flags else AUTO_INPUT_NOISE)  # a flag wins
         planned = json.loads((tmp_path / name / "plan.json").read_text())
         want = ema_decay(SimpleNamespace(**planned), got["cooldown"]) if ema else 0.0
         assert got["ema"] == want and (0.9 < want < 1 or not ema)
@@ -210,6 +212,13 @@ def test_the_automatic_weight_average_spans_a_fifth_of_the_cool_down():
     assert ema_decay(plan(10**12), 0.4) == 0.99999  # never 1: the average would stop moving
     assert ema_decay(plan(10_000), 0.4) == 0.0  # a cool-down of 4 steps has nothing to average
     assert ema_decay(plan(10**9), 0.0) == 0.0
+
+
+def test_input_noise_is_for_the_causal_objective(data, tmp_path, capsys):
+    rc, _, err = train(capsys, "--data", str(data), "--out", str(tmp_path / "r"), "--max-steps", "1",
+                       "--objective", "masked", "--input-noise", "0.1")
+    assert rc == 2 and "--input-noise is for the causal objective" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_dropout_out_of_range_is_one_line_error(data, tmp_path, capsys):

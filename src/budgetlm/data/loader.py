@@ -15,6 +15,9 @@ continues with the very next batch.
 Masking (BERT, Devlin et al. 2019; rate from Cramming, Geiping & Goldstein 2022, which found 25% best
 at its scale): each non-special token is selected with probability `rate`; of those 80% become
 [MASK], 10% a random token, 10% stay unchanged; the loss covers exactly the selected positions.
+
+Input noise (causal only): a fraction of the input tokens replaced by tokens drawn from the batch,
+targets unchanged, a regulariser for data seen many times (`_noised`).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class TokenLoader:
         rank: int = 0,
         world_size: int = 1,
         collator: MaskingCollator | None = None,
+        input_noise: float = 0.0,
     ):
         self.tokens = tokens
         self.seq_len = seq_len
@@ -87,6 +91,9 @@ class TokenLoader:
         self.mode = mode
         self.rank, self.world = rank, world_size
         self.collator = collator
+        if input_noise and collator is not None:
+            raise BudgetError("input noise is for causal windows; the masked objective corrupts its inputs itself")
+        self.input_noise = input_noise
         # Causal windows need T+1 tokens (inputs and shifted targets); masked windows need T.
         self.window = seq_len + (0 if collator else 1)
         if len(tokens) < self.window:
@@ -122,8 +129,20 @@ class TokenLoader:
         else:
             w = windows.astype(np.int64)
             out = {"idx": w[:, :-1], "targets": w[:, 1:]}
+            if self.input_noise:
+                out["idx"] = self._noised(out["idx"], w)
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         return {k: torch.from_numpy(np.ascontiguousarray(v[lo:hi])) for k, v in out.items()}
+
+    def _noised(self, idx: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """idx (G, T) with a fraction `input_noise` of its tokens replaced by tokens drawn from `pool`
+        (this batch's windows: random windows of the corpus, so close to its unigram distribution).
+        Only the inputs change; every target stays the true next token. Unigram noising is data
+        noising as a regulariser for language models (Xie et al. 2017), for data seen many times."""
+        hit = self.rng.random(idx.shape) < self.input_noise  # (G, T) bool
+        idx = idx.copy()
+        idx[hit] = pool.ravel()[self.rng.integers(0, pool.size, size=int(hit.sum()))]
+        return idx
 
     # -- resumable position -----------------------------------------------------------------------
 

@@ -103,7 +103,8 @@ class _Run:
             self.collator = MaskingCollator(MaskingConfig(rate=cfg.mask_rate), ids["mask"], self.mcfg.vocab_size,
                                             [v for k, v in ids.items() if k != "unk"])
         self.loader = TokenLoader(self.data.tokens("train"), self.mcfg.max_seq_len, self.micro, seed=cfg.seed,
-                                  mode=cfg.sampling, rank=rt.rank, world_size=rt.world_size, collator=self.collator)
+                                  mode=cfg.sampling, rank=rt.rank, world_size=rt.world_size, collator=self.collator,
+                                  input_noise=cfg.input_noise)
         self.state = LoopState()
         if cfg.resume:
             self.state = self._restore(ck.load_state(self.choice.source), load_weights=False)
