@@ -42,10 +42,11 @@ def main() -> None:
     print(f"prepared: {prep['tokenizer']} vocab {prep['vocab_size']}, {prep['tokens']} tokens, "
           f"{prep['bytes_per_token']:.2f} bytes/token", flush=True)
     results = []
-    for budget in args.budgets:
+    for i, budget in enumerate(args.budgets):
+        name = f"run-{budget}" + (f"-{i + 1}" if args.budgets.count(budget) > 1 else "")  # repeats keep their runs
         with locked(args.lock):
-            res, wall = train_run(data, work / f"run-{budget}", "--budget", budget, *args.train_args.split())
-        row = {"budget": budget, "val_bpb": round(res["val_bpb"], 4), "val_loss": round(res["val_loss"], 4),
+            res, wall = train_run(data, work / name, "--budget", budget, *args.train_args.split())
+        row = {"budget": budget, "run": name, "val_bpb": round(res["val_bpb"], 4), "val_loss": round(res["val_loss"], 4),
                "steps": res["steps"], "tokens": res["tokens"], "train_s": res["elapsed_s"],
                "wall_s": round(wall, 1), "model": res["model"], "precision": res["precision"],
                "tokens_per_s": res["tokens_per_s"], "mfu": res.get("mfu"),

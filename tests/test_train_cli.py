@@ -200,9 +200,14 @@ def test_the_automatic_weight_average_takes_its_decay_from_the_runs_own_pace(dat
     assert planned["cooldown"] == REPEAT_COOLDOWN and 0.99 < planned["ema"] < 1  # planned for a 10-minute clock
     # progress 16 / 40 = 1 - 0.6 starts the cool-down: 16 steps took 0.4 of the run, so 24 are left
     assert f"weight average from step 16: decay {ema_for_steps(24):g} " in err and ema_for_steps(24) == 0.79167
+    summary = lambda name: json.loads((tmp_path / name / "summary.json").read_text())  # noqa: E731
+    assert summary("auto")["ema"] == 0.79167  # the decay the run ended with, not the planned one
+    assert "| weight average over the cool-down (decay per step; the final weights) | 0.79167 |" in \
+        (tmp_path / "auto" / "report.md").read_text()
     rc, _, err = train(capsys, "--out", str(tmp_path / "given"), *common, "--ema", "0.9")
     assert rc == 0, err
     assert "weight average from step" not in err and json.loads((tmp_path / "given" / "config.json").read_text())["ema"] == 0.9
+    assert summary("given")["ema"] == 0.9
 
 
 def test_the_automatic_weight_average_spans_a_fifth_of_the_cool_down():

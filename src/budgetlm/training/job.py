@@ -158,6 +158,7 @@ class RunResult:
     peak_flops_note: str = ""  # what the MFU is measured against
     planned_tokens_per_s: float | None = None  # what the plan predicted (planned runs)
     plan_correction: str = ""  # set when the achieved speed was far from the plan's and corrected it
+    ema: float | None = None  # decay of the weight average the run ended with (--ema, or the one set from its pace)
 
     def to_json(self) -> dict[str, Any]:
         """summary.json: optional figures that do not apply (bits/byte of a masked model) are left out."""

@@ -79,6 +79,7 @@ class _Run:
         if self.fsdp and cfg.ema:
             raise BudgetError("--ema is not supported with --fsdp: the average would need the whole weights on each rank")
         self.averaged = None  # the weight average (--ema), once the cool-down has begun
+        self.ema_used: float | None = None  # its decay, once set
 
     def build(self):
         """Model (with source weights), training set-up, optimizer, loader, and the loop state."""
@@ -219,7 +220,8 @@ class _Run:
         if self.averaged is None:  # the first update copies the weights
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.averaged = AveragedModel(self.setup.module, multi_avg_fn=get_ema_multi_avg_fn(self.ema_now(st, done)))
+            self.ema_used = self.ema_now(st, done)
+            self.averaged = AveragedModel(self.setup.module, multi_avg_fn=get_ema_multi_avg_fn(self.ema_used))
         self.averaged.update_parameters(self.setup.module)
 
     def ema_now(self, st, done: float) -> float:
@@ -272,7 +274,8 @@ class _Run:
             parallel=self.setup.parallel, nan_skipped=st.nan_skipped, rollbacks=st.rollbacks,
             interrupted=loop_result.interrupted, tokens_per_s=tps, val_bpb=final_eval.get("val_bpb"),
             val_accuracy=final_eval.get("val_accuracy"), mfu=mfu, peak_flops_note=self.peak_note if mfu else "",
-            planned_tokens_per_s=round(plan.tokens_per_second, 1) if plan is not None else None)
+            planned_tokens_per_s=round(plan.tokens_per_second, 1) if plan is not None else None,
+            ema=self.ema_used if self.averaged is not None else None)
 
 
 def _check_memory(run: "_Run") -> None:

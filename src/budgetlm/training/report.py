@@ -82,6 +82,8 @@ def pretraining_report(run_dir: Path, summary: dict[str, Any], history: list[dic
         ("plan correction", summary.get("plan_correction")),
         ("MFU", f"{100 * summary['mfu']:.1f}% of {summary.get('peak_flops_note')}" if summary.get("mfu") else None),
         ("train loss (mean of the last steps)", _fmt(summary.get("train_loss"))),
+        ("weight average over the cool-down (decay per step; the final weights)",
+         f"{summary['ema']:g}" if summary.get("ema") is not None else None),
         ("final validation loss (whole split)", _fmt(summary.get("val_loss"))),
         ("final validation bits/byte", _fmt(summary.get("val_bpb"))),
         ("final validation accuracy", _fmt(summary.get("val_accuracy"))),
