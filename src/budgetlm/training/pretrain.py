@@ -79,7 +79,7 @@ class _Run:
         if self.fsdp and cfg.ema:
             raise BudgetError("--ema is not supported with --fsdp: the average would need the whole weights on each rank")
         self.averaged = None  # the weight average (--ema), once the cool-down has begun
-        self.ema_used: float | None = None  # its decay, once set
+        self.ema_used: float | None = None  # its decay, set with it
 
     def build(self):
         """Model (with source weights), training set-up, optimizer, loader, and the loop state."""
@@ -275,7 +275,7 @@ class _Run:
             interrupted=loop_result.interrupted, tokens_per_s=tps, val_bpb=final_eval.get("val_bpb"),
             val_accuracy=final_eval.get("val_accuracy"), mfu=mfu, peak_flops_note=self.peak_note if mfu else "",
             planned_tokens_per_s=round(plan.tokens_per_second, 1) if plan is not None else None,
-            ema=self.ema_used if self.averaged is not None else None)
+            ema=self.ema_used)
 
 
 def _check_memory(run: "_Run") -> None:
